@@ -1,0 +1,245 @@
+"""FeatureDistiller: teacher + student + matched taps + regressors + margins -> OFD loss.
+
+Knows nothing of tasks: classification uses ``out, losses = distiller(x)``; detection and
+segmentation adapters call ``capture_student``, ``teacher_features`` and ``distill_loss``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .ofd import DataMarginEstimator, Regressor, TokenRegressor, bn_margin, ofd_loss
+from .taps import Tap, TapExtractor, attach_taps, capture_taps, find_taps
+
+__all__ = ["FeatureDistiller", "pair_taps", "default_tap_weights"]
+
+logger = logging.getLogger(__name__)
+
+TapSpec = Union[None, Sequence[Tap], Sequence[str]]
+MARGIN_MODES = ("auto", "bn", "data")
+
+
+def default_tap_weights(n: int) -> List[float]:
+    """The official per-tap weights 2^-(n-1-i): ..., 1/4, 1/2, 1 for the deepest tap."""
+    return [2.0 ** -(n - 1 - i) for i in range(n)]
+
+
+def _describe(taps: Sequence[Tap]) -> str:
+    return ", ".join(f"{t.name}(C={t.channels}, stride={t.stride})" for t in taps)
+
+
+def pair_taps(
+    student_taps: Sequence[Tap],
+    teacher_taps: Sequence[Tap],
+    pairs: Optional[Sequence[Tuple[str, str]]] = None,
+) -> List[Tuple[Tap, Tap]]:
+    """Match student taps to teacher taps: by equal stride, or by explicit (student, teacher) names."""
+    if pairs is not None:
+        s_by_name = {t.name: t for t in student_taps}
+        t_by_name = {t.name: t for t in teacher_taps}
+        bad = [s for s, _ in pairs if s not in s_by_name] + [t for _, t in pairs if t not in t_by_name]
+        if bad:
+            raise ValueError(
+                f"pairs name unknown taps {bad}; student taps: {_describe(student_taps)}; "
+                f"teacher taps: {_describe(teacher_taps)}"
+            )
+        matched = [(s_by_name[s], t_by_name[t]) for s, t in pairs]
+    else:
+        s_strides = [t.stride for t in student_taps]
+        t_strides = [t.stride for t in teacher_taps]
+        if sorted(s_strides) != sorted(t_strides) or len(set(s_strides)) != len(s_strides):
+            raise ValueError(
+                "cannot pair taps by stride: student taps are "
+                f"{_describe(student_taps)}; teacher taps are {_describe(teacher_taps)}. "
+                "Pass pairs=[(student_node, teacher_node), ...] or choose taps by hand."
+            )
+        by_stride = {t.stride: t for t in teacher_taps}
+        matched = [(s, by_stride[s.stride]) for s in student_taps]
+    for s, t in matched:
+        if s.channel_last != t.channel_last:
+            raise ValueError(
+                f"student tap {s.name} {s.shape} and teacher tap {t.name} {t.shape} mix feature maps and "
+                "tokens; pair taps of the same layout"
+            )
+    return matched
+
+
+def _resolve_taps(model: nn.Module, spec: TapSpec, input_size, min_stride: int) -> List[Tap]:
+    if spec is None:
+        return find_taps(model, input_size=input_size, min_stride=min_stride)
+    if all(isinstance(t, Tap) for t in spec):
+        return list(spec)
+    return find_taps(model, input_size=input_size, nodes=list(spec))
+
+
+class FeatureDistiller(nn.Module):
+    """OFD between a teacher and a student taken as they are (any FX-traceable backbone).
+
+    The teacher is frozen, runs without autograd and only as far as its last tap, with
+    BatchNorm on batch statistics (``teacher_bn='train'``) and its running statistics untouched.
+    The student keeps its own forward; the tensors at its taps are captured on the way.
+    ``loss_ofd = alpha * sum_i w_i * partial_L2(r_i(student_i), max(teacher_i, m_i)) / batch``.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        *,
+        teacher_taps: TapSpec = None,
+        student_taps: TapSpec = None,
+        pairs: Optional[Sequence[Tuple[str, str]]] = None,
+        weights: Optional[Sequence[float]] = None,
+        alpha: float = 1.0,
+        margin: str = "auto",
+        align: str = "interpolate",
+        teacher_bn: str = "train",
+        input_size: Optional[Sequence[int]] = None,
+        teacher_input_size: Optional[Sequence[int]] = None,
+        min_stride: int = 4,
+    ) -> None:
+        super().__init__()
+        if margin not in MARGIN_MODES:
+            raise ValueError(f"margin={margin!r}; choose one of {MARGIN_MODES}")
+        if align not in ("interpolate", "raise"):
+            raise ValueError(f"align={align!r}; choose 'interpolate' or 'raise'")
+        if teacher_bn not in ("train", "eval"):
+            raise ValueError(f"teacher_bn={teacher_bn!r}; choose 'train' (batch statistics) or 'eval'")
+        t_taps = _resolve_taps(teacher, teacher_taps, teacher_input_size or input_size, min_stride)
+        s_taps = _resolve_taps(student, student_taps, input_size, min_stride)
+        self.pairs = pair_taps(s_taps, t_taps, pairs)
+        n = len(self.pairs)
+        if weights is not None and len(weights) != n:
+            raise ValueError(f"weights has {len(weights)} entries for {n} tap pairs")
+        self.weights = list(weights) if weights is not None else default_tap_weights(n)
+        self.alpha = alpha
+        self.align = align
+        self.margin_mode = margin
+
+        teacher.requires_grad_(False)
+        teacher.eval()
+        self.teacher = teacher
+        self.student = attach_taps(student, [s for s, _ in self.pairs])
+        self._teacher_extractor = TapExtractor(teacher, [t for _, t in self.pairs], batch_stats=teacher_bn == "train")
+        self.regressors = nn.ModuleList(
+            (TokenRegressor if s.channel_last else Regressor)(s.channels, t.channels) for s, t in self.pairs
+        )
+        self._data_margin_taps = self._init_margins(margin)
+
+    # ----------------------------------------------------------------------------------------
+    def _init_margins(self, mode: str) -> List[int]:
+        needs_data = []
+        for i, (_, t) in enumerate(self.pairs):
+            if mode == "bn" and t.norm is None:
+                raise ValueError(
+                    f"teacher tap {t.name} has no BatchNorm feeding it, so margin='bn' cannot apply; "
+                    "use margin='auto' or margin='data'"
+                )
+            if mode != "data" and t.norm is not None:
+                value = bn_margin(self.teacher.get_submodule(t.norm)).float()
+            else:
+                value = torch.zeros(t.channels)
+                needs_data.append(i)
+            self.register_buffer(f"margin_{i}", value)
+        self.register_buffer("margins_calibrated", torch.tensor(not needs_data))
+        return needs_data
+
+    @property
+    def margins(self) -> List[Tensor]:
+        return [getattr(self, f"margin_{i}") for i in range(len(self.pairs))]
+
+    @property
+    def teacher_taps(self) -> List[Tap]:
+        return [t for _, t in self.pairs]
+
+    @property
+    def student_taps(self) -> List[Tap]:
+        return [s for s, _ in self.pairs]
+
+    def train(self, mode: bool = True) -> "FeatureDistiller":
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    # ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_features(self, *args, **kwargs) -> List[Tensor]:
+        """Teacher tensors at the paired taps (no autograd, stops at the last tap)."""
+        features = self._teacher_extractor(*args, **kwargs)
+        return [features[t.name] for _, t in self.pairs]
+
+    @contextlib.contextmanager
+    def capture_student(self) -> Iterator[Dict[str, Tensor]]:
+        """Within the context, student forwards fill the yielded {tap name: tensor} dict."""
+        with capture_taps(self.student) as captured:
+            yield captured
+
+    @torch.no_grad()
+    def calibrate_margins(self, batches: Iterable, max_batches: Optional[int] = None) -> None:
+        """Estimate the data margins (mean negative teacher response per channel) from batches."""
+        if not self._data_margin_taps:
+            return
+        estimators = {i: DataMarginEstimator(-1 if self.pairs[i][1].channel_last else 1)
+                      for i in self._data_margin_taps}
+        seen = 0
+        for batch in batches:
+            features = self.teacher_features(batch)
+            for i, estimator in estimators.items():
+                estimator.update(features[i])
+            seen += 1
+            if max_batches is not None and seen >= max_batches:
+                break
+        for i, estimator in estimators.items():
+            getattr(self, f"margin_{i}").copy_(estimator.compute())
+        self.margins_calibrated.fill_(True)
+        logger.info("OFD data margins estimated from %d batch(es) for taps %s", seen,
+                    [self.pairs[i][1].name for i in self._data_margin_taps])
+
+    def _calibrate_from(self, teacher_feats: Sequence[Tensor]) -> None:
+        for i in self._data_margin_taps:
+            channel_dim = -1 if self.pairs[i][1].channel_last else 1
+            getattr(self, f"margin_{i}").copy_(DataMarginEstimator.from_features([teacher_feats[i]], channel_dim))
+        self.margins_calibrated.fill_(True)
+        logger.info("OFD data margins estimated from the first batch; call calibrate_margins() for more batches")
+
+    def _align(self, s: Tensor, t: Tensor, pair: Tuple[Tap, Tap]) -> Tensor:
+        if s.shape[2:] == t.shape[2:] or s.dim() == 3 and s.shape[1] == t.shape[1]:
+            return s
+        if self.align == "raise" or s.dim() != 4:
+            raise ValueError(
+                f"student tap {pair[0].name} has spatial size {tuple(s.shape[2:])} but teacher tap "
+                f"{pair[1].name} has {tuple(t.shape[2:])}; feed both the same input size or use align='interpolate'"
+            )
+        return F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False)
+
+    def distill_loss(
+        self, student_feats: Union[Dict[str, Tensor], Sequence[Tensor]], teacher_feats: Sequence[Tensor]
+    ) -> Tensor:
+        """alpha * sum_i w_i * ofd_loss(r_i(s_i), t_i, m_i) / batch_size."""
+        if isinstance(student_feats, dict):
+            missing = [s.name for s, _ in self.pairs if s.name not in student_feats]
+            if missing:
+                raise RuntimeError(f"student taps {missing} were not captured; run the student inside capture_student()")
+            student_feats = [student_feats[s.name] for s, _ in self.pairs]
+        if not bool(self.margins_calibrated):
+            self._calibrate_from(teacher_feats)
+        total = None
+        for i, (pair, s, t, regressor) in enumerate(zip(self.pairs, student_feats, teacher_feats, self.regressors)):
+            channel_dim = -1 if pair[1].channel_last else 1
+            r = self._align(regressor(s), t, pair)
+            term = self.weights[i] * ofd_loss(r, t, self.margins[i], channel_dim)
+            total = term if total is None else total + term
+        batch_size = teacher_feats[0].shape[0]
+        return total * (self.alpha / batch_size)
+
+    def forward(self, x: Tensor) -> Tuple[object, Dict[str, Tensor]]:
+        """Student output and {'loss_ofd': loss} for a batch both models see as it is."""
+        with self.capture_student() as captured:
+            out = self.student(x)
+        loss = self.distill_loss(captured, self.teacher_features(x))
+        return out, {"loss_ofd": loss}

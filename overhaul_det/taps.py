@@ -1,0 +1,621 @@
+"""Find OFD tap points (pre-activation stage ends) in a model's FX graph, and capture them.
+
+``find_taps`` traces a model with a tracer that records each node's module path, propagates a
+sample input to learn every tensor's shape, and picks, for each stride, the last node through
+which the whole computation passes (a cut node of the graph). If that node is an activation,
+the tap is the activation's input; otherwise (linear bottleneck, ConvNeXt) it is the node.
+
+``attach_taps`` binds a regenerated forward (one per train/eval mode) to the original module:
+outputs, parameter names and numerics are unchanged; tensors at the taps are captured while a
+``capture_taps`` context is open. ``TapExtractor`` runs a model only as far as its last tap.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import operator
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+__all__ = [
+    "Tap",
+    "find_taps",
+    "attach_taps",
+    "detach_taps",
+    "capture_taps",
+    "TapExtractor",
+    "graph_node_names",
+    "trace",
+]
+
+ACTIVATION_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.Mish, nn.ELU,
+    nn.PReLU, nn.Hardtanh, nn.CELU, nn.SELU, nn.Softplus,
+)
+ACTIVATION_FUNCTIONS = {
+    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu,
+    F.leaky_relu_, F.mish, F.elu, F.elu_, F.hardtanh, F.hardtanh_, F.celu, F.selu, F.softplus,
+}
+ACTIVATION_METHODS = {"relu", "relu_", "hardtanh", "hardtanh_", "clamp_min", "clamp_min_"}
+PASSTHROUGH_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
+_NOT_LEAVES = ("Conv2dNormActivation", "Conv3dNormActivation", "BatchNormAct2d", "SyncBatchNormAct",
+               "FrozenBatchNormAct2d", "MLP")
+_OUT_OF_PLACE_ACTIVATIONS: Dict[type, Callable[[nn.Module], Tuple[Callable, dict]]] = {
+    nn.ReLU: lambda m: (torch.relu, {}),
+    nn.ReLU6: lambda m: (F.relu6, {}),
+    nn.SiLU: lambda m: (F.silu, {}),
+    nn.Hardswish: lambda m: (F.hardswish, {}),
+    nn.Hardsigmoid: lambda m: (F.hardsigmoid, {}),
+    nn.Mish: lambda m: (F.mish, {}),
+    nn.LeakyReLU: lambda m: (F.leaky_relu, {"negative_slope": m.negative_slope}),
+    nn.ELU: lambda m: (F.elu, {"alpha": m.alpha}),
+    nn.CELU: lambda m: (F.celu, {"alpha": m.alpha}),
+    nn.Hardtanh: lambda m: (F.hardtanh, {"min_val": m.min_val, "max_val": m.max_val}),
+}
+_IN_PLACE_OPERATORS = {operator.iadd: operator.add, operator.isub: operator.sub,
+                       operator.imul: operator.mul, operator.itruediv: operator.truediv}
+_IN_PLACE_FUNCTIONS = {torch.relu_: torch.relu, F.relu_: torch.relu, F.leaky_relu_: F.leaky_relu,
+                       F.elu_: F.elu, F.hardtanh_: F.hardtanh}
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One tap point: the FX node, its feature shape and what feeds and consumes it."""
+
+    name: str
+    channels: int
+    stride: int
+    norm: Optional[str]
+    activation: Optional[str]
+    module: str = ""
+    shape: Tuple[int, ...] = ()
+
+    @property
+    def channel_last(self) -> bool:
+        """True for token features (N, L, C) where channels are the last axis."""
+        return len(self.shape) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# Tracing
+
+
+def _leaf_types() -> Tuple[type, ...]:
+    leaves = set()
+    try:
+        from timm.layers import get_notrace_modules
+
+        leaves.update(get_notrace_modules())
+    except ImportError:
+        pass
+    from torchvision.models.feature_extraction import _get_leaf_modules_for_ops
+
+    leaves.update(_get_leaf_modules_for_ops())
+    return tuple(t for t in leaves if t.__name__ not in _NOT_LEAVES)
+
+
+def _autowrap_functions() -> Tuple[Callable, ...]:
+    try:
+        from timm.layers import get_notrace_functions
+
+        return tuple(get_notrace_functions())
+    except ImportError:
+        return ()
+
+
+class _PathTracer(fx.Tracer):
+    """FX tracer that stores the module path of every node in ``node.meta['module_path']``."""
+
+    proxy_buffer_attributes = True
+
+    def __init__(self, extra_leaves: Sequence[type] = ()) -> None:
+        super().__init__(autowrap_functions=_autowrap_functions(), param_shapes_constant=True)
+        self.leaves = _leaf_types() + tuple(extra_leaves)
+        self.current_path = ""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, self.leaves):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        previous = self.current_path
+        self.current_path = self.path_of_module(m)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.current_path = previous
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *rest, **kw):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *rest, **kw)
+        proxy.node.meta["module_path"] = self.current_path
+        return proxy
+
+
+def _concrete_defaults(model: nn.Module) -> Dict[str, Any]:
+    signature = inspect.signature(type(model).forward)
+    params = list(signature.parameters.values())[1:]
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def trace(model: nn.Module, training: bool = False, extra_leaves: Sequence[type] = ()) -> fx.Graph:
+    """Trace ``model``'s original forward in the given mode; nodes carry their module path."""
+    was_training = model.training
+    model.train()
+    model.eval()
+    model.train(training)
+    try:
+        return _PathTracer(extra_leaves).trace(model, concrete_args=_concrete_defaults(model) or None)
+    except Exception as error:
+        raise ValueError(
+            f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {error}. "
+            "Pass a traceable part (e.g. the backbone, or model.backbone.body for a detector), "
+            "or register the failing submodule type with extra_leaves=[...]."
+        ) from error
+    finally:
+        model.train(was_training)
+
+
+def _sample_input(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tensor:
+    if input_size is None:
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+        input_size = cfg.get("input_size", (3, 224, 224))
+    if isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    if len(input_size) == 2:
+        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        channels = first_conv.in_channels if first_conv is not None else 3
+        input_size = (channels, *input_size)
+    return torch.randn(2, *input_size)
+
+
+def _propagate_shapes(model: nn.Module, graph: fx.Graph, sample: Tensor) -> None:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(fx.GraphModule(model, graph)).propagate(sample)
+    except Exception as error:
+        raise ValueError(
+            f"running {type(model).__name__} on a sample of shape {tuple(sample.shape)} failed: {error}. "
+            "Pass input_size=(C, H, W) that the model accepts."
+        ) from error
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------------------------
+# Graph analysis
+
+
+def _shape(node: fx.Node) -> Optional[Tuple[int, ...]]:
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
+
+
+def _module(root: nn.Module, node: fx.Node) -> Optional[nn.Module]:
+    if node.op != "call_module":
+        return None
+    return root.get_submodule(node.target)
+
+
+def _activation_name(root: nn.Module, node: fx.Node) -> Optional[str]:
+    """Name of the activation this node applies, or None."""
+    module = _module(root, node)
+    if module is not None:
+        name = type(module).__name__
+        if isinstance(module, ACTIVATION_MODULES) or hasattr(module, "inplace") and "act" in name.lower():
+            return name
+        if name.lower() in {"swish", "hardswish", "hardswishme", "swishme", "mish", "gelu", "geluTanh".lower()}:
+            return name
+        return None
+    if node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS:
+        return getattr(node.target, "__name__", str(node.target))
+    if node.op == "call_method" and node.target in ACTIVATION_METHODS:
+        return node.target
+    return None
+
+
+def _is_passthrough(root: nn.Module, node: fx.Node) -> bool:
+    module = _module(root, node)
+    if module is not None:
+        return isinstance(module, PASSTHROUGH_MODULES) or type(module).__name__ in {"DropPath", "StochasticDepth"}
+    return node.op == "call_method" and node.target in {"contiguous", "clone"}
+
+
+def _is_norm(module: Optional[nn.Module]) -> bool:
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    return isinstance(module, (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d))
+
+
+def _feeding_norm(root: nn.Module, node: fx.Node, depth: int = 0) -> Optional[str]:
+    """Module path of the BatchNorm whose output feeds ``node`` (through an add, dropout)."""
+    if depth > 4:
+        return None
+    module = _module(root, node)
+    if _is_norm(module):
+        return node.target
+    if node.op == "call_function" and node.target is F.batch_norm:
+        path = node.meta.get("module_path", "")
+        return path if _is_norm(root.get_submodule(path) if path else None) else None
+    if _is_passthrough(root, node):
+        return _feeding_norm(root, node.args[0], depth + 1)
+    is_add = (node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)) or (
+        node.op == "call_method" and node.target in ("add", "add_"))
+    if is_add:
+        for arg in _residual_branch_first(node):
+                found = _feeding_norm(root, arg, depth + 1)
+                if found:
+                    return found
+    return None
+
+
+def _ancestors(node: fx.Node) -> set:
+    seen, stack = set(), [node]
+    while stack:
+        for parent in stack.pop().all_input_nodes:
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
+def _residual_branch_first(add: fx.Node) -> List[fx.Node]:
+    """The inputs of a residual add, the longer (residual) branch before the shortcut."""
+    branches = [a for a in add.args[:2] if isinstance(a, fx.Node)]
+    if len(branches) != 2:
+        return branches
+    first, second = ({a} | _ancestors(a) for a in branches)
+    exclusive = [len(first - second), len(second - first)]
+    return branches if exclusive[0] >= exclusive[1] else branches[::-1]
+
+
+def _input_dependent(graph: fx.Graph) -> set:
+    dependent = set()
+    for node in graph.nodes:
+        if node.op == "placeholder" or any(a in dependent for a in node.all_input_nodes):
+            dependent.add(node)
+    return dependent
+
+
+def _cut_nodes(graph: fx.Graph) -> List[fx.Node]:
+    """Nodes through which all later computation passes (a use by the output node alone keeps
+    a node alive to the end; other uses by the output node are ignored)."""
+    nodes = list(graph.nodes)
+    index = {n: i for i, n in enumerate(nodes)}
+    dependent = _input_dependent(graph)
+    last_use = {}
+    for n in nodes:
+        if n in dependent:
+            uses = [index[u] for u in n.users if u.op != "output"]
+            last_use[n] = max(uses, default=len(nodes) if n.users else -1)
+    cuts, live = [], set()
+    for i, n in enumerate(nodes):
+        live = {m for m in live if last_use[m] > i}
+        if n in dependent and last_use[n] > i:
+            live.add(n)
+            if live == {n}:
+                cuts.append(n)
+    return cuts
+
+
+def _is_global_reduction(root: nn.Module, node: fx.Node) -> bool:
+    """A node that pools a spatial map down to 1x1 (the start of a classifier head)."""
+    shape = _shape(node)
+    if shape is None or len(shape) not in (2, 4) or (len(shape) == 4 and shape[2] * shape[3] != 1):
+        return False
+    if isinstance(_module(root, node), nn.Conv2d):
+        return False
+    return any((_shape(a) or ())[2:3] and _shape(a)[2] * _shape(a)[3] > 1
+               for a in node.all_input_nodes if len(_shape(a) or ()) == 4)
+
+
+def _in_layer_norm(root: nn.Module, node: fx.Node) -> bool:
+    path = node.meta.get("module_path", "")
+    if not path:
+        return False
+    name = type(root.get_submodule(path)).__name__
+    return "LayerNorm" in name or name == "GroupNorm"
+
+
+def _stride(shape: Tuple[int, ...], sample: Tensor) -> int:
+    return max(1, round(sample.shape[-2] / shape[2]))
+
+
+def _stage_ends(root: nn.Module, graph: fx.Graph, sample: Tensor, min_stride: int) -> List[fx.Node]:
+    by_stride: Dict[int, fx.Node] = {}
+    for node in _cut_nodes(graph):
+        if _is_global_reduction(root, node):
+            break
+        shape = _shape(node)
+        if shape is None or len(shape) != 4 or _in_layer_norm(root, node):
+            continue
+        stride = _stride(shape, sample)
+        if stride >= min_stride:
+            by_stride[stride] = node
+    return [by_stride[s] for s in sorted(by_stride)]
+
+
+def _pre_activation(root: nn.Module, node: fx.Node) -> Tuple[fx.Node, Optional[str]]:
+    while _is_passthrough(root, node) and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    activation = _activation_name(root, node)
+    if activation is not None and isinstance(node.args[0], fx.Node) and _shape(node.args[0]) is not None:
+        return node.args[0], activation
+    return node, None
+
+
+def _consumer_activation(root: nn.Module, node: fx.Node) -> Optional[str]:
+    for user in node.users:
+        name = _activation_name(root, user)
+        if name is not None and user.args and user.args[0] is node:
+            return name
+    return None
+
+
+def _make_tap(root: nn.Module, node: fx.Node, sample: Tensor, activation: Optional[str]) -> Tap:
+    shape = _shape(node)
+    if shape is None or len(shape) not in (3, 4):
+        raise TypeError(
+            f"tap node '{node.name}' has output {shape if shape else type(node.meta.get('tensor_meta')).__name__}; "
+            "OFD taps must be 4D (N, C, H, W) feature maps or (N, L, C) tokens. Pick another node."
+        )
+    if len(shape) == 4:
+        channels, stride = shape[1], _stride(shape, sample)
+    else:
+        channels = shape[2]
+        stride = max(1, round((sample.shape[-2] * sample.shape[-1] / max(shape[1], 1)) ** 0.5))
+    return Tap(
+        name=node.name,
+        channels=channels,
+        stride=stride,
+        norm=_feeding_norm(root, node),
+        activation=activation,
+        module=node.meta.get("module_path", ""),
+        shape=shape,
+    )
+
+
+def graph_node_names(model: nn.Module) -> List[str]:
+    """Names of the nodes of ``model``'s eval-mode graph, usable as ``find_taps(nodes=...)``."""
+    return [n.name for n in trace(model).nodes if n.op not in ("placeholder", "output", "get_attr")]
+
+
+def find_taps(
+    model: nn.Module,
+    input_size: Optional[Sequence[int]] = None,
+    min_stride: int = 4,
+    nodes: Optional[Sequence[str]] = None,
+) -> List[Tap]:
+    """Return the OFD taps of ``model``: one per stage end, before the activation closing it.
+
+    ``nodes`` picks taps by FX node name instead (see ``graph_node_names``); ``input_size`` is
+    the (C, H, W) or (H, W) of the sample used to measure shapes and strides.
+    """
+    graph = trace(model)
+    sample = _sample_input(model, input_size)
+    _propagate_shapes(model, graph, sample)
+    if nodes is not None:
+        by_name = {n.name: n for n in graph.nodes}
+        missing = [name for name in nodes if name not in by_name]
+        if missing:
+            valid = [n.name for n in graph.nodes if _shape(n) is not None and len(_shape(n)) in (3, 4)]
+            raise ValueError(
+                f"unknown tap node(s) {missing} in {type(model).__name__}; valid 3D/4D feature nodes are: "
+                + ", ".join(valid[:300]) + (" ..." if len(valid) > 300 else "")
+            )
+        return [_make_tap(model, by_name[n], sample, _consumer_activation(model, by_name[n])) for n in nodes]
+    taps = []
+    for end in _stage_ends(model, graph, sample, min_stride):
+        node, activation = _pre_activation(model, end)
+        taps.append(_make_tap(model, node, sample, activation))
+    if not taps:
+        raise ValueError(
+            f"no stage end of stride >= {min_stride} found in {type(model).__name__} "
+            f"(sample input {tuple(sample.shape[1:])}); pass a larger input_size, a smaller min_stride, "
+            "or tap nodes by hand with nodes=[...] (see graph_node_names)."
+        )
+    return taps
+
+
+# --------------------------------------------------------------------------------------------
+# Rewriting
+
+
+def _node_key(node: fx.Node, graph: fx.Graph) -> Tuple[str, str, int]:
+    """A name-independent identity of a node: module path, target, occurrence in that module."""
+    key = (node.meta.get("module_path", ""), str(node.target))
+    count = 0
+    for other in graph.nodes:
+        if other is node:
+            return (*key, count)
+        if (other.meta.get("module_path", ""), str(other.target)) == key:
+            count += 1
+    raise KeyError(node.name)
+
+
+def _locate(graph: fx.Graph, reference: fx.Graph, names: Sequence[str]) -> Dict[str, fx.Node]:
+    """Find in ``graph`` the nodes that ``names`` denote in ``reference`` (same model, other mode)."""
+    by_name = {n.name: n for n in reference.nodes}
+    wanted = {_node_key(by_name[name], reference): name for name in names}
+    found, counts = {}, {}
+    for node in graph.nodes:
+        key = (node.meta.get("module_path", ""), str(node.target))
+        k = counts.get(key, 0)
+        counts[key] = k + 1
+        if (*key, k) in wanted:
+            found[wanted[(*key, k)]] = node
+    lost = [n for n in names if n not in found]
+    if lost:
+        raise ValueError(f"tap node(s) {lost} exist in the eval graph but not in the train graph")
+    return found
+
+
+def _make_consumers_out_of_place(root: nn.Module, graph: fx.Graph, node: fx.Node) -> None:
+    """Rewrite every in-place op that would overwrite ``node``'s tensor into its out-of-place form."""
+    for user in list(node.users):
+        if not user.args or user.args[0] is not node:
+            continue
+        if user.op == "call_module":
+            module = root.get_submodule(user.target)
+            if not getattr(module, "inplace", False):
+                continue
+            factory = _OUT_OF_PLACE_ACTIVATIONS.get(type(module))
+            with graph.inserting_before(user):
+                if factory is not None:
+                    fn, kwargs = factory(module)
+                    replacement = graph.call_function(fn, (node,), kwargs)
+                    replacement.meta = dict(user.meta)
+                    user.replace_all_uses_with(replacement)
+                    graph.erase_node(user)
+                else:
+                    copy = graph.call_method("clone", (node,))
+                    user.replace_input_with(node, copy)
+        elif user.op == "call_function":
+            if user.target in _IN_PLACE_OPERATORS:
+                user.target = _IN_PLACE_OPERATORS[user.target]
+            elif user.target in _IN_PLACE_FUNCTIONS:
+                user.target = _IN_PLACE_FUNCTIONS[user.target]
+            elif user.kwargs.get("inplace"):
+                user.kwargs = {**user.kwargs, "inplace": False}
+            elif len(user.args) > 1 and user.args[-1] is True and user.target in ACTIVATION_FUNCTIONS:
+                user.args = (*user.args[:-1], False)
+        elif user.op == "call_method" and user.target.endswith("_") and hasattr(Tensor, user.target[:-1]):
+            user.target = user.target[:-1]
+
+
+class _CaptureStore:
+    """Plain (non-module) holder of captured tensors; lives as ``model._ofd_capture``."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.features: Dict[str, Tensor] = {}
+
+    def put(self, tensor: Tensor, name: str) -> Tensor:
+        if self.active:
+            self.features[name] = tensor
+        return tensor
+
+
+def _insert_captures(root: nn.Module, graph: fx.Graph, nodes: Dict[str, fx.Node]) -> None:
+    first = next(iter(graph.nodes))
+    with graph.inserting_after(first):
+        store = graph.get_attr("_ofd_capture")
+    for name, node in nodes.items():
+        _make_consumers_out_of_place(root, graph, node)
+        with graph.inserting_after(node):
+            graph.call_method("put", (store, node, name))
+    graph.lint()
+
+
+def _compile(root: nn.Module, graph: fx.Graph, prune: bool = False) -> Callable:
+    """Generate the forward function of ``graph`` (dead nodes pruned), to be bound to ``root``."""
+    module = fx.GraphModule(root, graph)
+    if prune:
+        module.graph.eliminate_dead_code()
+        module.recompile()
+    return type(module).forward
+
+
+def attach_taps(model: nn.Module, taps: Sequence[Tap]) -> nn.Module:
+    """Make ``model`` capture ``taps`` (see ``capture_taps``); returns the same module.
+
+    The forward is regenerated from the FX graph of each mode and bound to ``model`` itself,
+    so state_dict keys, their order, and outputs stay as they were.
+    """
+    names = [t.name for t in taps]
+    reference = trace(model, training=False)
+    functions = {}
+    model._ofd_capture = _CaptureStore()
+    for training in (False, True):
+        graph = reference if not training else trace(model, training=True)
+        nodes = _locate(graph, reference, names)
+        _insert_captures(model, graph, nodes)
+        functions[training] = _compile(model, graph)
+    eval_fn, train_fn = functions[False], functions[True]
+
+    def forward(self, *args, **kwargs):
+        return (train_fn if self.training else eval_fn)(self, *args, **kwargs)
+
+    model.forward = types.MethodType(forward, model)
+    model._ofd_taps = tuple(taps)
+    return model
+
+
+def detach_taps(model: nn.Module) -> nn.Module:
+    """Undo ``attach_taps``: the class's own forward is used again."""
+    for attribute in ("forward", "_ofd_capture", "_ofd_taps"):
+        model.__dict__.pop(attribute, None)
+    return model
+
+
+@contextlib.contextmanager
+def capture_taps(model: nn.Module) -> Iterator[Dict[str, Tensor]]:
+    """Within the context, forwards of ``model`` fill the yielded dict {tap name: tensor}."""
+    store = getattr(model, "_ofd_capture", None)
+    if store is None:
+        raise ValueError(f"{type(model).__name__} has no taps attached; call attach_taps(model, taps) first")
+    store.features = {}
+    store.active = True
+    try:
+        yield store.features
+    finally:
+        store.active = False
+        store.features = {}
+
+
+def _batch_statistics(root: nn.Module, graph: fx.Graph) -> None:
+    """Make every trainable BatchNorm in ``graph`` normalise with batch statistics, updating nothing."""
+    for node in list(graph.nodes):
+        module = _module(root, node)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            with graph.inserting_before(node):
+                weight = graph.get_attr(f"{node.target}.weight") if module.affine else None
+                bias = graph.get_attr(f"{node.target}.bias") if module.affine else None
+                replacement = graph.call_function(
+                    F.batch_norm, (node.args[0], None, None, weight, bias, True, 0.0, module.eps))
+            replacement.meta = dict(node.meta)
+            node.replace_all_uses_with(replacement)
+            graph.erase_node(node)
+        elif node.op == "call_function" and node.target is F.batch_norm:
+            args = list(node.args) + [None] * (8 - len(node.args))
+            args[1], args[2], args[5] = None, None, True
+            node.args = tuple(args[: max(6, len(node.args))])
+
+
+class TapExtractor:
+    """Runs a model only as far as its taps need and returns {tap name: tensor}.
+
+    The model is not modified. With ``batch_stats=True`` every BatchNorm normalises with the
+    batch's statistics (OFD's teacher mode) and no running statistic is updated.
+    """
+
+    def __init__(self, model: nn.Module, taps: Sequence[Tap], batch_stats: bool = True) -> None:
+        self.model = model
+        self.names = [t.name for t in taps]
+        graph = trace(model, training=False)
+        by_name = {n.name: n for n in graph.nodes}
+        nodes = {name: by_name[name] for name in self.names}
+        for node in nodes.values():
+            _make_consumers_out_of_place(model, graph, node)
+        output = next(n for n in graph.nodes if n.op == "output")
+        graph.erase_node(output)
+        graph.output({name: node for name, node in nodes.items()})
+        for node in list(graph.nodes):
+            if node.op == "call_function" and node.target in (torch._assert, getattr(torch, "_assert_async", None)):
+                graph.erase_node(node)
+        if batch_stats:
+            _batch_statistics(model, graph)
+        graph.lint()
+        self._fn = _compile(model, graph, prune=True)
+
+    def __call__(self, *args, **kwargs) -> Dict[str, Tensor]:
+        return self._fn(self.model, *args, **kwargs)
