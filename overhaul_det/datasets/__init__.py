@@ -1,0 +1,1 @@
+"""Datasets: classification (ImageFolder, Fashion-MNIST), COCO detection, VOC segmentation, scenes."""

@@ -1,0 +1,1 @@
+"""Metrics: accuracy, COCO mAP, mIoU (mmengine BaseMetric)."""
