@@ -35,12 +35,13 @@ def _unpack_debian(root: Path) -> bool:
         return True
     if not all((DEBIAN_DIR / f"{name}.gz").exists() for name in _FILES):
         return False
-    raw.mkdir(parents=True, exist_ok=True)
+    partial = raw / ".partial"
+    partial.mkdir(parents=True, exist_ok=True)
     for name in _FILES:
         if not (raw / name).exists():
-            tmp = raw / f"{name}.part"
-            extract_archive(str(DEBIAN_DIR / f"{name}.gz"), str(tmp))
-            os.replace(tmp, raw / name)
+            extract_archive(str(DEBIAN_DIR / f"{name}.gz"), str(partial))
+            os.replace(partial / name, raw / name)
+    partial.rmdir()
     logger.info("unpacked Fashion-MNIST from %s into %s", DEBIAN_DIR, raw)
     return True
 
