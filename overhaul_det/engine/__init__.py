@@ -1,1 +1,2 @@
-"""engine"""
+"""mmengine glue: safe checkpoint loading, hooks, CPU autocast, runner construction."""
+from . import checkpoint, hooks, optim  # noqa: F401  (registers the loader, hooks and wrappers)

@@ -1,1 +1,4 @@
-"""tasks"""
+"""Task adapters (mmengine models): classification, detection, segmentation."""
+from .classification import ClassificationDistiller
+
+__all__ = ["ClassificationDistiller"]

@@ -1,0 +1,76 @@
+"""Build a classifier by name from torchvision or timm; random init, hub weights, or a local file."""
+from __future__ import annotations
+
+import difflib
+import logging
+from typing import Optional
+
+import timm
+import torchvision
+from torch import nn
+
+from ..engine.checkpoint import load_state_dict_file
+
+__all__ = ["build_classifier", "model_zoo"]
+
+logger = logging.getLogger(__name__)
+
+
+def model_zoo(name: str) -> str:
+    """'torchvision' or 'timm': which zoo builds ``name`` (torchvision first); ValueError if neither."""
+    if name in torchvision.models.list_models(module=torchvision.models):
+        return "torchvision"
+    if timm.is_model(name):
+        return "timm"
+    candidates = list(dict.fromkeys(torchvision.models.list_models(module=torchvision.models) + timm.list_models()))
+    close = difflib.get_close_matches(name, candidates, n=5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown model name '{name}': not a torchvision classification model nor a timm model{hint}")
+
+
+def build_classifier(
+    name: str,
+    num_classes: int = 1000,
+    pretrained: bool = False,
+    checkpoint: Optional[str] = None,
+    checkpoint_prefix: Optional[str] = None,
+    **kwargs,
+) -> nn.Module:
+    """A torchvision or timm classifier with ``num_classes`` outputs.
+
+    ``pretrained`` asks the zoo for its weights (needs internet); ``checkpoint`` loads a local
+    .pth/.safetensors state_dict (weights_only) strictly, after stripping ``checkpoint_prefix``.
+    """
+    zoo = model_zoo(name)
+    if zoo == "torchvision":
+        weights = "DEFAULT" if pretrained else None
+        if pretrained and num_classes != 1000:
+            model = torchvision.models.get_model(name, weights=weights, **kwargs)
+            _replace_head(model, num_classes)
+        else:
+            model = torchvision.models.get_model(name, weights=weights, num_classes=num_classes, **kwargs)
+    else:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    if checkpoint:
+        state = load_state_dict_file(checkpoint, checkpoint_prefix)
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"checkpoint {checkpoint} does not match {name}: {len(result.missing_keys)} missing keys "
+                f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected keys "
+                f"(e.g. {result.unexpected_keys[:3]}); check the model name and num_classes, or set checkpoint_prefix"
+            )
+        logger.info("loaded %s weights from %s", name, checkpoint)
+    return model
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> None:
+    for attr in ("fc", "classifier", "head", "heads"):
+        head = getattr(model, attr, None)
+        if isinstance(head, nn.Linear):
+            setattr(model, attr, nn.Linear(head.in_features, num_classes))
+            return
+        if isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
+            head[-1] = nn.Linear(head[-1].in_features, num_classes)
+            return
+    raise ValueError(f"cannot find the classification head of {type(model).__name__} to resize to {num_classes} classes")

@@ -1,0 +1,32 @@
+"""What every task adapter shares: non-finite loss detection naming the term and iteration."""
+from __future__ import annotations
+
+import math
+from typing import Dict, Tuple
+
+import torch
+from mmengine.logging import MessageHub
+from mmengine.model import BaseModel
+
+__all__ = ["DistillationModel"]
+
+
+class DistillationModel(BaseModel):
+    """mmengine BaseModel whose loss parsing stops on the first NaN/Inf loss term.
+
+    The error names the term and the iteration, before the optimizer can step, so the last
+    checkpoint written stays the last good one.
+    """
+
+    def parse_losses(self, losses: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        loss, log_vars = super().parse_losses(losses)
+        bad = [name for name, value in log_vars.items()
+               if name != "loss" and not math.isfinite(float(value.detach()))]
+        if bad:
+            iteration = MessageHub.get_current_instance().get_info("iter", default=-1)
+            values = ", ".join(f"{name}={float(log_vars[name])}" for name in bad)
+            raise FloatingPointError(
+                f"non-finite loss at iteration {iteration + 1}: {values}. Training stopped before the optimizer "
+                "step; resume from the last checkpoint with a lower learning rate or loss weight (e.g. ofd.alpha)."
+            )
+        return loss, log_vars

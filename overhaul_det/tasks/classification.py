@@ -1,0 +1,144 @@
+"""Classification distillation as an mmengine model: {loss_cls, loss_ofd, loss_kd}.
+
+One config runs the baseline (ofd.alpha=0, kd_weight=0), KD, OFD and OFD+KD by switching
+weights. Only the student is evaluated; the teacher is frozen and comes out unchanged.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from .base import DistillationModel
+from torch import Tensor, nn
+
+from ..distiller import FeatureDistiller
+from ..models.classifiers import build_classifier
+from ..registry import MODELS
+
+__all__ = ["ClassificationDistiller", "kd_loss"]
+
+ModelSpec = Union[dict, nn.Module]
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+    """Hinton KD: KL(teacher || student) at temperature T, scaled by T^2, mean over the batch."""
+    t = temperature
+    log_p = F.log_softmax(student_logits / t, dim=1)
+    q = F.softmax(teacher_logits.detach() / t, dim=1)
+    return F.kl_div(log_p, q, reduction="batchmean") * (t * t)
+
+
+def _build(spec: ModelSpec, num_classes: int) -> nn.Module:
+    if isinstance(spec, nn.Module):
+        return spec
+    spec = dict(spec)
+    if "name" not in spec:
+        raise ValueError(f"model spec {spec} needs a 'name' (a timm or torchvision model name)")
+    spec.setdefault("num_classes", num_classes)
+    return build_classifier(**spec)
+
+
+@MODELS.register_module()
+class ClassificationDistiller(DistillationModel):
+    """Teacher and student classifiers with OFD (and optional logit KD) on the student's features.
+
+    Args:
+        teacher, student: ``dict(name=..., checkpoint=..., pretrained=...)`` or modules.
+        num_classes: classes of both heads (unless a spec sets its own).
+        ofd: FeatureDistiller options (alpha, weights, margin, teacher_bn, input_size, ...);
+            ``alpha=0`` turns OFD off (the teacher's features are then never computed).
+        kd_weight, kd_temperature: Hinton KD on the logits; 0 turns it off.
+        cls_weight: weight of the student's cross-entropy.
+    """
+
+    def __init__(
+        self,
+        teacher: Optional[ModelSpec],
+        student: ModelSpec,
+        num_classes: int = 1000,
+        ofd: Optional[dict] = None,
+        kd_weight: float = 0.0,
+        kd_temperature: float = 4.0,
+        cls_weight: float = 1.0,
+        data_preprocessor: Optional[dict] = None,
+        init_cfg: Optional[dict] = None,
+    ) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        ofd = dict(ofd or {})
+        self.ofd_enabled = ofd.get("alpha", 1.0) > 0
+        self.kd_weight = kd_weight
+        self.kd_temperature = kd_temperature
+        self.cls_weight = cls_weight
+        student_model = _build(student, num_classes)
+        teacher_model = _build(teacher, num_classes) if teacher is not None else None
+        if (self.ofd_enabled or kd_weight > 0) and teacher_model is None:
+            raise ValueError("OFD or KD needs a teacher; set teacher=dict(name=...) or ofd.alpha=0 and kd_weight=0")
+        if self.ofd_enabled:
+            self.distiller = FeatureDistiller(teacher_model, student_model, **ofd)
+        else:
+            self.student_model = student_model
+            if teacher_model is not None:
+                teacher_model.requires_grad_(False)
+                self.teacher_model = teacher_model.eval()
+
+    @property
+    def student(self) -> nn.Module:
+        return self.distiller.student if self.ofd_enabled else self.student_model
+
+    @property
+    def student_prefix(self) -> str:
+        """Prefix of the student's keys in this model's state_dict."""
+        return "distiller.student." if self.ofd_enabled else "student_model."
+
+    @property
+    def teacher(self) -> Optional[nn.Module]:
+        if self.ofd_enabled:
+            return self.distiller.teacher
+        return getattr(self, "teacher_model", None)
+
+    def train(self, mode: bool = True) -> "ClassificationDistiller":
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def forward(self, inputs: Tensor, data_samples: Optional[Sequence] = None, mode: str = "tensor"):
+        if mode == "loss":
+            return self.loss(inputs, data_samples)
+        logits = self.student(inputs)
+        if mode == "tensor":
+            return logits
+        if mode == "predict":
+            return self.predict(logits, data_samples)
+        raise ValueError(f"mode={mode!r}; expected 'loss', 'predict' or 'tensor'")
+
+    def loss(self, inputs: Tensor, data_samples: Sequence) -> Dict[str, Tensor]:
+        labels = _labels(data_samples, inputs.device)
+        losses: Dict[str, Tensor] = {}
+        if self.ofd_enabled:
+            logits, ofd_losses = self.distiller(inputs)
+            losses.update(ofd_losses)
+        else:
+            logits = self.student(inputs)
+        losses["loss_cls"] = self.cls_weight * F.cross_entropy(logits, labels)
+        if self.kd_weight > 0:
+            with torch.no_grad():
+                teacher_logits = self.teacher(inputs)
+            losses["loss_kd"] = self.kd_weight * kd_loss(logits, teacher_logits, self.kd_temperature)
+        return losses
+
+    @staticmethod
+    def predict(logits: Tensor, data_samples: Optional[Sequence]) -> List[dict]:
+        scores = logits.detach().float().softmax(dim=1)
+        labels = [None] * len(scores) if data_samples is None else _labels(data_samples, scores.device).tolist()
+        return [dict(pred_score=s, gt_label=y) for s, y in zip(scores, labels)]
+
+
+def _labels(data_samples, device) -> Tensor:
+    if isinstance(data_samples, Tensor):
+        return data_samples.to(device=device, dtype=torch.long)
+    if isinstance(data_samples, dict):
+        data_samples = data_samples["gt_label"]
+    values = [s["gt_label"] if isinstance(s, dict) else s for s in data_samples]
+    return torch.as_tensor([int(v) for v in values], device=device, dtype=torch.long)
