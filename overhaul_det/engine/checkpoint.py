@@ -24,12 +24,23 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint needs objects outside the allow-list to load (possibly code)."""
 
 
+def _history_buffer_getattr(obj: Any, name: str) -> Any:
+    """``getattr`` restricted to what mmengine pickles with it: a HistoryBuffer's statistic methods."""
+    from mmengine.logging import HistoryBuffer
+
+    owner_ok = obj is HistoryBuffer or isinstance(obj, HistoryBuffer)
+    if owner_ok and not name.startswith("_") and callable(getattr(HistoryBuffer, name, None)):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f"getattr({type(obj).__name__}, {name!r}) is not allowed in a checkpoint")
+
+
 def _safe_globals() -> list:
     from mmengine.logging import HistoryBuffer
 
     multiarray = (getattr(np, "_core", None) or np.core).multiarray
     dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "int8", "uint8", "bool")]
-    return [HistoryBuffer, OrderedDict, np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *dtypes]
+    return [HistoryBuffer, OrderedDict, np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *dtypes,
+            (_history_buffer_getattr, "builtins.getattr")]
 
 
 SAFE_GLOBALS = _safe_globals()

@@ -11,10 +11,10 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-import overhaul_det.datasets.classification  # noqa: F401  (register datasets)
+import overhaul_det.datasets  # noqa: F401  (registers datasets)
 import overhaul_det.engine  # noqa: F401  (safe loader, hooks, optim wrappers)
-import overhaul_det.evaluation.accuracy  # noqa: F401
-import overhaul_det.tasks  # noqa: F401
+import overhaul_det.evaluation  # noqa: F401  (registers metrics)
+import overhaul_det.tasks  # noqa: F401  (registers task models)
 
 __all__ = ["load_config", "validate_config", "build_runner", "DictAction"]
 
