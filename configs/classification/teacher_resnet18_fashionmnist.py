@@ -5,7 +5,7 @@ _base_ = [
     '../_base_/default_runtime.py',
 ]
 image_size = 32
-max_epochs = 6
+max_epochs = 5
 train_dataloader = dict(batch_size=128, dataset=dict(resize=image_size, augment=True))
 val_dataloader = dict(dataset=dict(resize=image_size))
 test_dataloader = val_dataloader
