@@ -572,6 +572,9 @@ def capture_taps(model: nn.Module) -> Iterator[Dict[str, Tensor]]:
         store.features = {}
 
 
+_BATCH_NORM_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+
+
 def _batch_statistics(root: nn.Module, graph: fx.Graph) -> None:
     """Make every trainable BatchNorm in ``graph`` normalise with batch statistics, updating nothing."""
     for node in list(graph.nodes):
@@ -586,9 +589,10 @@ def _batch_statistics(root: nn.Module, graph: fx.Graph) -> None:
             node.replace_all_uses_with(replacement)
             graph.erase_node(node)
         elif node.op == "call_function" and node.target is F.batch_norm:
-            args = list(node.args) + [None] * (8 - len(node.args))
-            args[1], args[2], args[5] = None, None, True
-            node.args = tuple(args[: max(6, len(node.args))])
+            values = {**dict(zip(_BATCH_NORM_ARGS, node.args)), **node.kwargs}
+            values.update(running_mean=None, running_var=None, training=True)
+            node.args = (values.pop("input"),)
+            node.kwargs = values
 
 
 class TapExtractor:

@@ -1,0 +1,243 @@
+"""FeatureDistiller end to end on a real teacher/student pair, and its error paths."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from overhaul_det import (
+    DataMarginEstimator,
+    FeatureDistiller,
+    attach_taps,
+    bn_margin,
+    capture_taps,
+    default_tap_weights,
+    find_taps,
+    ofd_loss_reference,
+    pair_taps,
+)
+
+SIZE = (3, 64, 64)
+
+
+@pytest.fixture
+def pair(make_model, randomized):
+    """A random-init torchvision ResNet-50 teacher (random BN affines) and MobileNetV3-Large student."""
+    return randomized(make_model("tv", "resnet50")), make_model("tv", "mobilenet_v3_large")
+
+
+def _x(batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, *SIZE)
+
+
+def _snapshot(model: nn.Module):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_state(model: nn.Module, snapshot) -> None:
+    state = model.state_dict()
+    assert list(state) == list(snapshot)
+    for key, value in snapshot.items():
+        assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+
+
+def _teacher_train_features(teacher: nn.Module, taps, x: torch.Tensor):
+    """Teacher tap tensors from a deep copy run with BN in train mode (independent of TapExtractor)."""
+    clone = copy.deepcopy(teacher).train()
+    attach_taps(clone, taps)
+    with torch.no_grad(), capture_taps(clone) as feats:
+        clone(x)
+    return [feats[t.name] for t in taps]
+
+
+def test_distiller_trains_student_and_leaves_teacher_untouched(pair):
+    teacher, student = pair
+    snapshot = _snapshot(teacher)
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE)
+    distiller.train()
+    assert not teacher.training and student.training
+    student_before = _snapshot(student)
+    # the optimizer sees every parameter, the teacher's included: nothing may reach them
+    optimizer = torch.optim.SGD(distiller.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    for step in range(3):
+        x, y = _x(), torch.randint(0, 1000, (2,))
+        out, losses = distiller(x)
+        assert set(losses) == {"loss_ofd"}
+        loss = losses["loss_ofd"]
+        assert loss.dim() == 0 and torch.isfinite(loss) and loss > 0
+        optimizer.zero_grad()
+        (F.cross_entropy(out, y) + loss).backward()
+        if step == 0:
+            assert all(p.grad is None for p in teacher.parameters())
+            assert all(p.grad is not None for p in student.parameters())
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.regressors.parameters())
+        optimizer.step()
+    _assert_same_state(teacher, snapshot)
+    assert all(not p.requires_grad for p in teacher.parameters())
+    assert any(not torch.equal(v, student.state_dict()[k]) for k, v in student_before.items())
+
+
+def test_distill_loss_alone_reaches_student_features(pair):
+    teacher, student = pair
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE).train()
+    _, losses = distiller(_x())
+    losses["loss_ofd"].backward()
+    assert student.features[0][0].weight.grad.abs().sum() > 0
+    assert student.classifier[-1].weight.grad is None  # after the last tap: no distillation gradient
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_distiller_loss_value(pair):
+    teacher, student = pair
+    alpha = 0.5
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, alpha=alpha).train()
+    x = _x()
+    with distiller.capture_student() as captured:
+        distiller.student(x)
+    student_feats = [captured[s.name] for s in distiller.student_taps]
+    loss = distiller.distill_loss(captured, distiller.teacher_features(x))
+
+    teacher_feats = _teacher_train_features(teacher, distiller.teacher_taps, x)
+    expected = 0.0
+    for w, s, t, reg, tap in zip([1 / 8, 1 / 4, 1 / 2, 1.0], student_feats, teacher_feats,
+                                 distiller.regressors, distiller.teacher_taps):
+        margin = bn_margin(teacher.get_submodule(tap.norm))
+        expected = expected + w * ofd_loss_reference(reg(s), t, margin)
+    expected = expected * alpha / x.shape[0]
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+
+
+def test_distiller_teacher_features_use_batch_statistics(pair):
+    teacher, student = pair
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE)
+    x = _x()
+    feats = distiller.teacher_features(x)
+    expected = _teacher_train_features(teacher, distiller.teacher_taps, x)
+    assert [f.shape[1] for f in feats] == [256, 512, 1024, 2048]
+    for got, want in zip(feats, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert not got.requires_grad and got.min() < 0
+
+
+def test_distiller_student_output_is_native(pair):
+    teacher, student = pair
+    plain = copy.deepcopy(student).eval()
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE).eval()
+    x = _x()
+    with torch.no_grad():
+        out, _ = distiller(x)
+        assert torch.equal(out, plain(x))
+    assert list(student.state_dict()) == list(plain.state_dict())
+
+
+def test_distiller_defaults_weights_and_bn_margins(pair):
+    teacher, student = pair
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE)
+    assert distiller.weights == [1 / 8, 1 / 4, 1 / 2, 1.0]
+    assert default_tap_weights(3) == [1 / 4, 1 / 2, 1.0]
+    assert [s.stride for s, _ in distiller.pairs] == [4, 8, 16, 32]
+    assert [t.stride for _, t in distiller.pairs] == [4, 8, 16, 32]
+    assert [t.norm for t in distiller.teacher_taps] == ["layer1.2.bn3", "layer2.3.bn3", "layer3.5.bn3", "layer4.2.bn3"]
+    buffers = dict(distiller.named_buffers())
+    state = distiller.state_dict()
+    for i, tap in enumerate(distiller.teacher_taps):
+        margin = buffers[f"margin_{i}"]
+        assert f"margin_{i}" in state
+        assert torch.equal(margin, bn_margin(teacher.get_submodule(tap.norm)))
+        assert margin.shape == (tap.channels,) and (margin < 0).all()
+    assert bool(distiller.margins_calibrated)
+    assert [(r[0].in_channels, r[0].out_channels) for r in distiller.regressors] == [
+        (s.channels, t.channels) for s, t in distiller.pairs]
+
+
+def test_distiller_data_margins_calibrate(pair):
+    teacher, student = pair
+    snapshot = _snapshot(teacher)
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, margin="data")
+    assert not bool(distiller.margins_calibrated)
+    batches = [_x() for _ in range(3)]
+    distiller.calibrate_margins(iter(batches))
+    assert bool(distiller.margins_calibrated)
+    per_batch = [_teacher_train_features(teacher, distiller.teacher_taps, b) for b in batches]
+    for i, margin in enumerate(distiller.margins):
+        values = torch.cat([feats[i].transpose(0, 1).reshape(feats[i].shape[1], -1) for feats in per_batch], 1)
+        negatives = torch.where(values < 0, values.double(), torch.zeros((), dtype=torch.float64))
+        expected = negatives.sum(1) / (values < 0).sum(1).clamp_min(1)
+        torch.testing.assert_close(margin.double(), expected, rtol=1e-5, atol=1e-7)
+        assert (margin < 0).any() and (margin <= 0).all()
+    _assert_same_state(teacher, snapshot)
+
+
+def test_distiller_data_margins_from_first_batch(pair):
+    teacher, student = pair
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, margin="data").train()
+    x = _x()
+    _, losses = distiller(x)
+    assert bool(distiller.margins_calibrated) and torch.isfinite(losses["loss_ofd"])
+    feats = _teacher_train_features(teacher, distiller.teacher_taps, x)
+    for margin, feat in zip(distiller.margins, feats):
+        torch.testing.assert_close(margin, DataMarginEstimator.from_features([feat]), rtol=1e-5, atol=1e-7)
+    calibrated = [m.clone() for m in distiller.margins]
+    distiller(_x())
+    assert all(torch.equal(a, b) for a, b in zip(calibrated, distiller.margins))
+
+
+def test_distiller_bn_margin_needs_a_bn(make_model):
+    teacher, student = make_model("timm", "convnext_nano"), make_model("timm", "resnet18")
+    with pytest.raises(ValueError, match="margin='data'"):
+        FeatureDistiller(teacher, student, input_size=SIZE, margin="bn")
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, margin="auto")
+    assert not bool(distiller.margins_calibrated)
+
+
+def test_distiller_explicit_pairs(pair):
+    teacher, student = pair
+    s_taps, t_taps = find_taps(student, input_size=SIZE), find_taps(teacher, input_size=SIZE)
+    pairs = [(s_taps[3].name, t_taps[3].name), (s_taps[1].name, t_taps[1].name)]
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, pairs=pairs).train()
+    assert [(s.name, t.name) for s, t in distiller.pairs] == pairs
+    assert distiller.weights == [1 / 2, 1.0]
+    assert len(distiller.regressors) == 2 and distiller.regressors[0][0].out_channels == 2048
+    assert torch.equal(distiller.margin_0, bn_margin(teacher.layer4[2].bn3))
+    _, losses = distiller(_x())
+    assert torch.isfinite(losses["loss_ofd"])
+
+
+def test_distiller_align(pair):
+    teacher, student = pair
+    s_taps, t_taps = find_taps(student, input_size=SIZE), find_taps(teacher, input_size=SIZE)
+    # student stride 8 (8x8 at 64 px) against teacher stride 16 (4x4), and the reverse
+    pairs = [(s_taps[1].name, t_taps[2].name), (s_taps[3].name, t_taps[2].name)]
+    strict = FeatureDistiller(copy.deepcopy(teacher), copy.deepcopy(student), input_size=SIZE,
+                              pairs=pairs, align="raise")
+    with pytest.raises(ValueError, match="spatial size"):
+        strict(_x())
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, pairs=pairs, align="interpolate").train()
+    _, losses = distiller(_x())
+    loss = losses["loss_ofd"]
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    assert all(p.grad is not None for p in distiller.regressors.parameters())
+
+
+def test_unpaired_taps_name_both_models(pair):
+    teacher, student = pair
+    s_taps, t_taps = find_taps(student, input_size=SIZE), find_taps(teacher, input_size=SIZE)
+    with pytest.raises(ValueError) as info:
+        FeatureDistiller(teacher, student, input_size=SIZE, student_taps=s_taps[:3], teacher_taps=t_taps)
+    message = str(info.value)
+    assert all(t.name in message for t in s_taps[:3]) and all(t.name in message for t in t_taps)
+    assert "pairs=" in message
+    with pytest.raises(ValueError) as info:
+        pair_taps(s_taps[:3], t_taps, pairs=[(s_taps[0].name, "no_such_node")])
+    assert "no_such_node" in str(info.value) and t_taps[0].name in str(info.value)
+
+
+def test_distiller_rejects_bad_options(pair):
+    teacher, student = pair
+    for kwargs in ({"margin": "mean"}, {"align": "crop"}, {"teacher_bn": "frozen"}, {"weights": [1.0, 1.0]}):
+        with pytest.raises(ValueError):
+            FeatureDistiller(teacher, student, input_size=SIZE, **kwargs)

@@ -1,0 +1,366 @@
+"""Tap discovery in FX graphs, and capture that leaves the model's outputs and parameters alone."""
+from __future__ import annotations
+
+import copy
+import operator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from overhaul_det import TapExtractor, attach_taps, capture_taps, detach_taps, find_taps
+from overhaul_det.taps import trace
+
+SIZE = (3, 64, 64)
+
+MODELS = [
+    ("tv", "resnet18"), ("tv", "resnet50"), ("tv", "wide_resnet50_2"), ("tv", "resnext50_32x4d"),
+    ("tv", "mobilenet_v2"), ("tv", "mobilenet_v3_large"), ("tv", "regnet_y_400mf"),
+    ("tv", "efficientnet_b0"), ("tv", "convnext_tiny"),
+    ("timm", "resnet18"), ("timm", "resnet50"), ("timm", "resnet50d"), ("timm", "mobilenetv3_large_100"),
+    ("timm", "efficientnet_b0"), ("timm", "regnety_008"), ("timm", "convnext_nano"),
+]
+CONVNEXT = {("tv", "convnext_tiny"), ("timm", "convnext_nano")}
+# linear-bottleneck nets: the tap is the pre-activation BN output of the next stage's expansion
+LINEAR_BOTTLENECK = [("tv", "mobilenet_v2"), ("tv", "mobilenet_v3_large"), ("tv", "efficientnet_b0"),
+                     ("timm", "mobilenetv3_large_100"), ("timm", "efficientnet_b0")]
+
+
+def _x(batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, *SIZE)
+
+
+def _nodes(model: nn.Module):
+    return {n.name: n for n in trace(model).nodes}
+
+
+# ---------------------------------------------------------------------------------------------
+# find_taps
+
+
+@pytest.mark.parametrize("source,name", MODELS, ids=[f"{s}-{n}" for s, n in MODELS])
+def test_find_taps_four_stages(make_model, source, name):
+    model = make_model(source, name)
+    taps = find_taps(model, input_size=SIZE)
+    assert [t.stride for t in taps] == [4, 8, 16, 32]
+    for tap, size in zip(taps, (16, 8, 4, 2)):
+        assert len(tap.shape) == 4 and tap.shape[1] == tap.channels and tap.shape[2:] == (size, size)
+    if (source, name) in CONVNEXT:
+        assert all(t.norm is None and t.activation is None for t in taps)
+    else:
+        # every other listed net ends its stages (or feeds the next expansion) in BN -> activation
+        assert all(t.norm is not None and t.activation is not None for t in taps)
+        for tap in taps:
+            assert isinstance(model.get_submodule(tap.norm), nn.modules.batchnorm._BatchNorm)
+
+
+def test_find_taps_timm_features_only(make_model):
+    model = make_model("timm", "resnet18", features_only=True)
+    taps = find_taps(model, input_size=SIZE)
+    assert [t.stride for t in taps] == [4, 8, 16, 32]
+    assert [t.channels for t in taps] == [64, 128, 256, 512]
+    assert [t.norm for t in taps] == [f"layer{i}.1.bn2" for i in range(1, 5)]
+
+
+def test_find_taps_torchvision_resnet50_exact(make_model):
+    model = make_model("tv", "resnet50")
+    taps = find_taps(model, input_size=SIZE)
+    nodes = _nodes(model)
+    blocks = ["layer1.2", "layer2.3", "layer3.5", "layer4.2"]
+    assert [t.module for t in taps] == blocks
+    assert [t.channels for t in taps] == [256, 512, 1024, 2048]
+    assert [t.norm for t in taps] == [f"{b}.bn3" for b in blocks]
+    assert [t.activation for t in taps] == ["ReLU"] * 4
+    for tap in taps:
+        node = nodes[tap.name]
+        assert node.op == "call_function" and node.target in (operator.add, operator.iadd)
+        assert node.meta["module_path"] == tap.module
+
+
+def test_find_taps_mobilenet_v2_official_positions(make_model):
+    model = make_model("tv", "mobilenet_v2")
+    taps = find_taps(model, input_size=SIZE)
+    # expansion 1x1 conv + BN of the first block of the next stage, and the last conv + BN
+    assert [t.norm for t in taps] == ["features.4.conv.0.1", "features.7.conv.0.1",
+                                      "features.14.conv.0.1", "features.18.1"]
+    assert [t.channels for t in taps] == [144, 192, 576, 1280]
+    assert [t.activation for t in taps] == ["ReLU6"] * 4
+    for tap in taps:
+        block = model.get_submodule(tap.norm.rsplit(".", 1)[0])
+        assert block[0].kernel_size == (1, 1) and isinstance(block[2], nn.ReLU6)
+
+
+def _eval_bn_output(model: nn.Module, norm: str, x: torch.Tensor) -> torch.Tensor:
+    """The affine BN output (before any activation) of ``norm``, recomputed from its input."""
+    bn = model.get_submodule(norm)
+    seen = {}
+    handle = bn.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0].clone()))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return F.batch_norm(seen["x"], bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+@pytest.mark.parametrize("source,name", LINEAR_BOTTLENECK, ids=[f"{s}-{n}" for s, n in LINEAR_BOTTLENECK])
+def test_linear_bottleneck_taps_are_pre_activation_bn_outputs(make_model, randomized, source, name):
+    model = randomized(make_model(source, name))
+    taps = find_taps(model, input_size=SIZE)
+    x = _x()
+    plain = copy.deepcopy(model)
+    attach_taps(model, taps)
+    with torch.no_grad(), capture_taps(model) as feats:
+        model(x)
+        for tap in taps:
+            expected = _eval_bn_output(plain, tap.norm, x)
+            torch.testing.assert_close(feats[tap.name], expected, rtol=1e-5, atol=1e-5)
+            assert feats[tap.name].min() < 0, f"{tap.name} lost its negative half"
+
+
+def test_find_taps_unknown_node_lists_valid_names(make_model):
+    model = make_model("tv", "resnet18")
+    with pytest.raises(ValueError) as info:
+        find_taps(model, input_size=SIZE, nodes=["add_1", "layer9_add"])
+    message = str(info.value)
+    assert "layer9_add" in message and "ResNet" in message
+    for valid in ("add_1", "add_7", "layer1_0_conv1"):
+        assert valid in message
+
+
+def test_find_taps_explicit_nodes(make_model):
+    model = make_model("tv", "resnet18")
+    taps = find_taps(model, input_size=SIZE, nodes=["add_3", "layer1_0_bn1"])
+    assert [t.name for t in taps] == ["add_3", "layer1_0_bn1"]
+    assert [(t.channels, t.stride) for t in taps] == [(128, 8), (64, 4)]
+    assert taps[0].norm == "layer2.1.bn2" and taps[1].norm == "layer1.0.bn1"
+    assert taps[0].activation == "ReLU"
+
+
+def test_find_taps_non_feature_node_is_type_error(make_model):
+    with pytest.raises(TypeError, match="fc"):
+        find_taps(make_model("tv", "resnet18"), input_size=SIZE, nodes=["fc"])
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=4)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.conv(x)
+        return -self.conv(x)
+
+
+def test_untraceable_model_is_value_error():
+    with pytest.raises(ValueError) as info:
+        find_taps(DataDependent(), input_size=SIZE)
+    message = str(info.value)
+    assert "DataDependent" in message
+    assert "extra_leaves" in message or "traceable part" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Capture
+
+
+def _bottleneck_pre_activation(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = torch.relu(block.bn1(block.conv1(x)))
+    out = torch.relu(block.bn2(block.conv2(out)))
+    out = block.bn3(block.conv3(out))
+    identity = block.downsample(x) if block.downsample is not None else x
+    return out + identity
+
+
+def _resnet50_pre_activations(model: nn.Module, x: torch.Tensor):
+    """Independent computation of the four stage-end pre-activations of a torchvision ResNet-50."""
+    h = model.maxpool(torch.relu(model.bn1(model.conv1(x))))
+    outs = []
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        h = layer[:-1](h)
+        pre = _bottleneck_pre_activation(layer[-1], h)
+        outs.append(pre)
+        h = torch.relu(pre)
+    return outs
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_capture_resnet50_equals_hand_computed_pre_activation(make_model, randomized, mode):
+    model = randomized(make_model("tv", "resnet50"))
+    taps = find_taps(model, input_size=SIZE)
+    reference = copy.deepcopy(model)
+    attach_taps(model, taps)
+    model.train(mode == "train")
+    reference.train(mode == "train")
+    x = _x()
+    with torch.no_grad():
+        with capture_taps(model) as feats:
+            out = model(x)
+            captured = [feats[t.name].clone() for t in taps]
+        expected = _resnet50_pre_activations(reference, x)
+    assert len(captured) == 4
+    for got, want in zip(captured, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # the last block's pre-activation keeps its negative half: no in-place ReLU overwrote it
+    assert captured[3].min() < 0 and expected[3].min() < 0
+    assert all(c.min() < 0 for c in captured)
+    assert out.shape == (2, 1000)
+
+
+def test_capture_outside_context_stores_nothing(make_model):
+    model = make_model("tv", "resnet18")
+    taps = find_taps(model, input_size=SIZE)
+    attach_taps(model, taps)
+    store = model._ofd_capture
+    with torch.no_grad():
+        model(_x())
+    assert store.features == {}
+    with torch.no_grad(), capture_taps(model) as feats:
+        model(_x())
+        assert sorted(feats) == sorted(t.name for t in taps)
+    kept = dict(feats)
+    with torch.no_grad():
+        model(_x())
+    # the yielded dict stays readable after the context, and later forwards leave it alone
+    assert feats.keys() == kept.keys() and all(feats[k] is kept[k] for k in kept)
+    assert store.features == {} and not store.active
+
+
+REWRITE_MODELS = [("tv", "resnet50", {}), ("tv", "mobilenet_v3_large", {}),
+                  ("timm", "efficientnet_b0", {"drop_path_rate": 0.2})]
+
+
+@pytest.mark.parametrize("source,name,kwargs", REWRITE_MODELS, ids=[n for _, n, _ in REWRITE_MODELS])
+def test_rewritten_model_is_unchanged(make_model, randomized, source, name, kwargs):
+    model = randomized(make_model(source, name, **kwargs))
+    original = copy.deepcopy(model)
+    keys = list(model.state_dict())
+    attach_taps(model, find_taps(model, input_size=SIZE))
+    assert list(model.state_dict()) == keys
+    x = _x()
+
+    model.eval()
+    original.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), original(x))
+
+    # train mode: dropout / stochastic depth draw the same numbers, BN statistics evolve alike
+    before_train = {k: v.clone() for k, v in original.state_dict().items()}
+    model.train()
+    original.train()
+    for step in range(2):
+        torch.manual_seed(100 + step)
+        with capture_taps(model):
+            out = model(x)
+        torch.manual_seed(100 + step)
+        expected = original(x)
+        assert torch.equal(out, expected)
+    out.sum().backward()
+    expected.sum().backward()
+    for (k, p), (k2, q) in zip(model.named_parameters(), original.named_parameters()):
+        assert k == k2 and torch.equal(p.grad, q.grad), k
+    state, reference = model.state_dict(), original.state_dict()
+    assert list(state) == list(reference)
+    for key in reference:
+        assert torch.equal(state[key], reference[key]), key
+    assert any(not torch.equal(state[k], v) for k, v in before_train.items() if k.endswith("running_mean"))
+
+    fresh = make_model(source, name, **kwargs)
+    result = fresh.load_state_dict(model.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+
+
+def test_detach_taps_restores(make_model, randomized):
+    model = randomized(make_model("tv", "resnet18"))
+    original = copy.deepcopy(model)
+    attach_taps(model, find_taps(model, input_size=SIZE))
+    assert "forward" in model.__dict__
+    detach_taps(model)
+    assert "forward" not in model.__dict__
+    assert not hasattr(model, "_ofd_capture")
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(model(x), original(x))
+    with pytest.raises(ValueError, match="attach_taps"):
+        with capture_taps(model):
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# TapExtractor
+
+
+def _snapshot(model: nn.Module):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_state(model: nn.Module, snapshot) -> None:
+    state = model.state_dict()
+    assert list(state) == list(snapshot)
+    for key, value in snapshot.items():
+        assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+
+
+def _captured(model: nn.Module, taps, x: torch.Tensor, train: bool):
+    """Tap tensors of a deep copy run in the given mode (the copy's BN statistics may move)."""
+    clone = copy.deepcopy(model).train(train)
+    attach_taps(clone, taps)
+    with torch.no_grad(), capture_taps(clone) as feats:
+        clone(x)
+        return {k: v.clone() for k, v in feats.items()}
+
+
+@pytest.mark.parametrize("source,name", [("tv", "resnet50"), ("timm", "efficientnet_b0")])
+def test_tap_extractor_batch_statistics(make_model, randomized, source, name):
+    model = randomized(make_model(source, name)).eval()
+    taps = find_taps(model, input_size=SIZE)
+    snapshot = _snapshot(model)
+    x = _x()
+    extractor = TapExtractor(model, taps, batch_stats=True)
+    with torch.no_grad():
+        first = extractor(x)
+        second = extractor(x)
+    assert sorted(first) == sorted(t.name for t in taps)
+    _assert_same_state(model, snapshot)
+    assert not model.training and "forward" not in model.__dict__
+
+    expected = _captured(model, taps, x, train=True)
+    eval_features = _captured(model, taps, x, train=False)
+    for tap in taps:
+        torch.testing.assert_close(first[tap.name], expected[tap.name], rtol=1e-5, atol=1e-5)
+        assert torch.equal(first[tap.name], second[tap.name])
+        assert not torch.allclose(first[tap.name], eval_features[tap.name], atol=1e-3)
+        assert first[tap.name].min() < 0
+    _assert_same_state(model, snapshot)
+
+
+@pytest.mark.parametrize("source,name", [("tv", "resnet50"), ("timm", "efficientnet_b0")])
+def test_tap_extractor_eval_statistics(make_model, randomized, source, name):
+    model = randomized(make_model(source, name)).eval()
+    taps = find_taps(model, input_size=SIZE)
+    snapshot = _snapshot(model)
+    x = _x()
+    with torch.no_grad():
+        got = TapExtractor(model, taps, batch_stats=False)(x)
+    expected = _captured(model, taps, x, train=False)
+    for tap in taps:
+        torch.testing.assert_close(got[tap.name], expected[tap.name], rtol=1e-5, atol=1e-5)
+    _assert_same_state(model, snapshot)
+
+
+def test_tap_extractor_frozen_bn_used_as_is(make_model, randomized):
+    from torchvision.models import resnet18
+    from torchvision.ops import FrozenBatchNorm2d
+
+    model = randomized(resnet18(norm_layer=FrozenBatchNorm2d)).eval()
+    taps = find_taps(model, input_size=SIZE)
+    assert [t.norm for t in taps] == [f"layer{i}.1.bn2" for i in range(1, 5)]
+    snapshot = _snapshot(model)
+    x = _x()
+    with torch.no_grad():
+        got = TapExtractor(model, taps, batch_stats=True)(x)
+    expected = _captured(model, taps, x, train=False)
+    for tap in taps:
+        torch.testing.assert_close(got[tap.name], expected[tap.name], rtol=1e-5, atol=1e-5)
+    _assert_same_state(model, snapshot)
