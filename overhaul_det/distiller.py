@@ -52,6 +52,8 @@ def pair_taps(
     else:
         s_strides = [t.stride for t in student_taps]
         t_strides = [t.stride for t in teacher_taps]
+        if s_strides == t_strides:
+            return _check_layouts(list(zip(student_taps, teacher_taps)))
         if sorted(s_strides) != sorted(t_strides) or len(set(s_strides)) != len(s_strides):
             raise ValueError(
                 "cannot pair taps by stride: student taps are "
@@ -60,11 +62,15 @@ def pair_taps(
             )
         by_stride = {t.stride: t for t in teacher_taps}
         matched = [(s, by_stride[s.stride]) for s in student_taps]
+    return _check_layouts(matched)
+
+
+def _check_layouts(matched: List[Tuple[Tap, Tap]]) -> List[Tuple[Tap, Tap]]:
     for s, t in matched:
-        if s.channel_last != t.channel_last:
+        if s.layout != t.layout:
             raise ValueError(
-                f"student tap {s.name} {s.shape} and teacher tap {t.name} {t.shape} mix feature maps and "
-                "tokens; pair taps of the same layout"
+                f"student tap {s.name} {s.shape} is {s.layout} but teacher tap {t.name} {t.shape} is {t.layout}; "
+                "pair taps of the same layout (feature maps with maps, tokens with tokens)"
             )
     return matched
 
@@ -208,12 +214,14 @@ class FeatureDistiller(nn.Module):
         logger.info("OFD data margins estimated from the first batch; call calibrate_margins() for more batches")
 
     def _align(self, s: Tensor, t: Tensor, pair: Tuple[Tap, Tap]) -> Tensor:
-        if s.shape[2:] == t.shape[2:] or s.dim() == 3 and s.shape[1] == t.shape[1]:
+        same = s.shape[:-1] == t.shape[:-1] if pair[1].channel_last else s.shape[2:] == t.shape[2:]
+        if same:
             return s
-        if self.align == "raise" or s.dim() != 4:
+        if self.align == "raise" or pair[1].channel_last:
             raise ValueError(
-                f"student tap {pair[0].name} has spatial size {tuple(s.shape[2:])} but teacher tap "
-                f"{pair[1].name} has {tuple(t.shape[2:])}; feed both the same input size or use align='interpolate'"
+                f"student tap {pair[0].name} has spatial size {tuple(s.shape)} after its regressor but teacher tap "
+                f"{pair[1].name} has {tuple(t.shape)}; feed both the same input size"
+                + ("" if pair[1].channel_last else " or use align='interpolate'")
             )
         return F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False)
 
@@ -221,25 +229,40 @@ class FeatureDistiller(nn.Module):
         self, student_feats: Union[Dict[str, Tensor], Sequence[Tensor]], teacher_feats: Sequence[Tensor]
     ) -> Tensor:
         """alpha * sum_i w_i * ofd_loss(r_i(s_i), t_i, m_i) / batch_size."""
+        return self._consume_loss(self._student_list(student_feats), list(teacher_feats))
+
+    def _student_list(self, student_feats: Union[Dict[str, Tensor], Sequence[Tensor]]) -> List[Tensor]:
         if isinstance(student_feats, dict):
             missing = [s.name for s, _ in self.pairs if s.name not in student_feats]
             if missing:
                 raise RuntimeError(f"student taps {missing} were not captured; run the student inside capture_student()")
-            student_feats = [student_feats[s.name] for s, _ in self.pairs]
+            return [student_feats[s.name] for s, _ in self.pairs]
+        return list(student_feats)
+
+    def _consume_loss(self, student_feats: List[Optional[Tensor]], teacher_feats: List[Optional[Tensor]]) -> Tensor:
+        """``distill_loss`` on lists it owns: a tap's entries are dropped once its term is summed,
+        so tensors no other reference holds are freed tap by tap, not at the end."""
         if not bool(self.margins_calibrated):
             self._calibrate_from(teacher_feats)
-        total = None
-        for i, (pair, s, t, regressor) in enumerate(zip(self.pairs, student_feats, teacher_feats, self.regressors)):
-            channel_dim = -1 if pair[1].channel_last else 1
-            r = self._align(regressor(s), t, pair)
-            term = self.weights[i] * ofd_loss(r, t, self.margins[i], channel_dim)
-            total = term if total is None else total + term
         batch_size = teacher_feats[0].shape[0]
+        total = None
+        for i in range(min(len(self.pairs), len(student_feats), len(teacher_feats))):
+            term = self._term(i, student_feats[i], teacher_feats[i])
+            student_feats[i] = teacher_feats[i] = None
+            total = term if total is None else total + term
         return total * (self.alpha / batch_size)
+
+    def _term(self, i: int, s: Tensor, t: Tensor) -> Tensor:
+        """w_i * ofd_loss(r_i(s), t, m_i); the regressor's output is freed on return."""
+        pair = self.pairs[i]
+        channel_dim = -1 if pair[1].channel_last else 1
+        r = self._align(self.regressors[i](s), t, pair)
+        return self.weights[i] * ofd_loss(r, t, self.margins[i], channel_dim)
 
     def forward(self, x: Tensor) -> Tuple[object, Dict[str, Tensor]]:
         """Student output and {'loss_ofd': loss} for a batch both models see as it is."""
         with self.capture_student() as captured:
             out = self.student(x)
-        loss = self.distill_loss(captured, self.teacher_features(x))
+            student_feats = self._student_list(captured)
+        loss = self._consume_loss(student_feats, self.teacher_features(x))
         return out, {"loss_ofd": loss}

@@ -43,6 +43,8 @@ ACTIVATION_FUNCTIONS = {
     F.leaky_relu_, F.mish, F.elu, F.elu_, F.hardtanh, F.hardtanh_, F.celu, F.selu, F.softplus,
 }
 ACTIVATION_METHODS = {"relu", "relu_", "hardtanh", "hardtanh_", "clamp_min", "clamp_min_"}
+TIMM_ACTIVATIONS = {"swish", "swishme", "hardswish", "hardswishme", "mish", "mishme", "gelu", "gelutanh",
+                    "quickgelu", "hardmish", "hardmishme", "prelu"}
 PASSTHROUGH_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
 _NOT_LEAVES = ("Conv2dNormActivation", "Conv3dNormActivation", "BatchNormAct2d", "SyncBatchNormAct",
                "FrozenBatchNormAct2d", "MLP")
@@ -75,11 +77,12 @@ class Tap:
     activation: Optional[str]
     module: str = ""
     shape: Tuple[int, ...] = ()
+    layout: str = "nchw"
 
     @property
     def channel_last(self) -> bool:
-        """True for token features (N, L, C) where channels are the last axis."""
-        return len(self.shape) == 3
+        """True for tokens (N, L, C) and channel-last maps (N, H, W, C)."""
+        return self.layout != "nchw"
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +176,7 @@ def _sample_input(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tens
         first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         channels = first_conv.in_channels if first_conv is not None else 3
         input_size = (channels, *input_size)
-    return torch.randn(2, *input_size)
+    return torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
 
 
 def _propagate_shapes(model: nn.Module, graph: fx.Graph, sample: Tensor) -> None:
@@ -211,9 +214,7 @@ def _activation_name(root: nn.Module, node: fx.Node) -> Optional[str]:
     module = _module(root, node)
     if module is not None:
         name = type(module).__name__
-        if isinstance(module, ACTIVATION_MODULES) or hasattr(module, "inplace") and "act" in name.lower():
-            return name
-        if name.lower() in {"swish", "hardswish", "hardswishme", "swishme", "mish", "gelu", "geluTanh".lower()}:
+        if isinstance(module, ACTIVATION_MODULES) or name.lower() in TIMM_ACTIVATIONS:
             return name
         return None
     if node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS:
@@ -252,9 +253,9 @@ def _feeding_norm(root: nn.Module, node: fx.Node, depth: int = 0) -> Optional[st
         node.op == "call_method" and node.target in ("add", "add_"))
     if is_add:
         for arg in _residual_branch_first(node):
-                found = _feeding_norm(root, arg, depth + 1)
-                if found:
-                    return found
+            found = _feeding_norm(root, arg, depth + 1)
+            if found:
+                return found
     return None
 
 
@@ -330,17 +331,76 @@ def _stride(shape: Tuple[int, ...], sample: Tensor) -> int:
     return max(1, round(sample.shape[-2] / shape[2]))
 
 
+def _spatial_stride(h: int, w: int, sample: Tensor) -> Optional[int]:
+    """The stride if (h, w) is the input's spatial size divided by one stride, else None."""
+    if h < 1 or w < 1:
+        return None
+    sy, sx = sample.shape[-2] / h, sample.shape[-1] / w
+    if sy < 1 or abs(sy - sx) > 0.25 * sy + 0.5:
+        return None
+    return max(1, round(sy))
+
+
+def _layout(shape: Optional[Tuple[int, ...]], sample: Tensor) -> Optional[Tuple[str, int, int]]:
+    """(layout, channels, stride) of a feature: 'nchw', 'nhwc' map, or 'tokens' (N, L, C)."""
+    if shape is None:
+        return None
+    if len(shape) == 4:
+        stride = _spatial_stride(shape[2], shape[3], sample)
+        if stride is not None:
+            return "nchw", shape[1], stride
+        stride = _spatial_stride(shape[1], shape[2], sample)
+        if stride is not None:
+            return "nhwc", shape[3], stride
+        return None
+    if len(shape) == 3 and shape[1] > 1:
+        area = sample.shape[-2] * sample.shape[-1]
+        for extra in range(0, 9):  # class / distillation / register tokens before the patches
+            patches = shape[1] - extra
+            if patches > 0:
+                stride = (area / patches) ** 0.5
+                if abs(stride - round(stride)) < 1e-6 and round(stride) > 1:
+                    return "tokens", shape[2], round(stride)
+    return None
+
+
+def _block_id(node: fx.Node) -> str:
+    """The repeated block a node belongs to: its module path up to the first numeric part."""
+    parts = node.meta.get("module_path", "").split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return ""
+
+
+def _isotropic_ends(candidates: List[Tuple[fx.Node, int]], count: int = 4) -> List[fx.Node]:
+    """For nets with one stride throughout (ViT, Mixer): evenly spaced block outputs."""
+    last_of_block: Dict[str, fx.Node] = {}
+    for node, _ in candidates:
+        block = _block_id(node)
+        if block:
+            last_of_block.pop(block, None)
+            last_of_block[block] = node
+    blocks = list(last_of_block.values())
+    if len(blocks) < count:
+        return blocks
+    return [blocks[round(len(blocks) * (i + 1) / count) - 1] for i in range(count)]
+
+
 def _stage_ends(root: nn.Module, graph: fx.Graph, sample: Tensor, min_stride: int) -> List[fx.Node]:
-    by_stride: Dict[int, fx.Node] = {}
+    candidates: List[Tuple[fx.Node, int]] = []
     for node in _cut_nodes(graph):
         if _is_global_reduction(root, node):
             break
-        shape = _shape(node)
-        if shape is None or len(shape) != 4 or _in_layer_norm(root, node):
+        layout = _layout(_shape(node), sample)
+        if layout is None or _in_layer_norm(root, node) or layout[2] < min_stride:
             continue
-        stride = _stride(shape, sample)
-        if stride >= min_stride:
-            by_stride[stride] = node
+        candidates.append((node, layout[2]))
+    by_stride: Dict[int, fx.Node] = {}
+    for node, stride in candidates:
+        by_stride[stride] = node
+    if len(by_stride) == 1:
+        return _isotropic_ends(candidates)
     return [by_stride[s] for s in sorted(by_stride)]
 
 
@@ -363,24 +423,22 @@ def _consumer_activation(root: nn.Module, node: fx.Node) -> Optional[str]:
 
 def _make_tap(root: nn.Module, node: fx.Node, sample: Tensor, activation: Optional[str]) -> Tap:
     shape = _shape(node)
-    if shape is None or len(shape) not in (3, 4):
+    layout = _layout(shape, sample)
+    if layout is None:
         raise TypeError(
             f"tap node '{node.name}' has output {shape if shape else type(node.meta.get('tensor_meta')).__name__}; "
-            "OFD taps must be 4D (N, C, H, W) feature maps or (N, L, C) tokens. Pick another node."
+            "OFD taps must be feature maps (N, C, H, W) / (N, H, W, C) or tokens (N, L, C). Pick another node."
         )
-    if len(shape) == 4:
-        channels, stride = shape[1], _stride(shape, sample)
-    else:
-        channels = shape[2]
-        stride = max(1, round((sample.shape[-2] * sample.shape[-1] / max(shape[1], 1)) ** 0.5))
+    kind, channels, stride = layout
     return Tap(
         name=node.name,
         channels=channels,
         stride=stride,
-        norm=_feeding_norm(root, node),
+        norm=_feeding_norm(root, node) if kind == "nchw" else None,
         activation=activation,
         module=node.meta.get("module_path", ""),
         shape=shape,
+        layout=kind,
     )
 
 
@@ -407,9 +465,9 @@ def find_taps(
         by_name = {n.name: n for n in graph.nodes}
         missing = [name for name in nodes if name not in by_name]
         if missing:
-            valid = [n.name for n in graph.nodes if _shape(n) is not None and len(_shape(n)) in (3, 4)]
+            valid = [n.name for n in graph.nodes if _layout(_shape(n), sample) is not None]
             raise ValueError(
-                f"unknown tap node(s) {missing} in {type(model).__name__}; valid 3D/4D feature nodes are: "
+                f"unknown tap node(s) {missing} in {type(model).__name__}; valid feature nodes are: "
                 + ", ".join(valid[:300]) + (" ..." if len(valid) > 300 else "")
             )
         return [_make_tap(model, by_name[n], sample, _consumer_activation(model, by_name[n])) for n in nodes]
