@@ -1,4 +1,5 @@
 """Model builders: classifiers by name (either zoo); detectors and segmenters over any backbone."""
 from .classifiers import build_classifier, model_zoo
+from .detection import build_detector, build_fpn_backbone  # noqa: F401
 
 __all__ = ["build_classifier", "model_zoo"]

@@ -1,4 +1,5 @@
 """Task adapters (mmengine models): classification, detection, segmentation."""
 from .classification import ClassificationDistiller
+from .detection import DetectionDistiller  # noqa: F401
 
 __all__ = ["ClassificationDistiller"]

@@ -1,0 +1,27 @@
+# OFD on COCO: a Faster R-CNN R101-FPN teacher -> R18-FPN student (torchvision ResNets under torchvision's
+# FPN), 1x schedule, 800x1333. Teacher: the detector trained by frcnn_r101_coco.py (only its backbone body
+# is used); student backbone: torchvision's ImageNet ResNet18 file. Baseline: --cfg-options model.ofd.alpha=0
+# alpha: the loss sums over feature elements, so ImageNet's 1e-4 is scaled by the weighted teacher elements
+# per image, ~0.4M for ResNet50 at 224 px against ~7.8M for ResNet50/101 at 800x1216: 5e-6. Not tuned:
+# search on a log scale.
+_base_ = [
+    '../_base_/datasets/coco_detection.py',
+    '../_base_/schedules/detection_1x.py',
+    '../_base_/default_runtime.py',
+]
+# Margins come from the teacher's (frozen) BatchNorm; a BN-free teacher estimates them from its first batch.
+custom_hooks = []
+
+model = dict(
+    type='DetectionDistiller',
+    teacher=dict(
+        name='resnet101',
+        checkpoint='work_dirs/frcnn_r101_coco/epoch_12.pth',
+        checkpoint_prefix='student_model.',
+    ),
+    student=dict(name='resnet18', backbone_checkpoint='checkpoints/resnet18-f37072fd.pth'),
+    num_classes={{_base_.num_classes}},
+    min_size=800,
+    max_size=1333,
+    ofd=dict(alpha=5e-6, margin='auto', teacher_bn='train', input_size=(3, 224, 224)),
+)
