@@ -1,0 +1,18 @@
+# The VOC teacher: DeepLabV3+ (output stride 16) on an ImageNet-pretrained ResNet101, trained alone
+# (the paper's teacher scores 77.89 mIoU). Export it for the OFD configs:
+#   overhaul-det export work_dirs/teacher_deeplabv3plus_r101_voc/epoch_50.pth \
+#       checkpoints/voc_deeplabv3plus_resnet101_teacher.safetensors
+_base_ = [
+    '../_base_/datasets/voc_segmentation.py',
+    '../_base_/schedules/segmentation_voc_50e.py',
+    '../_base_/default_runtime.py',
+]
+
+model = dict(
+    type='SegmentationDistiller',
+    teacher=None,
+    student=dict(backbone='resnet101', decoder=True, output_stride=16, pretrained_backbone=True),
+    num_classes={{_base_.num_classes}},
+    ofd=dict(alpha=0),
+    data_preprocessor={{_base_.data_preprocessor}},
+)

@@ -1,0 +1,390 @@
+"""DeepLabV3 / DeepLabV3+ segmenters over any timm or torchvision backbone, and their OFD taps.
+
+``build_segmenter`` returns a ``Segmenter``: backbone stage features -> head -> logits at the
+input size. ``segmenter_taps`` finds the paper's six taps in its FX graph: each backbone stage
+end before its activation, the ASPP projection's BN output and the head's last conv+BN output.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, fx, nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.segmentation.deeplabv3 import ASPP
+from torchvision.models.segmentation.fcn import FCNHead
+
+from ..engine.checkpoint import load_state_dict_file
+from ..taps import (ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES, PASSTHROUGH_MODULES, Tap, find_taps,
+                    trace)
+
+__all__ = [
+    "Segmenter",
+    "DeepLabV3Head",
+    "DeepLabV3PlusHead",
+    "build_segmenter",
+    "segmenter_taps",
+    "stage_end_nodes",
+    "head_tap_nodes",
+    "TORCHVISION_SEGMENTERS",
+]
+
+logger = logging.getLogger(__name__)
+
+TORCHVISION_SEGMENTERS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large")
+_BASE_RATES = (6, 12, 18)
+_OUTPUT_STRIDES = (8, 16, 32)
+_TORCHVISION_FIXED = dict(decoder=False, output_stride=None, channels=256, atrous_rates=None, zoo=None)
+
+
+class DeepLabV3Head(nn.Sequential):
+    """torchvision's ``DeepLabHead`` (same layout and keys) with a chosen width.
+
+    ASPP -> 3x3 conv + BN + ReLU -> 1x1 classifier.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, atrous_rates: Sequence[int] = (12, 24, 36),
+                 channels: int = 256) -> None:
+        super().__init__(
+            ASPP(in_channels, list(atrous_rates), channels),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+
+
+class DeepLabV3PlusHead(nn.Module):
+    """DeepLabV3+ head: ASPP on the deepest feature, upsampled to the stride-4 feature's size.
+
+    Low-level features are projected to 48 channels (1x1 conv + BN + ReLU), concatenated, fused by
+    two 3x3 conv + BN + ReLU (dropout 0.5, 0.1 as in the reference code) and classified by a 1x1 conv.
+    """
+
+    def __init__(self, in_channels: int, low_level_channels: int, num_classes: int,
+                 atrous_rates: Sequence[int] = _BASE_RATES, channels: int = 256,
+                 low_level_projection: int = 48) -> None:
+        super().__init__()
+        self.aspp = ASPP(in_channels, list(atrous_rates), channels)
+        self.low_level = nn.Sequential(
+            nn.Conv2d(low_level_channels, low_level_projection, 1, bias=False),
+            nn.BatchNorm2d(low_level_projection),
+            nn.ReLU(),
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(channels + low_level_projection, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+        )
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, high: Tensor, low: Tensor) -> Tensor:
+        low = self.low_level(low)
+        high = F.interpolate(self.aspp(high), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.decoder(torch.cat([high, low], dim=1)))
+
+
+class Segmenter(nn.Module):
+    """Backbone -> stage features -> DeepLab head -> ``{'out': logits}`` at the input's size.
+
+    ``stages`` picks the backbone outputs that are stages (stride >= 4); the V3+ head also takes the
+    first of them. In training mode an aux head on ``stages[aux_stage]`` adds ``'aux'`` logits.
+    """
+
+    def __init__(self, backbone: nn.Module, classifier: nn.Module, stages: Sequence[int],
+                 aux_classifier: Optional[nn.Module] = None, aux_stage: int = -2) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = classifier
+        self.aux_classifier = aux_classifier
+        self.stages = tuple(stages)
+        self.aux_stage = aux_stage
+        self.low_level = isinstance(classifier, DeepLabV3PlusHead)
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        size = x.shape[-2:]
+        features = self.backbone(x)
+        if isinstance(features, dict):
+            features = list(features.values())
+        features = [features[i] for i in self.stages]
+        logits = self.classifier(features[-1], features[0]) if self.low_level else self.classifier(features[-1])
+        result = {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
+        if self.training and self.aux_classifier is not None:
+            aux = self.aux_classifier(features[self.aux_stage])
+            result["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
+        return result
+
+
+# --------------------------------------------------------------------------------------------
+# Builders
+
+
+def _atrous_rates(output_stride: int) -> Tuple[int, ...]:
+    return tuple(rate * 16 // output_stride for rate in _BASE_RATES)
+
+
+def _torchvision_segmenter(name: str, num_classes: int, aux_loss: bool, pretrained_backbone: bool) -> Segmenter:
+    """torchvision's DeepLabV3 as it is, its backbone returning every stage end (stride >= 4).
+
+    MobileNetV3's aux head reads the end of the stride-8 stage (torchvision: that stage's first block).
+    """
+    weights_backbone = "DEFAULT" if pretrained_backbone else None
+    model = torchvision.models.get_model(name, weights=None, weights_backbone=weights_backbone,
+                                         num_classes=num_classes, aux_loss=aux_loss)
+    body = model.backbone
+    if "layer4" in body:
+        return_layers, aux_stage = {f"layer{i}": str(i - 1) for i in range(1, 5)}, -2
+    else:
+        blocks = list(body.values())
+        starts = [i for i, block in enumerate(blocks) if getattr(block, "_is_cn", False)]
+        ends = [i - 1 for i in starts[1:]] + [len(blocks) - 1]
+        return_layers, aux_stage = {str(index): str(k) for k, index in enumerate(ends)}, 1
+    backbone = IntermediateLayerGetter(body, return_layers)
+    return Segmenter(backbone, model.classifier, range(len(return_layers)), model.aux_classifier, aux_stage)
+
+
+def _resolve_zoo(backbone: str, zoo: Optional[str]) -> str:
+    if zoo not in (None, "timm", "torchvision"):
+        raise ValueError(f"zoo={zoo!r}; choose 'timm', 'torchvision' or None (timm first)")
+    if zoo == "timm" or zoo is None and timm.is_model(backbone):
+        return "timm"
+    if backbone in torchvision.models.list_models(module=torchvision.models):
+        return "torchvision"
+    close = difflib.get_close_matches(backbone, timm.list_models() + list(TORCHVISION_SEGMENTERS), n=5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown backbone '{backbone}': not a timm model, a torchvision classifier "
+                     f"nor one of {TORCHVISION_SEGMENTERS}{hint}")
+
+
+def _timm_backbone(name: str, output_stride: int, pretrained: bool, kwargs: dict) -> Tuple[nn.Module, List[int]]:
+    if output_stride != 32:
+        kwargs = {**kwargs, "output_stride": output_stride}
+    try:
+        body = timm.create_model(name, features_only=True, pretrained=pretrained, **kwargs)
+    except TypeError as error:
+        if "output_stride" not in str(error):
+            raise
+        raise ValueError(f"timm model {name} cannot dilate to output_stride={output_stride} ({error}); "
+                         "use output_stride=32 or another backbone") from None
+    reductions = body.feature_info.reduction()
+    return body, [i for i, reduction in enumerate(reductions) if reduction > 2]
+
+
+def _torchvision_backbone(name: str, output_stride: int, pretrained: bool, kwargs: dict) -> Tuple[nn.Module, List[int]]:
+    dilate = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[output_stride]
+    try:
+        model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None,
+                                             replace_stride_with_dilation=dilate, **kwargs)
+    except NotImplementedError as error:
+        raise ValueError(f"torchvision {name} cannot dilate to output_stride={output_stride} ({error}); "
+                         f"use zoo='timm' (timm's {name} takes output_stride) or output_stride=32") from None
+    except TypeError as error:
+        raise ValueError(f"torchvision backbone {name} is not a ResNet ({error}); only torchvision ResNets "
+                         "(resnet*, resnext*, wide_resnet*) are supported, use zoo='timm' for others") from None
+    return IntermediateLayerGetter(model, {f"layer{i}": str(i - 1) for i in range(1, 5)}), [0, 1, 2, 3]
+
+
+def _load_checkpoint(model: nn.Module, checkpoint: str, prefix: Optional[str], name: str) -> None:
+    state = load_state_dict_file(checkpoint, prefix)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint {checkpoint} does not match segmenter '{name}': {len(result.missing_keys)} missing keys "
+            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected keys "
+            f"(e.g. {result.unexpected_keys[:3]}); check backbone, decoder, num_classes and aux_loss, or set "
+            "checkpoint_prefix (e.g. 'student_model.' for a checkpoint of a SegmentationDistiller)"
+        )
+    logger.info("loaded segmenter %s weights from %s", name, checkpoint)
+
+
+def build_segmenter(
+    backbone: str,
+    num_classes: int = 21,
+    *,
+    decoder: bool = False,
+    output_stride: Optional[int] = None,
+    aux_loss: bool = False,
+    channels: int = 256,
+    atrous_rates: Optional[Sequence[int]] = None,
+    zoo: Optional[str] = None,
+    pretrained_backbone: bool = False,
+    checkpoint: Optional[str] = None,
+    checkpoint_prefix: Optional[str] = None,
+    **backbone_kwargs,
+) -> Segmenter:
+    """A DeepLabV3 (``decoder=False``) or DeepLabV3+ segmenter; random init unless weights are asked for.
+
+    ``backbone`` is one of ``TORCHVISION_SEGMENTERS`` (torchvision's model and heads, as they are) or a
+    timm (``features_only``) or torchvision ResNet name, dilated to ``output_stride`` (default 16).
+    ``atrous_rates`` default to (6, 12, 18) scaled to the output stride; ``channels`` is the head width.
+    ``aux_loss`` adds an FCN head on the second-deepest stage. ``checkpoint`` loads a local file strictly.
+    """
+    if backbone in TORCHVISION_SEGMENTERS:
+        options = dict(decoder=decoder, output_stride=output_stride, channels=channels, atrous_rates=atrous_rates,
+                       zoo=zoo)
+        given = sorted(key for key, value in options.items() if value != _TORCHVISION_FIXED[key])
+        given += sorted(backbone_kwargs)
+        if given:
+            raise ValueError(f"{backbone} is torchvision's model as it is, so {given} cannot be set; give its "
+                             "backbone name instead (e.g. backbone='resnet50', zoo='torchvision', decoder=True)")
+        model = _torchvision_segmenter(backbone, num_classes, aux_loss, pretrained_backbone)
+    else:
+        output_stride = 16 if output_stride is None else output_stride
+        if output_stride not in _OUTPUT_STRIDES:
+            raise ValueError(f"output_stride={output_stride}; choose one of {_OUTPUT_STRIDES}")
+        build = _timm_backbone if _resolve_zoo(backbone, zoo) == "timm" else _torchvision_backbone
+        body, stages = build(backbone, output_stride, pretrained_backbone, backbone_kwargs)
+        widths = _stage_channels(body, stages)
+        rates = tuple(atrous_rates) if atrous_rates is not None else _atrous_rates(output_stride)
+        if decoder:
+            head = DeepLabV3PlusHead(widths[-1], widths[0], num_classes, rates, channels)
+        else:
+            head = DeepLabV3Head(widths[-1], num_classes, rates, channels)
+        aux = FCNHead(widths[-2], num_classes) if aux_loss else None
+        model = Segmenter(body, head, stages, aux)
+    if checkpoint:
+        _load_checkpoint(model, checkpoint, checkpoint_prefix, backbone)
+    return model
+
+
+def _stage_channels(body: nn.Module, stages: Sequence[int]) -> List[int]:
+    """Channels of the picked stages: timm's feature_info, or a torchvision ResNet stage's last BN."""
+    info = getattr(body, "feature_info", None)
+    if info is not None:
+        return [info.channels()[i] for i in stages]
+    last_bns = [[m for m in body[f"layer{i + 1}"].modules() if isinstance(m, nn.BatchNorm2d)][-1] for i in stages]
+    return [bn.num_features for bn in last_bns]
+
+
+# --------------------------------------------------------------------------------------------
+# Taps
+
+
+def _is_activation(root: nn.Module, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(root.get_submodule(node.target), ACTIVATION_MODULES)
+    if node.op == "call_function":
+        return node.target in ACTIVATION_FUNCTIONS
+    return node.op == "call_method" and node.target in ACTIVATION_METHODS
+
+
+def _is_norm(root: nn.Module, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(root.get_submodule(node.target), nn.modules.batchnorm._BatchNorm)
+    return node.op == "call_function" and node.target is F.batch_norm
+
+
+def _consumers(root: nn.Module, node: fx.Node) -> List[fx.Node]:
+    """The nodes that use ``node``'s value, looking through identity/dropout."""
+    found = []
+    for user in node.users:
+        if user.op == "call_module" and isinstance(root.get_submodule(user.target), PASSTHROUGH_MODULES):
+            found += _consumers(root, user)
+        else:
+            found.append(user)
+    return found
+
+
+def _expansion_norm(root: nn.Module, node: fx.Node) -> Optional[fx.Node]:
+    """The BN output of a 1x1 conv + BN + activation that ``node`` feeds (the next block's expansion).
+
+    The node returned is the activation's own input (an identity after the BN, if any), so that
+    capture makes that activation out-of-place and the captured tensor keeps its negative half.
+    """
+    for conv in node.users:
+        if conv.op != "call_module":
+            continue
+        module = root.get_submodule(conv.target)
+        if not (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1):
+            continue
+        for norm in (user for user in conv.users if _is_norm(root, user)):
+            after = _consumers(root, norm)
+            if len(after) == 1 and _is_activation(root, after[0]):
+                return after[0].args[0]
+    return None
+
+
+def _stage_tap(root: nn.Module, node: fx.Node) -> fx.Node:
+    """OFD's position for a stage output: the input of the activation that closes the stage; for a
+    linear bottleneck, the next block's expansion conv + BN output (before its activation), if any."""
+    while node.op == "call_module" and isinstance(root.get_submodule(node.target), PASSTHROUGH_MODULES):
+        node = node.args[0]
+    if _is_activation(root, node):
+        return node.args[0]
+    return _expansion_norm(root, node) or node
+
+
+def _under(node: fx.Node, path: str) -> bool:
+    own = node.meta.get("module_path", "")
+    return not path or own == path or own.startswith(path + ".")
+
+
+def _keys(graph: fx.Graph, prefix: str = "") -> Dict[fx.Node, Tuple[str, str, int]]:
+    """A name-free identity of every node: (module path, target, occurrence), paths prefixed by ``prefix``."""
+    def join(path: str) -> str:
+        return ".".join(p for p in (prefix, path) if p)
+
+    keys, counts = {}, {}
+    for node in graph.nodes:
+        target = join(node.target) if node.op in ("call_module", "get_attr") else str(node.target)
+        key = (join(node.meta.get("module_path", "")), target)
+        keys[node] = (*key, counts.get(key, 0))
+        counts[key] = counts.get(key, 0) + 1
+    return keys
+
+
+def stage_end_nodes(model: Segmenter, graph: Optional[fx.Graph] = None) -> List[str]:
+    """Node names, in ``model``'s graph, of each backbone stage end before the activation closing it.
+
+    Stages are the backbone outputs that ``model.stages`` picks, found in the backbone's own graph;
+    a linear bottleneck's tap is the next block's expansion BN (the official MobileNetV2 position).
+    """
+    body_graph = trace(model.backbone)
+    returned = next(n for n in body_graph.nodes if n.op == "output").args[0]
+    returned = list(returned.values()) if isinstance(returned, dict) else list(returned)
+    ends = [_stage_tap(model.backbone, returned[i]) for i in model.stages]
+    body_keys = _keys(body_graph, "backbone")
+    by_key = {key: node.name for node, key in _keys(graph if graph is not None else trace(model)).items()}
+    missing = [node.name for node in ends if body_keys[node] not in by_key]
+    if missing:
+        raise ValueError(f"backbone nodes {missing} are not in {type(model).__name__}'s graph; the backbone must be "
+                         "called once, as model.backbone(x); pick the taps by hand with ofd.student_taps=[...]")
+    return [by_key[body_keys[node]] for node in ends]
+
+
+def head_tap_nodes(head: nn.Module, graph: Optional[fx.Graph] = None, path: str = "") -> List[str]:
+    """Node names of the ASPP projection's BN output and of the head's last conv+BN output (both pre-ReLU).
+
+    ``graph`` defaults to ``head``'s own; with a whole model's graph, ``path`` is the head's module path.
+    """
+    graph = graph if graph is not None else trace(head)
+    aspps = [name for name, module in head.named_modules() if isinstance(module, ASPP) and (
+        not path or name == path or name.startswith(path + "."))]
+    if len(aspps) != 1:
+        raise ValueError(f"expected one torchvision ASPP under '{path or type(head).__name__}', found {aspps}; "
+                         "pick the head's tap nodes by hand with ofd.student_taps / ofd.teacher_taps")
+    activations = [n for n in graph.nodes if _is_activation(head, n) and _under(n, path)]
+    project = [n for n in activations if _under(n, f"{aspps[0]}.project")]
+    if not project:
+        raise ValueError(f"no activation in {aspps[0]}.project; pick the head's tap nodes by hand")
+    return [project[-1].args[0].name, activations[-1].args[0].name]
+
+
+def segmenter_taps(model: Segmenter, input_size: Sequence[int] = (3, 128, 128)) -> List[Tap]:
+    """The OFD taps of a ``Segmenter``: its backbone stage ends, then the ASPP and last head conv+BN.
+
+    ``input_size`` (C, H, W) is the sample used to measure channels and strides.
+    """
+    graph = trace(model)
+    names = stage_end_nodes(model, graph) + head_tap_nodes(model, graph, "classifier")
+    return find_taps(model, input_size=input_size, nodes=names)
