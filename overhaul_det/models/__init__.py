@@ -1,5 +1,6 @@
 """Model builders: classifiers by name (either zoo); detectors and segmenters over any backbone."""
 from .classifiers import build_classifier, model_zoo
 from .detection import build_detector, build_fpn_backbone  # noqa: F401
+from .segmentation import Segmenter, build_segmenter, segmenter_taps  # noqa: F401
 
 __all__ = ["build_classifier", "model_zoo"]
