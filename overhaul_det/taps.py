@@ -517,10 +517,28 @@ def _locate(graph: fx.Graph, reference: fx.Graph, names: Sequence[str]) -> Dict[
     return found
 
 
+_ALIAS_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "expand", "squeeze",
+                  "unsqueeze", "view_as", "reshape_as"}
+_ALIAS_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze}
+
+
+def _is_alias(root: nn.Module, node: fx.Node) -> bool:
+    """Whether ``node`` may return (a view of) its first input's storage."""
+    if node.op == "call_module":
+        return _is_passthrough(root, node)
+    if node.op == "call_method":
+        return node.target in _ALIAS_METHODS
+    return node.op == "call_function" and node.target in _ALIAS_FUNCTIONS
+
+
 def _make_consumers_out_of_place(root: nn.Module, graph: fx.Graph, node: fx.Node) -> None:
-    """Rewrite every in-place op that would overwrite ``node``'s tensor into its out-of-place form."""
+    """Rewrite every in-place op that would overwrite ``node``'s tensor (directly or through an
+    identity, dropout or view of it) into its out-of-place form."""
     for user in list(node.users):
         if not user.args or user.args[0] is not node:
+            continue
+        if _is_alias(root, user):
+            _make_consumers_out_of_place(root, graph, user)
             continue
         if user.op == "call_module":
             module = root.get_submodule(user.target)

@@ -364,3 +364,28 @@ def test_tap_extractor_frozen_bn_used_as_is(make_model, randomized):
     for tap in taps:
         torch.testing.assert_close(got[tap.name], expected[tap.name], rtol=1e-5, atol=1e-5)
     _assert_same_state(model, snapshot)
+
+
+def test_capture_survives_inplace_activation_behind_identity():
+    """BN -> Identity -> in-place ReLU (timm's BatchNormAct2d layout): the BN output stays intact."""
+
+    class NormAct(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)
+            self.bn = torch.nn.BatchNorm2d(8)
+            self.drop = torch.nn.Identity()
+            self.act = torch.nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            return self.act(self.drop(self.bn(self.conv(x)))).view(x.shape[0], -1).relu_()
+
+    model = NormAct().eval()
+    taps = find_taps(model, input_size=(3, 32, 32), nodes=["bn"])
+    attach_taps(model, taps)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), capture_taps(model) as captured:
+        model(x)
+        expected = model.bn(model.conv(x))
+    assert torch.equal(captured["bn"], expected)
+    assert (captured["bn"] < 0).any()
