@@ -56,6 +56,12 @@ def _bench(argv: List[str]) -> int:
     return bench_main(argv) or 0
 
 
+def _reproduce(argv: List[str]) -> int:
+    from .reproduce import main as reproduce_main
+
+    return reproduce_main(argv)
+
+
 def _make_scenes(argv: List[str]) -> int:
     from .datasets.scenes import make_scenes_cli
 
@@ -106,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="benchmark an OFD step against its parts (see bench --help)", add_help=False)
     sub.add_parser("make-scenes", help="write Fashion-MNIST scenes as COCO/VOC datasets", add_help=False)
+    sub.add_parser("reproduce", help="baseline/KD/OFD/OFD+KD over seeds for a task", add_help=False)
     return parser
 
 
@@ -116,6 +123,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _bench(argv[1:])
     if argv and argv[0] == "make-scenes":
         return _make_scenes(argv[1:])
+    if argv and argv[0] == "reproduce":
+        return _reproduce(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 
 from mmengine.config import Config
 
+from .engine.history import read_val_history
 from .engine.runner import build_runner, load_config
 from .export import export_student
 
@@ -25,17 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 TEACHER_CONFIG = REPO / "configs/classification/teacher_resnet18_fashionmnist.py"
 STUDENT_CONFIG = REPO / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
 TEACHER_CHECKPOINT = REPO / "checkpoints/fashionmnist_resnet18_teacher.safetensors"
-
-
-def _val_history(runner) -> List[float]:
-    """Top-1 test accuracy after each epoch, read back from the run's scalar log."""
-    path = Path(runner.log_dir) / "vis_data" / "scalars.json"
-    history = []
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if "accuracy/top1" in record:
-            history.append(record["accuracy/top1"])
-    return history
 
 
 def _train_teacher(work_dir: Path) -> Path:
@@ -65,7 +55,7 @@ def _train_student(work_dir: Path, name: str, alpha: float, teacher: Path, epoch
     start = time.perf_counter()
     runner.train()
     seconds = time.perf_counter() - start
-    history = _val_history(runner)
+    history = read_val_history(Path(runner.work_dir), "accuracy/top1")
     return dict(method=name, top1=history[-1], history=history, seconds=seconds, alpha=alpha)
 
 

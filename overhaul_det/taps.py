@@ -452,12 +452,16 @@ def find_taps(
     input_size: Optional[Sequence[int]] = None,
     min_stride: int = 4,
     nodes: Optional[Sequence[str]] = None,
+    position: str = "pre",
 ) -> List[Tap]:
     """Return the OFD taps of ``model``: one per stage end, before the activation closing it.
 
     ``nodes`` picks taps by FX node name instead (see ``graph_node_names``); ``input_size`` is
-    the (C, H, W) or (H, W) of the sample used to measure shapes and strides.
+    the (C, H, W) or (H, W) of the sample used to measure shapes and strides;
+    ``position='post'`` takes the stage outputs after their activation (the paper's ablation).
     """
+    if position not in ("pre", "post"):
+        raise ValueError(f"position={position!r}; choose 'pre' (OFD) or 'post' (after the activation)")
     graph = trace(model)
     sample = _sample_input(model, input_size)
     _propagate_shapes(model, graph, sample)
@@ -473,7 +477,7 @@ def find_taps(
         return [_make_tap(model, by_name[n], sample, _consumer_activation(model, by_name[n])) for n in nodes]
     taps = []
     for end in _stage_ends(model, graph, sample, min_stride):
-        node, activation = _pre_activation(model, end)
+        node, activation = _pre_activation(model, end) if position == "pre" else (end, None)
         taps.append(_make_tap(model, node, sample, activation))
     if not taps:
         raise ValueError(

@@ -1,0 +1,168 @@
+"""Reproduce the comparison: baseline vs KD vs OFD vs OFD+KD over seeds, per task, from configs.
+
+Each run trains the student with the task's config and one method's switches, records the
+test metric after every epoch and the wall time, and is skipped when its result exists, so the
+command resumes. Writes a JSON file, a markdown table and a plot per task.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .engine.history import read_val_history
+
+__all__ = ["TASKS", "METHODS", "ABLATIONS", "main", "run_task"]
+
+logger = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+
+TASKS = {
+    "classification": dict(
+        config="configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py",
+        metric="accuracy/top1", teacher_config="configs/classification/teacher_resnet18_fashionmnist.py",
+        methods=["baseline", "kd", "ofd", "ofd+kd"]),
+    "detection": dict(
+        config="configs/detection/ofd_frcnn_fashion_scenes.py", metric="coco/bbox_mAP", methods=["baseline", "ofd"]),
+    "segmentation": dict(
+        config="configs/segmentation/ofd_deeplabv3_fashion_scenes.py", metric="seg/mIoU", methods=["baseline", "ofd"]),
+}
+
+METHODS: Dict[str, Dict] = {
+    "baseline": {"model.ofd.alpha": 0},
+    "kd": {"model.ofd.alpha": 0, "model.kd_weight": 1.0},
+    "ofd": {},
+    "ofd+kd": {"model.kd_weight": 1.0},
+}
+
+ABLATIONS: Dict[str, Dict] = {
+    "teacher BN eval": {"model.ofd.teacher_bn": "eval"},
+    "post-ReLU position": {"model.ofd.position": "post"},
+    "full L2 (not partial)": {"model.ofd.distance": "l2"},
+    "no margin (identity teacher)": {"model.ofd.margin": "none"},
+}
+
+
+def _options(overrides: Dict, seed: int, epochs: Optional[int]) -> List[str]:
+    options = {**overrides, "randomness.seed": seed}
+    if epochs is not None:
+        options["train_cfg.max_epochs"] = epochs
+    return [f"{k}={v}" for k, v in options.items()]
+
+
+def _run(task: str, name: str, overrides: Dict, seed: int, root: Path, epochs: Optional[int]) -> Dict:
+    """Train one (method, seed); returns the recorded result (from disk when already done)."""
+    spec = TASKS[task]
+    work_dir = root / task / name.replace(" ", "_").replace("+", "_") / f"seed{seed}"
+    result_file = work_dir / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    work_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "overhaul_det.cli", "train", str(REPO / spec["config"]), "--work-dir",
+               str(work_dir), "--cfg-options", *_options(overrides, seed, epochs)]
+    logger.info("%s / %s / seed %d: %s", task, name, seed, " ".join(command))
+    start = time.perf_counter()
+    with (work_dir / "train.log").open("w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    history = read_val_history(work_dir, spec["metric"])
+    result = dict(task=task, method=name, seed=seed, metric=spec["metric"], final=history[-1], history=history,
+                  seconds=round(time.perf_counter() - start, 1), overrides=overrides)
+    result_file.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _summary(results: List[Dict]) -> Dict[str, Dict]:
+    by_method: Dict[str, List[float]] = {}
+    for r in results:
+        by_method.setdefault(r["method"], []).append(r["final"])
+    return {m: dict(mean=statistics.mean(v), std=statistics.stdev(v) if len(v) > 1 else 0.0, runs=v)
+            for m, v in by_method.items()}
+
+
+def _plot(task: str, results: List[Dict], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for method in dict.fromkeys(r["method"] for r in results):
+        curves = [r["history"] for r in results if r["method"] == method]
+        length = min(len(c) for c in curves)
+        values = np.array([c[:length] for c in curves])
+        epochs = np.arange(1, length + 1)
+        mean, std = values.mean(0), values.std(0)
+        ax.plot(epochs, mean, marker="o", markersize=3, label=f"{method} (n={len(curves)})")
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(f"{task}: mean and ±1 std over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations: bool) -> Dict:
+    """All methods (and, for classification, the paper's ablations) over ``seeds`` seeds."""
+    spec = TASKS[task]
+    runs = [(m, METHODS[m]) for m in spec["methods"]]
+    if ablations:
+        runs += [(f"ofd, {name}", o) for name, o in ABLATIONS.items()]
+    results = [_run(task, name, overrides, seed, root, epochs) for seed in range(seeds) for name, overrides in runs]
+    return dict(task=task, config=spec["config"], metric=spec["metric"], seeds=seeds, epochs=epochs,
+                commit=_commit(), results=results, summary=_summary(results))
+
+
+def _markdown(report: Dict, command: str, plot: str) -> str:
+    lines = [f"## {report['task']}", "", f"Produced by `{command}` at commit `{report['commit']}` "
+             f"from `{report['config']}`; metric: test `{report['metric']}` after the last epoch.", "",
+             "| method | mean ± std | runs | mean time (s) |", "|---|---|---|---|"]
+    for method, s in report["summary"].items():
+        seconds = statistics.mean(r["seconds"] for r in report["results"] if r["method"] == method)
+        runs = ", ".join(f"{v:.2f}" for v in s["runs"])
+        lines.append(f"| {method} | {s['mean']:.2f} ± {s['std']:.2f} | {runs} | {seconds:.0f} |")
+    lines += ["", f"![{report['task']}]({plot})", ""]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="overhaul-det reproduce", description=__doc__)
+    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
+    parser.add_argument("--ablations", action="store_true", help="also the paper's four ablations (classification)")
+    parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/reproduce"))
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    report = run_task(args.task, args.seeds, args.work_dir, args.epochs, args.ablations)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot = args.out / f"results_{args.task}.png"
+    _plot(args.task, report["results"], report["metric"], plot)
+    (args.out / f"results_{args.task}.json").write_text(json.dumps(report, indent=2))
+    command = "overhaul-det reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
+    section = args.out / f"results_{args.task}.md"
+    section.write_text(_markdown(report, command, plot.name))
+    sys.stdout.write(section.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
