@@ -7,16 +7,29 @@ from typing import Dict, Tuple
 import torch
 from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
+from torch import nn
 
 __all__ = ["DistillationModel"]
 
 
 class DistillationModel(BaseModel):
-    """mmengine BaseModel whose loss parsing stops on the first NaN/Inf loss term.
+    """mmengine BaseModel holding a student (in ``distiller`` with OFD on, else ``student_model``)
+    whose loss parsing stops on the first NaN/Inf loss term.
 
     The error names the term and the iteration, before the optimizer can step, so the last
     checkpoint written stays the last good one.
     """
+
+    ofd_enabled: bool = False
+
+    @property
+    def student(self) -> nn.Module:
+        return self.distiller.student if self.ofd_enabled else self.student_model
+
+    @property
+    def student_prefix(self) -> str:
+        """Prefix of the student's keys in this model's state_dict."""
+        return "distiller.student." if self.ofd_enabled else "student_model."
 
     def parse_losses(self, losses: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         loss, log_vars = super().parse_losses(losses)

@@ -83,15 +83,6 @@ class ClassificationDistiller(DistillationModel):
                 self.teacher_model = teacher_model.eval()
 
     @property
-    def student(self) -> nn.Module:
-        return self.distiller.student if self.ofd_enabled else self.student_model
-
-    @property
-    def student_prefix(self) -> str:
-        """Prefix of the student's keys in this model's state_dict."""
-        return "distiller.student." if self.ofd_enabled else "student_model."
-
-    @property
     def teacher(self) -> Optional[nn.Module]:
         if self.ofd_enabled:
             return self.distiller.teacher
@@ -121,6 +112,7 @@ class ClassificationDistiller(DistillationModel):
             losses.update(ofd_losses)
         else:
             logits = self.student(inputs)
+        _check_labels(labels, logits.shape[1])
         losses["loss_cls"] = self.cls_weight * F.cross_entropy(logits, labels)
         if self.kd_weight > 0:
             with torch.no_grad():
@@ -133,6 +125,14 @@ class ClassificationDistiller(DistillationModel):
         scores = logits.detach().float().softmax(dim=1)
         labels = [None] * len(scores) if data_samples is None else _labels(data_samples, scores.device).tolist()
         return [dict(pred_score=s, gt_label=y) for s, y in zip(scores, labels)]
+
+
+def _check_labels(labels: Tensor, num_classes: int) -> None:
+    """Name a label outside 0..num_classes-1 before cross-entropy fails on it with an index error."""
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.numel():
+        raise ValueError(f"label {int(bad[0])} is outside the model's {num_classes} classes (0..{num_classes - 1}); "
+                         "set model.num_classes to the dataset's class count or fix the labels")
 
 
 def _labels(data_samples, device) -> Tensor:

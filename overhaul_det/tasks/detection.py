@@ -146,6 +146,11 @@ class DetectionDistiller(DistillationModel):
         return self.distiller.teacher if self.ofd_enabled else None
 
     @property
+    def student(self) -> nn.Module:
+        """The whole student detector (its body is the one the distiller taps)."""
+        return self.student_model
+
+    @property
     def student_prefix(self) -> str:
         """Prefix of the student detector's keys in this model's state_dict."""
         return "student_model."

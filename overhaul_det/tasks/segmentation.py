@@ -134,15 +134,6 @@ class SegmentationDistiller(DistillationModel):
         self.distiller = _build_distiller(_build(teacher, num_classes), student_model, ofd)
 
     @property
-    def student(self) -> nn.Module:
-        return self.distiller.student if self.ofd_enabled else self.student_model
-
-    @property
-    def student_prefix(self) -> str:
-        """Prefix of the student's keys in this model's state_dict."""
-        return "distiller.student." if self.ofd_enabled else "student_model."
-
-    @property
     def teacher(self) -> Optional[nn.Module]:
         return self.distiller.teacher if self.ofd_enabled else None
 
