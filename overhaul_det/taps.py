@@ -310,10 +310,15 @@ def _cut_nodes(graph: fx.Graph) -> List[fx.Node]:
 
 def _is_global_reduction(root: nn.Module, node: fx.Node) -> bool:
     """A node that pools a spatial map down to 1x1 (the start of a classifier head)."""
+    module = _module(root, node)
+    if module is not None and "Adaptive" in type(module).__name__:
+        return True
+    if node.op == "call_function" and node.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+        return True
     shape = _shape(node)
     if shape is None or len(shape) not in (2, 4) or (len(shape) == 4 and shape[2] * shape[3] != 1):
         return False
-    if isinstance(_module(root, node), nn.Conv2d):
+    if isinstance(module, nn.Conv2d):
         return False
     return any((_shape(a) or ())[2:3] and _shape(a)[2] * _shape(a)[3] > 1
                for a in node.all_input_nodes if len(_shape(a) or ()) == 4)

@@ -389,3 +389,14 @@ def test_capture_survives_inplace_activation_behind_identity():
         expected = model.bn(model.conv(x))
     assert torch.equal(captured["bn"], expected)
     assert (captured["bn"] < 0).any()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_050"])
+def test_last_stage_at_1x1_is_not_the_global_pool(name):
+    """At 32 px the stride-32 stage is 1x1: the tap must still be the stage end, not the pooled head."""
+    import timm
+
+    taps = find_taps(timm.create_model(name, num_classes=10), input_size=(3, 32, 32))
+    assert [t.stride for t in taps] == [4, 8, 16, 32]
+    assert all(t.norm is not None and t.activation is not None for t in taps)
+    assert "pool" not in taps[-1].name and "head" not in taps[-1].name
