@@ -7,8 +7,7 @@ num_classes = 11
 
 train_dataloader = dict(
     batch_size=8,
-    num_workers=2,
-    persistent_workers=True,
+    num_workers=0,
     sampler=dict(type='DefaultSampler', shuffle=True),
     collate_fn=dict(type='pseudo_collate'),
     dataset=dict(
@@ -24,8 +23,7 @@ train_dataloader = dict(
 )
 val_dataloader = dict(
     batch_size=16,
-    num_workers=2,
-    persistent_workers=True,
+    num_workers=0,
     sampler=dict(type='DefaultSampler', shuffle=False),
     collate_fn=dict(type='pseudo_collate'),
     dataset=dict(
