@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 TapSpec = Union[None, Sequence[Tap], Sequence[str]]
 MARGIN_MODES = ("auto", "bn", "data")
+_REFERENCE_SIZE = 224
 
 
 def default_tap_weights(n: int) -> List[float]:
@@ -75,12 +76,29 @@ def _check_layouts(matched: List[Tuple[Tap, Tap]]) -> List[Tuple[Tap, Tap]]:
     return matched
 
 
-def _resolve_taps(model: nn.Module, spec: TapSpec, input_size, min_stride: int) -> List[Tap]:
+def _resolve_taps(model: nn.Module, spec: TapSpec, input_size, min_stride: int, role: str) -> List[Tap]:
     if spec is None:
-        return find_taps(model, input_size=input_size, min_stride=min_stride)
+        taps = find_taps(model, input_size=input_size, min_stride=min_stride)
+        _check_input_size(model, taps, input_size, min_stride, role)
+        return taps
     if all(isinstance(t, Tap) for t in spec):
         return list(spec)
     return find_taps(model, input_size=input_size, nodes=list(spec))
+
+
+def _check_input_size(model: nn.Module, taps: Sequence[Tap], input_size, min_stride: int, role: str) -> None:
+    """Stop when the input is smaller than the model's deepest stride (measured at 224 px): the
+    last stages would then collapse to 1x1 and their taps merge or get wrong strides."""
+    side = min(input_size[-2:]) if isinstance(input_size, (tuple, list)) else input_size
+    if side is None or side >= _REFERENCE_SIZE or any(t.channel_last for t in taps):
+        return
+    reference = find_taps(model, input_size=(_REFERENCE_SIZE, _REFERENCE_SIZE), min_stride=min_stride)
+    deepest = max(t.stride for t in reference)
+    if side < deepest:
+        raise ValueError(
+            f"{role} input size {side} px is smaller than the deepest stride ({deepest}) of {type(model).__name__}; "
+            f"use an input of at least {deepest}x{deepest} (ofd.input_size and the dataset's resize)"
+        )
 
 
 class FeatureDistiller(nn.Module):
@@ -116,8 +134,8 @@ class FeatureDistiller(nn.Module):
             raise ValueError(f"align={align!r}; choose 'interpolate' or 'raise'")
         if teacher_bn not in ("train", "eval"):
             raise ValueError(f"teacher_bn={teacher_bn!r}; choose 'train' (batch statistics) or 'eval'")
-        t_taps = _resolve_taps(teacher, teacher_taps, teacher_input_size or input_size, min_stride)
-        s_taps = _resolve_taps(student, student_taps, input_size, min_stride)
+        t_taps = _resolve_taps(teacher, teacher_taps, teacher_input_size or input_size, min_stride, "teacher")
+        s_taps = _resolve_taps(student, student_taps, input_size, min_stride, "student")
         self.pairs = pair_taps(s_taps, t_taps, pairs)
         n = len(self.pairs)
         if weights is not None and len(weights) != n:

@@ -15,6 +15,8 @@ import overhaul_det.datasets  # noqa: F401  (registers datasets)
 import overhaul_det.engine  # noqa: F401  (safe loader, hooks, optim wrappers)
 import overhaul_det.evaluation  # noqa: F401  (registers metrics)
 import overhaul_det.tasks  # noqa: F401  (registers task models)
+from overhaul_det.engine.reliability import prepare_distributed
+from overhaul_det.engine.resume import prepare_resume
 
 __all__ = ["load_config", "validate_config", "build_runner", "DictAction"]
 
@@ -73,6 +75,6 @@ def build_runner(
         cfg.resume = True
     if amp:
         _set_amp(cfg)
-    if launcher != "none" and torch.cuda.is_available():
-        cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "nccl"
+    prepare_resume(cfg)
+    prepare_distributed(cfg, launcher)
     return Runner.from_cfg(cfg)

@@ -1,0 +1,85 @@
+"""A NaN/Inf loss term stops training naming the term and iteration; the last checkpoint stays good."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.logging import MessageHub
+
+from overhaul_det.cli import main as cli_main
+from overhaul_det.engine.checkpoint import load_checkpoint_file
+from overhaul_det.engine.runner import build_runner, load_config
+from overhaul_det.tasks.classification import ClassificationDistiller
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
+
+
+def _write_config(tmp_path: Path, lr: float) -> str:
+    config = tmp_path / "nonfinite_config.py"
+    config.write_text(f"""
+_base_ = [{str(DEMO_CONFIG)!r}]
+model = dict(teacher=dict(_delete_=True, name='resnet18'))
+train_dataloader = dict(batch_size=4, dataset=dict(num_samples=16))
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=4)
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
+test_dataloader = None
+test_cfg = None
+test_evaluator = None
+optim_wrapper = dict(optimizer=dict(lr={lr!r}))
+param_scheduler = []
+default_hooks = dict(checkpoint=dict(interval=1, by_epoch=False), logger=dict(interval=1))
+log_processor = dict(by_epoch=False)
+""")
+    return str(config)
+
+
+def _parameters(model: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_diverging_run_stops_before_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    config = _write_config(tmp_path, lr=1e10)
+    runner = build_runner(load_config(config), config, str(tmp_path / "work"))
+    with pytest.raises(FloatingPointError) as stopped:
+        runner.train()
+    message = str(stopped.value)
+    assert message.startswith("non-finite loss at iteration 2: loss_ofd=nan, loss_cls=nan.")
+    assert "\n" not in message
+
+    work = tmp_path / "work"
+    assert not (work / "iter_2.pth").exists()
+    assert (work / "last_checkpoint").read_text().strip() == str(work / "iter_1.pth")
+    good = load_checkpoint_file(work / "iter_1.pth")
+    assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
+    inside = _parameters(runner.model)
+    assert all(torch.equal(inside[k], good["state_dict"][k]) for k in inside), "the optimizer stepped on NaN"
+
+
+def test_cli_reports_one_line_and_keeps_what_was_written(tmp_path, capsys):
+    config = _write_config(tmp_path, lr=1e10)
+    work = tmp_path / "work"
+    assert cli_main(["train", config, "--work-dir", str(work)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("overhaul-det train: error: non-finite loss at iteration 2: loss_ofd=nan, loss_cls=nan.")
+    assert sorted(p.name for p in work.glob("*.pth")) == ["iter_1.pth"]
+    assert load_checkpoint_file(work / "iter_1.pth")["meta"]["iter"] == 1
+
+
+@pytest.fixture(scope="module")
+def plain_model() -> ClassificationDistiller:
+    return ClassificationDistiller(teacher=None, student=dict(name="resnet18"), num_classes=10, ofd=dict(alpha=0))
+
+
+@pytest.mark.parametrize("bad", ["loss_cls", "loss_ofd", "loss_kd"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_any_single_term_is_named(plain_model, bad, value):
+    MessageHub.get_current_instance().update_info("iter", 6)
+    losses = {name: torch.tensor(1.0, requires_grad=True) for name in ("loss_cls", "loss_ofd", "loss_kd")}
+    losses[bad] = torch.tensor(value, requires_grad=True)
+    with pytest.raises(FloatingPointError, match=rf"^non-finite loss at iteration 7: {bad}={value}\. "):
+        plain_model.parse_losses(losses)

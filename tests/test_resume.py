@@ -1,0 +1,207 @@
+"""Kill and resume: SIGKILL at a random iteration, a kill mid-write, atomic checkpoint files."""
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.fileio import get_file_backend
+
+from overhaul_det.cli import main as cli_main
+from overhaul_det.engine.checkpoint import load_checkpoint_file
+from overhaul_det.engine.fileio import AtomicLocalBackend
+from overhaul_det.engine.resume import checkpoint_candidates, find_resume_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
+MAX_ITERS = 6  # 20 images in batches of 4: the sampler starts its second epoch at iteration 6
+
+
+def _write_config(tmp_path: Path, max_iters: int = MAX_ITERS) -> str:
+    """The demo config: random-init teacher, 20 augmented 32 px images, deterministic, no validation."""
+    config = tmp_path / "resume_config.py"
+    config.write_text(f"""
+_base_ = [{str(DEMO_CONFIG)!r}]
+model = dict(teacher=dict(_delete_=True, name='resnet18'))
+train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(num_samples=20))
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters={max_iters})
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
+test_dataloader = None
+test_cfg = None
+test_evaluator = None
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end={max_iters})]
+default_hooks = dict(checkpoint=dict(interval=1, by_epoch=False, max_keep_ckpts=3), logger=dict(interval=1))
+log_processor = dict(by_epoch=False)
+randomness = dict(seed=0, deterministic=True)
+""")
+    return str(config)
+
+
+def _state(path: Path) -> dict:
+    return load_checkpoint_file(path)["state_dict"]
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def _train_until_killed(config: str, work_dir: Path, kill_at: int) -> str:
+    """Run `overhaul-det train` in a child process and SIGKILL it once it logs iteration ``kill_at``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "overhaul_det.cli", "train", config, "--work-dir", str(work_dir)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    log, deadline = [], time.monotonic() + 180
+    try:
+        for line in child.stdout:
+            log.append(line)
+            found = re.search(r"Iter\(train\) \[\s*(\d+)/", line)
+            if found and int(found.group(1)) >= kill_at:
+                os.kill(child.pid, signal.SIGKILL)
+                break
+            assert time.monotonic() < deadline, "".join(log[-20:])
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL, "".join(log[-30:])
+    return "".join(log)
+
+
+def test_sigkill_at_random_iteration_then_resume_matches_uninterrupted(tmp_path):
+    config = _write_config(tmp_path)
+    kill_at = random.randint(1, MAX_ITERS - 2)
+    killed = tmp_path / "killed"
+    _train_until_killed(config, killed, kill_at)
+    for path in checkpoint_candidates(killed):
+        load_checkpoint_file(path)  # every checkpoint left behind by the kill loads
+
+    assert cli_main(["train", config, "--work-dir", str(killed), "--resume"]) == 0
+    assert cli_main(["train", config, "--work-dir", str(tmp_path / "uninterrupted")]) == 0
+    final = f"iter_{MAX_ITERS}.pth"
+    assert load_checkpoint_file(killed / final)["meta"]["iter"] == MAX_ITERS
+    _assert_same_weights(_state(killed / final), _state(tmp_path / "uninterrupted" / final))
+
+
+def test_kill_mid_write_resumes_from_last_good_checkpoint(tmp_path):
+    config = _write_config(tmp_path, max_iters=3)
+    work = tmp_path / "work"
+    assert cli_main(["train", config, "--work-dir", str(work)]) == 0
+    expected = _state(work / "iter_3.pth")
+    # what a kill while writing iter_3.pth looks like without atomic writes, plus a stale temporary file
+    data = (work / "iter_3.pth").read_bytes()
+    (work / "iter_3.pth").write_bytes(data[: len(data) // 2])
+    (work / ".iter_3.pth.x1y2.tmp").write_bytes(data[:1000])
+    assert (work / "last_checkpoint").read_text().strip().endswith("iter_3.pth")
+
+    assert find_resume_checkpoint(str(work)) == str((work / "iter_2.pth").resolve())
+    assert cli_main(["train", config, "--work-dir", str(work), "--resume"]) == 0
+    _assert_same_weights(_state(work / "iter_3.pth"), expected)
+
+
+def _fake_checkpoint(path: Path, iteration: int, mtime: float) -> Path:
+    torch.save(dict(meta=dict(iter=iteration), state_dict=dict(w=torch.full((2,), float(iteration)))), path)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture
+def three_checkpoints(tmp_path):
+    now = time.time()
+    return [_fake_checkpoint(tmp_path / f"iter_{i}.pth", i, now - 100 + i) for i in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("last_checkpoint", [None, "", "   \n", "/nowhere/iter_9.pth", "iter_3.pth"],
+                         ids=["missing", "empty", "blank", "dangling", "valid"])
+def test_resume_candidate_from_last_checkpoint_record(tmp_path, three_checkpoints, last_checkpoint):
+    if last_checkpoint is not None:
+        record = str(tmp_path / last_checkpoint) if last_checkpoint == "iter_3.pth" else last_checkpoint
+        (tmp_path / "last_checkpoint").write_text(record)
+    assert find_resume_checkpoint(str(tmp_path)) == str(three_checkpoints[2].resolve())
+
+
+def test_resume_skips_truncated_and_unsafe_checkpoints(tmp_path, three_checkpoints):
+    newest = three_checkpoints[2]
+    newest.write_bytes(newest.read_bytes()[:100])
+    marker = tmp_path / "code_ran"
+    torch.save(dict(meta={}, state_dict={}, evil=_RunsCode(marker)), three_checkpoints[1])
+    (tmp_path / "last_checkpoint").write_text(str(newest))
+    assert find_resume_checkpoint(str(tmp_path)) == str(three_checkpoints[0].resolve())
+    assert not marker.exists()
+
+
+def test_resume_refuses_when_no_checkpoint_loads(tmp_path, three_checkpoints):
+    for path in three_checkpoints:
+        path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"no checkpoint in .* loads \(iter_3\.pth: .*move them away"):
+        find_resume_checkpoint(str(tmp_path))
+
+
+def test_resume_with_nothing_to_resume_starts_over(tmp_path):
+    assert find_resume_checkpoint(str(tmp_path)) is None
+
+
+WRITER = """
+import sys
+from mmengine.fileio import get_file_backend
+import overhaul_det.engine.fileio
+path, size = sys.argv[1], int(sys.argv[2])
+backend = get_file_backend(path)
+print(type(backend).__name__, flush=True)
+while True:
+    for byte in (b"A", b"B"):
+        backend.put(byte * size, path)
+"""
+
+
+def test_checkpoint_writes_go_through_the_atomic_backend(tmp_path):
+    assert isinstance(get_file_backend(str(tmp_path / "iter_1.pth")), AtomicLocalBackend)
+
+
+def test_sigkill_during_put_leaves_old_or_new_file_whole(tmp_path):
+    target, size = tmp_path / "iter_1.pth", 16 * 2**20
+    child = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(size)], stdout=subprocess.PIPE,
+                             text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert child.stdout.readline().strip() == "AtomicLocalBackend"
+        deadline = time.monotonic() + 60
+        while not target.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(random.uniform(0.05, 0.5))
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    data = target.read_bytes()
+    assert len(data) == size and data in (b"A" * size, b"B" * size)
+
+
+def test_failed_put_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "iter_1.pth"
+    backend = AtomicLocalBackend()
+    backend.put(b"old", target)
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        backend.put(b"new" * 1000, target)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["iter_1.pth"]
