@@ -9,7 +9,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.datasets import ImageFolder
+from torchvision.datasets import DatasetFolder
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2 as T
 
@@ -85,10 +85,10 @@ class ImageFolderDataset(Dataset):
         crop: Size = 224,
         train: bool = True,
         num_classes: Optional[int] = None,
-        extensions: Sequence[str] = (".jpg", ".jpeg", ".png", ".bmp", ".webp"),
+        extensions: Sequence[str] = (".jpg", ".jpeg", ".png", ".webp"),
     ) -> None:
         try:
-            self.folder = ImageFolder(data_root, loader=str, extensions=tuple(extensions))
+            self.folder = DatasetFolder(data_root, loader=str, extensions=tuple(extensions))
         except (FileNotFoundError, RuntimeError) as error:
             raise ValueError(f"ImageFolder {data_root}: {error}; expected {data_root}/<class>/<image>") from error
         if num_classes is not None and len(self.folder.classes) > num_classes:
