@@ -128,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+    except (ValueError, TypeError, KeyError, FileNotFoundError, FloatingPointError, SyntaxError) as error:
         sys.stderr.write(f"overhaul-det {args.command}: error: {error}\n")
         return 2
 

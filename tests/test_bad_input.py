@@ -155,16 +155,7 @@ def _snapshot(folder: Path) -> Dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-KNOWN_GAPS = {
-    "teacher checkpoint of another architecture":
-        "models/classifiers.py loads with strict=False, which still raises RuntimeError on shape mismatches",
-}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[name])) if name in KNOWN_GAPS else name
-    for name in CASES
-])
+@pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_stops_with_one_clear_line(tmp_path, capsys, name):
     work = tmp_path / "work"
     work.mkdir()

@@ -20,16 +20,18 @@ from mmengine.runner.checkpoint import CheckpointLoader
 __all__ = ["SAFE_GLOBALS", "load_checkpoint_file", "load_state_dict_file", "UnsafeCheckpointError"]
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
     """A checkpoint needs objects outside the allow-list to load (possibly code)."""
+
+
+_HISTORY_STATISTICS = frozenset({"min", "max", "mean", "current"})
 
 
 def _history_buffer_getattr(obj: Any, name: str) -> Any:
     """``getattr`` restricted to what mmengine pickles with it: a HistoryBuffer's statistic methods."""
     from mmengine.logging import HistoryBuffer
 
-    owner_ok = obj is HistoryBuffer or isinstance(obj, HistoryBuffer)
-    if owner_ok and not name.startswith("_") and callable(getattr(HistoryBuffer, name, None)):
+    if (obj is HistoryBuffer or isinstance(obj, HistoryBuffer)) and name in _HISTORY_STATISTICS:
         return getattr(obj, name)
     raise pickle.UnpicklingError(f"getattr({type(obj).__name__}, {name!r}) is not allowed in a checkpoint")
 
@@ -59,13 +61,25 @@ def load_checkpoint_file(path: Union[str, os.PathLike], map_location: Any = "cpu
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(str(path), map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
+    except pickle.UnpicklingError:
+        blocked = _blocked_globals(path)
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it holds Python objects outside the allow-list, which could run code "
-            f"({str(error).splitlines()[0]}). If you trust the file, convert it once to plain tensors: "
+            f"({blocked}). If you trust the file, convert it once to plain tensors: "
             "`python -c \"import torch, safetensors.torch as st; sd = torch.load('IN', weights_only=False); "
             "st.save_file({k: v.contiguous() for k, v in sd.get('state_dict', sd).items()}, 'OUT.safetensors')\"`"
         ) from None
+
+
+def _blocked_globals(path: Path) -> str:
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # an unreadable file still gets the refusal, without the list
+        return "objects it needs could not be listed"
+    allowed = {f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', '')}" for g in SAFE_GLOBALS
+               if not isinstance(g, tuple)} | {"builtins.getattr"}
+    blocked = [n for n in names if n not in allowed]
+    return "needs " + ", ".join(blocked[:5]) if blocked else "a restricted getattr was misused"
 
 
 def load_state_dict_file(path: Union[str, os.PathLike], prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:

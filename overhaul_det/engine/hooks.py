@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
+from mmengine.dist import all_reduce, get_world_size
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
@@ -45,4 +46,7 @@ class DataMarginHook(Hook):
                 yield preprocess(data, False)["inputs"]
 
         distiller.calibrate_margins(batches(), max_batches=self.num_batches)
-        runner.logger.info(f"OFD data margins estimated from {self.num_batches} training batches")
+        if get_world_size() > 1:
+            for margin in distiller.margins:
+                all_reduce(margin, op="mean")
+        runner.logger.info(f"OFD data margins estimated from {self.num_batches} training batches per rank")

@@ -53,6 +53,14 @@ def build_classifier(
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     if checkpoint:
         state = load_state_dict_file(checkpoint, checkpoint_prefix)
+        own = model.state_dict()
+        wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+        if wrong:
+            raise ValueError(
+                f"checkpoint {checkpoint} does not match {name}: {len(wrong)} tensors have other shapes "
+                f"(e.g. {wrong[0]}: {tuple(state[wrong[0]].shape)} in the file, {tuple(own[wrong[0]].shape)} in the "
+                "model); check the model name and num_classes"
+            )
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(

@@ -40,6 +40,7 @@ class DistillationModel(BaseModel):
             values = ", ".join(f"{name}={float(log_vars[name])}" for name in bad)
             raise FloatingPointError(
                 f"non-finite loss at iteration {iteration + 1}: {values}. Training stopped before the optimizer "
-                "step; resume from the last checkpoint with a lower learning rate or loss weight (e.g. ofd.alpha)."
+                "step; start again from the last checkpoint's weights (load_from=CHECKPOINT, not --resume, which "
+                "restores the old learning rate) with a lower learning rate or loss weight (e.g. model.ofd.alpha)."
             )
         return loss, log_vars
