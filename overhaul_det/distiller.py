@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ofd import DataMarginEstimator, Regressor, TokenRegressor, bn_margin, ofd_loss
+from .ofd import DataMarginEstimator, Regressor, TokenRegressor, bn_margin, margin_relu, ofd_loss
 from .taps import Tap, TapExtractor, attach_taps, capture_taps, find_taps
 
 __all__ = ["FeatureDistiller", "pair_taps", "default_tap_weights"]
@@ -21,7 +21,8 @@ __all__ = ["FeatureDistiller", "pair_taps", "default_tap_weights"]
 logger = logging.getLogger(__name__)
 
 TapSpec = Union[None, Sequence[Tap], Sequence[str]]
-MARGIN_MODES = ("auto", "bn", "data")
+MARGIN_MODES = ("auto", "bn", "data", "none")
+DISTANCES = ("partial_l2", "l2")
 _REFERENCE_SIZE = 224
 
 
@@ -76,9 +77,10 @@ def _check_layouts(matched: List[Tuple[Tap, Tap]]) -> List[Tuple[Tap, Tap]]:
     return matched
 
 
-def _resolve_taps(model: nn.Module, spec: TapSpec, input_size, min_stride: int, role: str) -> List[Tap]:
+def _resolve_taps(model: nn.Module, spec: TapSpec, input_size, min_stride: int, role: str,
+                  position: str = "pre") -> List[Tap]:
     if spec is None:
-        taps = find_taps(model, input_size=input_size, min_stride=min_stride)
+        taps = find_taps(model, input_size=input_size, min_stride=min_stride, position=position)
         _check_input_size(model, taps, input_size, min_stride, role)
         return taps
     if all(isinstance(t, Tap) for t in spec):
@@ -108,6 +110,8 @@ class FeatureDistiller(nn.Module):
     BatchNorm on batch statistics (``teacher_bn='train'``) and its running statistics untouched.
     The student keeps its own forward; the tensors at its taps are captured on the way.
     ``loss_ofd = alpha * sum_i w_i * partial_L2(r_i(student_i), max(teacher_i, m_i)) / batch``.
+    The paper's ablations are switches: ``teacher_bn='eval'``, ``position='post'`` (after the
+    activation), ``distance='l2'`` (every element counts) and ``margin='none'`` (teacher as it is).
     """
 
     def __init__(
@@ -126,16 +130,20 @@ class FeatureDistiller(nn.Module):
         input_size: Optional[Sequence[int]] = None,
         teacher_input_size: Optional[Sequence[int]] = None,
         min_stride: int = 4,
+        position: str = "pre",
+        distance: str = "partial_l2",
     ) -> None:
         super().__init__()
         if margin not in MARGIN_MODES:
             raise ValueError(f"margin={margin!r}; choose one of {MARGIN_MODES}")
+        if distance not in DISTANCES:
+            raise ValueError(f"distance={distance!r}; choose one of {DISTANCES}")
         if align not in ("interpolate", "raise"):
             raise ValueError(f"align={align!r}; choose 'interpolate' or 'raise'")
         if teacher_bn not in ("train", "eval"):
             raise ValueError(f"teacher_bn={teacher_bn!r}; choose 'train' (batch statistics) or 'eval'")
-        t_taps = _resolve_taps(teacher, teacher_taps, teacher_input_size or input_size, min_stride, "teacher")
-        s_taps = _resolve_taps(student, student_taps, input_size, min_stride, "student")
+        t_taps = _resolve_taps(teacher, teacher_taps, teacher_input_size or input_size, min_stride, "teacher", position)
+        s_taps = _resolve_taps(student, student_taps, input_size, min_stride, "student", position)
         self.pairs = pair_taps(s_taps, t_taps, pairs)
         n = len(self.pairs)
         if weights is not None and len(weights) != n:
@@ -144,6 +152,7 @@ class FeatureDistiller(nn.Module):
         self.alpha = alpha
         self.align = align
         self.margin_mode = margin
+        self.distance = distance
 
         teacher.requires_grad_(False)
         teacher.eval()
@@ -164,7 +173,9 @@ class FeatureDistiller(nn.Module):
                     f"teacher tap {t.name} has no BatchNorm feeding it, so margin='bn' cannot apply; "
                     "use margin='auto' or margin='data'"
                 )
-            if mode != "data" and t.norm is not None:
+            if mode == "none":
+                value = torch.full((t.channels,), float("-inf"))
+            elif mode != "data" and t.norm is not None:
                 value = bn_margin(self.teacher.get_submodule(t.norm)).float()
             else:
                 value = torch.zeros(t.channels)
@@ -275,6 +286,9 @@ class FeatureDistiller(nn.Module):
         pair = self.pairs[i]
         channel_dim = -1 if pair[1].channel_last else 1
         r = self._align(self.regressors[i](s), t, pair)
+        if self.distance == "l2":
+            target = margin_relu(t.detach(), self.margins[i], channel_dim)
+            return self.weights[i] * (r - target).pow(2).sum()
         return self.weights[i] * ofd_loss(r, t, self.margins[i], channel_dim)
 
     def forward(self, x: Tensor) -> Tuple[object, Dict[str, Tensor]]:

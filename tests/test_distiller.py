@@ -241,3 +241,27 @@ def test_distiller_rejects_bad_options(pair):
     for kwargs in ({"margin": "mean"}, {"align": "crop"}, {"teacher_bn": "frozen"}, {"weights": [1.0, 1.0]}):
         with pytest.raises(ValueError):
             FeatureDistiller(teacher, student, input_size=SIZE, **kwargs)
+
+
+def test_ablation_switches_change_the_loss_as_the_paper_defines(pair):
+    """distance='l2' counts every element, margin='none' keeps the teacher as it is, position='post'
+    taps after the activation (non-negative teacher features)."""
+    teacher, student = pair
+    x = _x()
+    losses = {}
+    for name, options in {"ofd": {}, "l2": dict(distance="l2"), "none": dict(margin="none"),
+                          "post": dict(position="post")}.items():
+        torch.manual_seed(0)
+        distiller = FeatureDistiller(copy.deepcopy(teacher), copy.deepcopy(student), input_size=SIZE, **options)
+        distiller.train()
+        with distiller.capture_student() as captured:
+            distiller.student(x)
+        feats = distiller.teacher_features(x)
+        losses[name] = float(distiller.distill_loss(captured, feats))
+        if name == "none":
+            assert all(torch.isinf(m).all() for m in distiller.margins)
+        if name == "post":
+            assert all(t.activation is None for t in distiller.teacher_taps)
+            assert all(bool((f >= 0).all()) for f in feats)
+    assert losses["l2"] > losses["ofd"] > 0
+    assert losses["none"] != losses["ofd"]
