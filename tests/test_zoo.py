@@ -78,10 +78,10 @@ def test_resnet50_data_margin_agrees_with_bn_margin_and_is_the_negative_mean():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
-    size = (3, 64, 64)
+    size = (3, 96, 96)
     bn = od.FeatureDistiller(teacher, torchvision.models.resnet18(), input_size=size, margin="bn")
     data = od.FeatureDistiller(copy.deepcopy(teacher), torchvision.models.resnet18(), input_size=size, margin="data")
-    batches = [torch.randn(4, *size) for _ in range(2)]
+    batches = [torch.randn(8, *size) for _ in range(4)]
     data.calibrate_margins(batches)
     features = [data.teacher_features(b) for b in batches]
     for i, (m_bn, m_data) in enumerate(zip(bn.margins, data.margins)):
