@@ -165,8 +165,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     command = "overhaul-det reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
     section = args.out / f"results_{args.task}.md"
     section.write_text(_markdown(report, command, plot.name))
+    _write_index(args.out)
     sys.stdout.write(section.read_text())
     return 0
+
+
+def _write_index(out: Path) -> None:
+    """docs/results.md: every task's section, in a fixed order, under one header."""
+    sections = [out / f"results_{task}.md" for task in ("classification", "detection", "segmentation")]
+    body = "\n".join(p.read_text() for p in sections if p.exists())
+    header = ("# Results: baseline vs KD vs OFD on real images (CPU)\n\n"
+              "Every number below comes from `overhaul-det reproduce TASK` on this code; each section names its "
+              "command, commit and config. Per-run values, histories and wall times are in `results_TASK.json`.\n\n")
+    (out / "results.md").write_text(header + body)
 
 
 if __name__ == "__main__":
