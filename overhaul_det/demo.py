@@ -81,7 +81,8 @@ def _plot(results: List[Dict], teacher_top1: float, path: Path) -> None:
 
 
 def _table(teacher_top1: float, teacher_seconds: float, results: List[Dict]) -> str:
-    rows = [("model", "top-1 (%)", "time (s)"), ("teacher resnet18", f"{teacher_top1:.2f}", f"{teacher_seconds:.0f}")]
+    rows = [("model", "top-1 (%)", "time (s)"), ("teacher resnet18 (train + test)", f"{teacher_top1:.2f}",
+                                                 f"{teacher_seconds:.0f}")]
     rows += [(f"{r['method']} student", f"{r['top1']:.2f}", f"{r['seconds']:.0f}") for r in results]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
