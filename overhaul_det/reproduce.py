@@ -130,6 +130,21 @@ def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations
     if ablations:
         runs += [(f"ofd, {name}", o) for name, o in ABLATIONS.items()]
     results = [_run(task, name, overrides, seed, root, epochs) for seed in range(seeds) for name, overrides in runs]
+    return _report(task, results, seeds, epochs)
+
+
+def collect_task(task: str, root: Path) -> Dict:
+    """The report of every finished run of ``task`` under ``root``, whatever methods and seeds ran."""
+    order = {m: i for i, m in enumerate(list(METHODS) + [f"ofd, {a}" for a in ABLATIONS])}
+    results = [json.loads(p.read_text()) for p in (root / task).glob("*/seed*/result.json")]
+    if not results:
+        raise FileNotFoundError(f"no finished run under {root / task}; run `overhaul-det reproduce {task}` first")
+    results.sort(key=lambda r: (order.get(r["method"], len(order)), r["seed"]))
+    return _report(task, results, max(r["seed"] for r in results) + 1, None)
+
+
+def _report(task: str, results: List[Dict], seeds: int, epochs: Optional[int]) -> Dict:
+    spec = TASKS[task]
     return dict(task=task, config=spec["config"], metric=spec["metric"], seeds=seeds, epochs=epochs,
                 commit=_commit(), results=results, summary=_summary(results))
 
@@ -153,11 +168,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     parser.add_argument("--ablations", action="store_true", help="also the paper's four ablations (classification)")
     parser.add_argument("--methods", nargs="+", help="a subset of the task's methods (runs can go in parallel)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing; report every finished run in the work dir (methods may differ in seeds)")
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/reproduce"))
     parser.add_argument("--out", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    report = run_task(args.task, args.seeds, args.work_dir, args.epochs, args.ablations, args.methods)
+    if args.report_only:
+        report = collect_task(args.task, args.work_dir)
+    else:
+        report = run_task(args.task, args.seeds, args.work_dir, args.epochs, args.ablations, args.methods)
     args.out.mkdir(parents=True, exist_ok=True)
     plot = args.out / f"results_{args.task}.png"
     _plot(args.task, report["results"], report["metric"], plot)
