@@ -153,10 +153,11 @@ def _markdown(report: Dict, command: str, plot: str) -> str:
     lines = [f"## {report['task']}", "", f"Produced by `{command}` at commit `{report['commit']}` "
              f"from `{report['config']}`; metric: test `{report['metric']}` after the last epoch.", "",
              "| method | mean ± std | runs | mean time (s) |", "|---|---|---|---|"]
+    digits = 4 if all(r["final"] <= 1 for r in report["results"]) else 2
     for method, s in report["summary"].items():
         seconds = statistics.mean(r["seconds"] for r in report["results"] if r["method"] == method)
-        runs = ", ".join(f"{v:.2f}" for v in s["runs"])
-        lines.append(f"| {method} | {s['mean']:.2f} ± {s['std']:.2f} | {runs} | {seconds:.0f} |")
+        runs = ", ".join(f"{v:.{digits}f}" for v in s["runs"])
+        lines.append(f"| {method} | {s['mean']:.{digits}f} ± {s['std']:.{digits}f} | {runs} | {seconds:.0f} |")
     lines += ["", f"![{report['task']}]({plot})", ""]
     return "\n".join(lines)
 
