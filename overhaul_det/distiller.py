@@ -268,20 +268,26 @@ class FeatureDistiller(nn.Module):
             return [student_feats[s.name] for s, _ in self.pairs]
         return list(student_feats)
 
-    def _consume_loss(self, student_feats: List[Optional[Tensor]], teacher_feats: List[Optional[Tensor]]) -> Tensor:
+    def _consume_loss(
+        self, student_feats: List[Optional[Tensor]], teacher_feats: List[Optional[Tensor]], own_teacher: bool = False
+    ) -> Tensor:
         """``distill_loss`` on lists it owns: a tap's entries are dropped once its term is summed,
-        so tensors no other reference holds are freed tap by tap, not at the end."""
+        so tensors no other reference holds are freed tap by tap, not at the end. With
+        ``own_teacher`` (tensors nobody else sees) the loss also reuses the memory of those that
+        are neither views nor shared with another tap."""
         if not bool(self.margins_calibrated):
             self._calibrate_from(teacher_feats)
         batch_size = teacher_feats[0].shape[0]
+        storages = [t.untyped_storage().data_ptr() for t in teacher_feats]
         total = None
         for i in range(min(len(self.pairs), len(student_feats), len(teacher_feats))):
-            term = self._term(i, student_feats[i], teacher_feats[i])
+            overwrite = own_teacher and teacher_feats[i]._base is None and storages.count(storages[i]) == 1
+            term = self._term(i, student_feats[i], teacher_feats[i], overwrite)
             student_feats[i] = teacher_feats[i] = None
             total = term if total is None else total + term
         return total * (self.alpha / batch_size)
 
-    def _term(self, i: int, s: Tensor, t: Tensor) -> Tensor:
+    def _term(self, i: int, s: Tensor, t: Tensor, overwrite_teacher: bool = False) -> Tensor:
         """w_i * ofd_loss(r_i(s), t, m_i); the regressor's output is freed on return."""
         pair = self.pairs[i]
         channel_dim = -1 if pair[1].channel_last else 1
@@ -289,12 +295,12 @@ class FeatureDistiller(nn.Module):
         if self.distance == "l2":
             target = margin_relu(t.detach(), self.margins[i], channel_dim)
             return self.weights[i] * (r - target).pow(2).sum()
-        return self.weights[i] * ofd_loss(r, t, self.margins[i], channel_dim)
+        return self.weights[i] * ofd_loss(r, t, self.margins[i], channel_dim, overwrite_teacher=overwrite_teacher)
 
     def forward(self, x: Tensor) -> Tuple[object, Dict[str, Tensor]]:
         """Student output and {'loss_ofd': loss} for a batch both models see as it is."""
         with self.capture_student() as captured:
             out = self.student(x)
             student_feats = self._student_list(captured)
-        loss = self._consume_loss(student_feats, self.teacher_features(x))
+        loss = self._consume_loss(student_feats, self.teacher_features(x), own_teacher=True)
         return out, {"loss_ofd": loss}

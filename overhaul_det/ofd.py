@@ -6,7 +6,7 @@ dim 1, or channel-last tokens (N, L, C) / (N, H, W, C) where ``channel_dim=-1``.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -43,22 +43,25 @@ def margin_relu(teacher: Tensor, margin: Tensor, channel_dim: int = 1) -> Tensor
 
 
 class _PartialL2(torch.autograd.Function):
-    """Partial L2 after margin ReLU, with one full-size temporary kept for backward.
+    """Partial L2 after margin ReLU, with one feature-size tensor kept for backward.
 
-    The naive form builds t, (s - t), (s - t)^2 and a float mask; here the masked difference
-    is built in place and the squared sum is a dot product, so forward keeps one tensor the
-    size of the feature (plus a boolean mask) and backward is a single scaled copy of it.
+    The naive form builds t, (s - t), (s - t)^2 and a float mask. Here an element is kept when
+    max(t, s - t) > 0 (i.e. t > 0 or s > t), and the masking is the float-only kernel
+    ``threshold_backward`` (boolean masks are several times slower on CPU): four element-wise
+    passes and a dot product. The target t takes one temporary, or the teacher's own memory
+    when the caller gives it up; backward is a single scaled copy of the kept difference.
     """
 
     @staticmethod
-    def forward(ctx, student: Tensor, teacher: Tensor, margin: Tensor) -> Tensor:  # type: ignore[override]
-        diff = torch.maximum(teacher, margin)
-        keep = diff > 0
-        diff.neg_().add_(student)  # diff = s - max(t, m)
-        keep.logical_or_(diff > 0)
-        diff.mul_(keep)
-        del keep
-        flat = diff.reshape(-1)
+    def forward(  # type: ignore[override]
+        ctx, student: Tensor, teacher: Tensor, margin: Tensor, overwrite_teacher: bool
+    ) -> Tensor:
+        target = torch.maximum(teacher, margin, out=teacher) if overwrite_teacher else torch.maximum(teacher, margin)
+        diff = student - target
+        torch.maximum(target, diff, out=target)
+        torch.ops.aten.threshold_backward.grad_input(diff, target, 0, grad_input=diff)
+        del target
+        flat = diff.reshape(-1) if diff.is_contiguous() else diff.permute(_memory_order(diff)).reshape(-1)
         loss = torch.dot(flat, flat) if flat.dtype in (torch.float32, torch.float64) else flat.float().pow(2).sum()
         ctx.save_for_backward(diff)
         return loss
@@ -66,13 +69,22 @@ class _PartialL2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
         (diff,) = ctx.saved_tensors
-        return diff * (2 * grad_output).to(diff.dtype), None, None
+        return diff * (2 * grad_output).to(diff.dtype), None, None, None
 
 
-def ofd_loss(student: Tensor, teacher: Tensor, margin: Tensor, channel_dim: int = 1) -> Tensor:
+def _memory_order(x: Tensor) -> List[int]:
+    """Dimensions of ``x`` from the largest stride to the smallest (a view in memory order)."""
+    return sorted(range(x.dim()), key=lambda d: (-x.stride(d), d))
+
+
+def ofd_loss(
+    student: Tensor, teacher: Tensor, margin: Tensor, channel_dim: int = 1, *, overwrite_teacher: bool = False
+) -> Tensor:
     """Sum over all elements of the partial L2 between ``student`` and ``max(teacher, margin)``.
 
-    The teacher is detached. Equals ``ofd_loss_reference`` in value and gradient.
+    The teacher is detached. Equals ``ofd_loss_reference`` in value and gradient. With
+    ``overwrite_teacher=True`` the teacher tensor's memory is reused for the target (its values
+    are lost); for a caller that owns the teacher tensor and saves one feature-size temporary.
     """
     if student.shape != teacher.shape:
         raise ValueError(
@@ -83,7 +95,7 @@ def ofd_loss(student: Tensor, teacher: Tensor, margin: Tensor, channel_dim: int 
     teacher = teacher.detach()
     if teacher.dtype != student.dtype:
         teacher = teacher.to(student.dtype)
-    return _PartialL2.apply(student, teacher, m.to(student.dtype))
+    return _PartialL2.apply(student, teacher, m.to(student.dtype), overwrite_teacher)
 
 
 def ofd_loss_reference(student: Tensor, teacher: Tensor, margin: Tensor, channel_dim: int = 1) -> Tensor:

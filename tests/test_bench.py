@@ -1,0 +1,109 @@
+"""The benchmark harness runs and reports every field; the fast OFD loss equals the naive one.
+
+No timing is asserted: timings depend on the machine.
+"""
+import json
+
+import pytest
+import torch
+
+from overhaul_det import FeatureDistiller, ofd_loss, ofd_loss_reference
+from overhaul_det.bench import (
+    TIMED,
+    BenchConfig,
+    build_model,
+    format_table,
+    main,
+    measure_memory_subprocess,
+    run_benchmark,
+    validate,
+)
+
+TINY = dict(teacher="resnet18", student="mobilenet_v3_small", batch_size=2, input_size=64, repeats=1, warmup=0,
+            loss_shape=(2, 16, 8, 8), rewrite_model="resnet18", measure_memory=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    return run_benchmark(BenchConfig(**TINY))
+
+
+def test_result_has_every_measurement(tiny_result):
+    assert tiny_result["order"] == list(TIMED)
+    for name in TIMED:
+        assert len(tiny_result["times_s"][name]) == 1
+        assert tiny_result["median_s"][name] > 0
+    for key in ("overhead", "loss_time_ratio"):
+        assert tiny_result[key] > 0
+    assert tiny_result["rewrite_added"] > -1
+    sizes = tiny_result["activations"]
+    assert sizes["teacher_largest_activation_bytes"] >= 2 * 64 * 32 * 32 * 4  # resnet18 stem output
+    assert sizes["teacher_tap_bytes"] > 0 and sizes["regressor_activation_bytes"] > 0
+    assert tiny_result["memory"] is None
+    assert set(tiny_result["checks"]) == {"overhead", "loss_time_ratio", "rewrite_added"}
+    json.dumps(tiny_result)
+
+
+def test_table_names_every_measurement(tiny_result):
+    table = format_table(tiny_result)
+    for label in ("(a) student train step", "(d) full OFD step", "overhead d/(a+b+c)", "peak memory: not measured"):
+        assert label in table
+
+
+@pytest.mark.parametrize("overwrite_teacher", [False, True])
+def test_fast_loss_equals_reference_in_value_and_gradient(overwrite_teacher):
+    torch.manual_seed(0)
+    student = torch.randn(2, 16, 8, 8)
+    teacher = torch.randn(2, 16, 8, 8)
+    margin = -torch.rand(16)
+    margin[0] = 0.0
+    teacher.view(-1)[::7] = 0.0
+    student.view(-1)[::5] = teacher.view(-1)[::5]
+    fast = student.clone().requires_grad_(True)
+    naive = student.clone().requires_grad_(True)
+    fast_loss = ofd_loss(fast, teacher.clone(), margin, overwrite_teacher=overwrite_teacher)
+    naive_loss = ofd_loss_reference(naive, teacher, margin)
+    fast_loss.backward()
+    naive_loss.backward()
+    torch.testing.assert_close(fast_loss, naive_loss)
+    torch.testing.assert_close(fast.grad, naive.grad, rtol=0, atol=0)
+
+
+def test_distiller_forward_equals_distill_loss():
+    torch.manual_seed(0)
+    teacher, student = build_model("resnet18"), build_model("mobilenet_v3_small")
+    distiller = FeatureDistiller(teacher, student, input_size=(64, 64)).train()
+    x = torch.randn(2, 3, 64, 64)
+    _, losses = distiller(x)
+    with distiller.capture_student() as captured:
+        distiller.student(x)
+        reference = distiller.distill_loss(captured, distiller.teacher_features(x))
+    torch.testing.assert_close(losses["loss_ofd"], reference)
+
+
+def test_fast_loss_gradcheck():
+    student = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    margin = -torch.rand(4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda s: ofd_loss(s, teacher, margin), (student,))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_request_without_cuda_is_a_clear_error(capsys):
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        validate(BenchConfig(device="cuda"))
+    with pytest.raises(SystemExit):
+        main(["--device", "cuda"])
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model"):
+        validate(BenchConfig(student="no_such_net"))
+
+
+def test_memory_is_measured_in_a_fresh_process():
+    cfg = BenchConfig(**{**TINY, "loss_shape": (2, 16, 64, 64), "measure_memory": True})
+    result = measure_memory_subprocess("loss_fast", cfg)
+    assert result["peak_bytes"] > 0
+    assert result["rss_after_build_bytes"] is None or result["rss_after_build_bytes"] > 0
