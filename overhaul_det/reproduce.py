@@ -150,8 +150,9 @@ def _report(task: str, results: List[Dict], seeds: int, epochs: Optional[int]) -
 
 
 def _markdown(report: Dict, command: str, plot: str) -> str:
-    lines = [f"## {report['task']}", "", f"Produced by `{command}` at commit `{report['commit']}` "
-             f"from `{report['config']}`; metric: test `{report['metric']}` after the last epoch.", "",
+    lines = [f"## {report['task']}", "", f"Table written by `{command}` at commit `{report['commit']}` from runs "
+             f"of `overhaul-det reproduce {report['task']}` on `{report['config']}` (each run's options, history and "
+             f"wall time: `results_{report['task']}.json`); metric: test `{report['metric']}` after the last epoch.", "",
              "| method | mean ± std | runs | mean time (s) |", "|---|---|---|---|"]
     digits = 4 if all(r["final"] <= 1 for r in report["results"]) else 2
     for method, s in report["summary"].items():
