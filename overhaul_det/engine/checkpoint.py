@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
-__all__ = ["SAFE_GLOBALS", "load_checkpoint_file", "load_state_dict_file", "UnsafeCheckpointError"]
+__all__ = ["SAFE_GLOBALS", "load_checkpoint_file", "load_state_dict_file", "load_weights_into", "UnsafeCheckpointError"]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
@@ -97,6 +97,28 @@ def load_state_dict_file(path: Union[str, os.PathLike], prefix: Optional[str] = 
         if not data:
             raise ValueError(f"{path} has no key starting with '{prefix}'")
     return data
+
+
+def load_weights_into(model: torch.nn.Module, path: Union[str, os.PathLike], prefix: Optional[str], what: str,
+                      hint: str, ignore_missing: tuple = ()) -> None:
+    """Load a weights file into ``model``; any shape or key mismatch is one ValueError naming
+    the file, ``what`` it was meant for, an example key and ``hint`` (the fix)."""
+    state = load_state_dict_file(path, prefix)
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(
+            f"checkpoint {path} does not match {what}: {len(wrong)} tensors have other shapes "
+            f"(e.g. {wrong[0]}: {tuple(state[wrong[0]].shape)} in the file, {tuple(own[wrong[0]].shape)} in the "
+            f"model); {hint}"
+        )
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(ignore_missing)]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint {path} does not match {what}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]}); {hint}"
+        )
 
 
 @CheckpointLoader.register_scheme(prefixes="", force=True)

@@ -9,7 +9,7 @@ import timm
 import torchvision
 from torch import nn
 
-from ..engine.checkpoint import load_state_dict_file
+from ..engine.checkpoint import load_weights_into
 
 __all__ = ["build_classifier", "model_zoo"]
 
@@ -52,22 +52,8 @@ def build_classifier(
     else:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     if checkpoint:
-        state = load_state_dict_file(checkpoint, checkpoint_prefix)
-        own = model.state_dict()
-        wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-        if wrong:
-            raise ValueError(
-                f"checkpoint {checkpoint} does not match {name}: {len(wrong)} tensors have other shapes "
-                f"(e.g. {wrong[0]}: {tuple(state[wrong[0]].shape)} in the file, {tuple(own[wrong[0]].shape)} in the "
-                "model); check the model name and num_classes"
-            )
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"checkpoint {checkpoint} does not match {name}: {len(result.missing_keys)} missing keys "
-                f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected keys "
-                f"(e.g. {result.unexpected_keys[:3]}); check the model name and num_classes, or set checkpoint_prefix"
-            )
+        load_weights_into(model, checkpoint, checkpoint_prefix, name,
+                          "check the model name and num_classes, or set checkpoint_prefix")
         logger.info("loaded %s weights from %s", name, checkpoint)
     return model
 

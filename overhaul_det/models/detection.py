@@ -21,7 +21,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from ..engine.checkpoint import load_state_dict_file
+from ..engine.checkpoint import load_state_dict_file, load_weights_into
 from .classifiers import model_zoo
 
 __all__ = [
@@ -201,18 +201,9 @@ def _load_body_weights(body: nn.Module, path: str, prefix: Optional[str]) -> Non
 
 
 def _load_detector_weights(model: nn.Module, path: str, prefix: Optional[str]) -> None:
-    state = load_state_dict_file(path, prefix)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:
-        raise ValueError(f"checkpoint {path} does not fit the detector ({error}); check num_classes") from None
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"checkpoint {path} does not match the detector: {len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]}); check the name, "
-            "strides, fpn_channels and checkpoint_prefix (e.g. 'student_model.' for a checkpoint of this package)"
-        )
+    load_weights_into(model, path, prefix, "the detector",
+                      "check the name, num_classes, strides, fpn_channels and checkpoint_prefix (e.g. 'student_model.' "
+                      "for a checkpoint of this package)", ignore_missing=("num_batches_tracked",))
     logger.info("loaded detector weights from %s", path)
 
 

@@ -19,7 +19,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.models.segmentation.fcn import FCNHead
 
-from ..engine.checkpoint import load_state_dict_file
+from ..engine.checkpoint import load_weights_into
 from ..taps import (ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES, PASSTHROUGH_MODULES, Tap, find_taps,
                     trace)
 
@@ -195,15 +195,9 @@ def _torchvision_backbone(name: str, output_stride: int, pretrained: bool, kwarg
 
 
 def _load_checkpoint(model: nn.Module, checkpoint: str, prefix: Optional[str], name: str) -> None:
-    state = load_state_dict_file(checkpoint, prefix)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"checkpoint {checkpoint} does not match segmenter '{name}': {len(result.missing_keys)} missing keys "
-            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected keys "
-            f"(e.g. {result.unexpected_keys[:3]}); check backbone, decoder, num_classes and aux_loss, or set "
-            "checkpoint_prefix (e.g. 'student_model.' for a checkpoint of a SegmentationDistiller)"
-        )
+    load_weights_into(model, checkpoint, prefix, f"segmenter '{name}'",
+                      "check backbone, decoder, num_classes and aux_loss, or set checkpoint_prefix "
+                      "(e.g. 'student_model.' for a checkpoint of a SegmentationDistiller)")
     logger.info("loaded segmenter %s weights from %s", name, checkpoint)
 
 

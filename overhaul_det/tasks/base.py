@@ -9,7 +9,18 @@ from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 from torch import nn
 
-__all__ = ["DistillationModel"]
+__all__ = ["DistillationModel", "build_from_spec"]
+
+
+def build_from_spec(spec, num_classes: int, builder, key: str, what: str) -> nn.Module:
+    """A module as it is, or ``builder(**spec)`` with ``num_classes`` defaulted; ``key`` must be set."""
+    if isinstance(spec, nn.Module):
+        return spec
+    spec = dict(spec)
+    if key not in spec:
+        raise ValueError(f"model spec {spec} needs a '{key}' ({what})")
+    spec.setdefault("num_classes", num_classes)
+    return builder(**spec)
 
 
 class DistillationModel(BaseModel):

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from .base import DistillationModel
+from .base import DistillationModel, build_from_spec
 from torch import Tensor, nn
 
 from ..distiller import FeatureDistiller
@@ -30,13 +30,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
 
 
 def _build(spec: ModelSpec, num_classes: int) -> nn.Module:
-    if isinstance(spec, nn.Module):
-        return spec
-    spec = dict(spec)
-    if "name" not in spec:
-        raise ValueError(f"model spec {spec} needs a 'name' (a timm or torchvision model name)")
-    spec.setdefault("num_classes", num_classes)
-    return build_classifier(**spec)
+    return build_from_spec(spec, num_classes, build_classifier, "name", "a timm or torchvision model name")
 
 
 @MODELS.register_module()

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distiller import FeatureDistiller
+from ..distiller import FeatureDistiller, default_tap_weights
 from ..models.segmentation import build_segmenter, segmenter_taps
 from ..registry import MODELS
 from ..taps import Tap, find_taps
-from .base import DistillationModel
+from .base import DistillationModel, build_from_spec
 
 __all__ = ["SegmentationDistiller", "segmentation_tap_weights"]
 
@@ -31,17 +31,12 @@ DEFAULT_INPUT_SIZE = (3, 128, 128)
 
 def segmentation_tap_weights(num_backbone_taps: int) -> List[float]:
     """The official weights: 2^-(n-1-i) over the backbone taps, then 1 (ASPP) and 1/16 (decoder)."""
-    return [2.0 ** -(num_backbone_taps - 1 - i) for i in range(num_backbone_taps)] + [1.0, 1.0 / 16]
+    return default_tap_weights(num_backbone_taps) + [1.0, 1.0 / 16]
 
 
 def _build(spec: ModelSpec, num_classes: int) -> nn.Module:
-    if isinstance(spec, nn.Module):
-        return spec
-    spec = dict(spec)
-    if "backbone" not in spec:
-        raise ValueError(f"segmenter spec {spec} needs a 'backbone' (a timm/torchvision backbone or deeplabv3_* name)")
-    spec.setdefault("num_classes", num_classes)
-    return build_segmenter(**spec)
+    return build_from_spec(spec, num_classes, build_segmenter, "backbone",
+                           "a timm/torchvision backbone or deeplabv3_* name")
 
 
 def _resolve_taps(model: nn.Module, spec: TapSpec, input_size: Sequence[int]) -> List[Tap]:
