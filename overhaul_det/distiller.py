@@ -288,14 +288,17 @@ class FeatureDistiller(nn.Module):
         return total * (self.alpha / batch_size)
 
     def _term(self, i: int, s: Tensor, t: Tensor, overwrite_teacher: bool = False) -> Tensor:
-        """w_i * ofd_loss(r_i(s), t, m_i); the regressor's output is freed on return."""
+        """w_i * ofd_loss(r_i(s), t, m_i); the regressor's output, read by nothing else, holds the
+        kept difference, so one feature-size tensor is saved for backward rather than two."""
         pair = self.pairs[i]
         channel_dim = -1 if pair[1].channel_last else 1
         r = self._align(self.regressors[i](s), t, pair)
         if self.distance == "l2":
             target = margin_relu(t.detach(), self.margins[i], channel_dim)
             return self.weights[i] * (r - target).pow(2).sum()
-        return self.weights[i] * ofd_loss(r, t, self.margins[i], channel_dim, overwrite_teacher=overwrite_teacher)
+        owned = r is not s and r._base is None and r.dtype == t.dtype
+        return self.weights[i] * ofd_loss(r, t, self.margins[i], channel_dim, overwrite_teacher=overwrite_teacher,
+                                          overwrite_student=owned)
 
     def forward(self, x: Tensor) -> Tuple[object, Dict[str, Tensor]]:
         """Student output and {'loss_ofd': loss} for a batch both models see as it is."""

@@ -49,15 +49,17 @@ class _PartialL2(torch.autograd.Function):
     max(t, s - t) > 0 (i.e. t > 0 or s > t), and the masking is the float-only kernel
     ``threshold_backward`` (boolean masks are several times slower on CPU): four element-wise
     passes and a dot product. The target t takes one temporary, or the teacher's own memory
-    when the caller gives it up; backward is a single scaled copy of the kept difference.
+    when the caller gives it up; the difference takes another, or the student's own memory when
+    the caller gives that up (autograd still checks that no other node saved it). Backward is a
+    single scaled copy of the kept difference.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, student: Tensor, teacher: Tensor, margin: Tensor, overwrite_teacher: bool
+        ctx, student: Tensor, teacher: Tensor, margin: Tensor, overwrite_teacher: bool, overwrite_student: bool
     ) -> Tensor:
         target = torch.maximum(teacher, margin, out=teacher) if overwrite_teacher else torch.maximum(teacher, margin)
-        diff = student - target
+        diff = torch.sub(student, target, out=student) if overwrite_student else student - target
         torch.maximum(target, diff, out=target)
         torch.ops.aten.threshold_backward.grad_input(diff, target, 0, grad_input=diff)
         del target
@@ -69,7 +71,7 @@ class _PartialL2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
         (diff,) = ctx.saved_tensors
-        return diff * (2 * grad_output).to(diff.dtype), None, None, None
+        return diff * (2 * grad_output).to(diff.dtype), None, None, None, None
 
 
 def _memory_order(x: Tensor) -> List[int]:
@@ -78,13 +80,21 @@ def _memory_order(x: Tensor) -> List[int]:
 
 
 def ofd_loss(
-    student: Tensor, teacher: Tensor, margin: Tensor, channel_dim: int = 1, *, overwrite_teacher: bool = False
+    student: Tensor,
+    teacher: Tensor,
+    margin: Tensor,
+    channel_dim: int = 1,
+    *,
+    overwrite_teacher: bool = False,
+    overwrite_student: bool = False,
 ) -> Tensor:
     """Sum over all elements of the partial L2 between ``student`` and ``max(teacher, margin)``.
 
     The teacher is detached. Equals ``ofd_loss_reference`` in value and gradient. With
     ``overwrite_teacher=True`` the teacher tensor's memory is reused for the target (its values
     are lost); for a caller that owns the teacher tensor and saves one feature-size temporary.
+    ``overwrite_student=True`` likewise keeps the difference in the student tensor's memory, for
+    a caller whose student tensor (e.g. a regressor's BatchNorm output) nothing else reads.
     """
     if student.shape != teacher.shape:
         raise ValueError(
@@ -95,7 +105,7 @@ def ofd_loss(
     teacher = teacher.detach()
     if teacher.dtype != student.dtype:
         teacher = teacher.to(student.dtype)
-    return _PartialL2.apply(student, teacher, m.to(student.dtype), overwrite_teacher)
+    return _PartialL2.apply(student, teacher, m.to(student.dtype), overwrite_teacher, overwrite_student)
 
 
 def ofd_loss_reference(student: Tensor, teacher: Tensor, margin: Tensor, channel_dim: int = 1) -> Tensor:

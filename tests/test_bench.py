@@ -51,7 +51,8 @@ def test_table_names_every_measurement(tiny_result):
 
 
 @pytest.mark.parametrize("overwrite_teacher", [False, True])
-def test_fast_loss_equals_reference_in_value_and_gradient(overwrite_teacher):
+@pytest.mark.parametrize("overwrite_student", [False, True])
+def test_fast_loss_equals_reference_in_value_and_gradient(overwrite_teacher, overwrite_student):
     torch.manual_seed(0)
     student = torch.randn(2, 16, 8, 8)
     teacher = torch.randn(2, 16, 8, 8)
@@ -61,12 +62,21 @@ def test_fast_loss_equals_reference_in_value_and_gradient(overwrite_teacher):
     student.view(-1)[::5] = teacher.view(-1)[::5]
     fast = student.clone().requires_grad_(True)
     naive = student.clone().requires_grad_(True)
-    fast_loss = ofd_loss(fast, teacher.clone(), margin, overwrite_teacher=overwrite_teacher)
+    fast_loss = ofd_loss(fast * 1.0, teacher.clone(), margin, overwrite_teacher=overwrite_teacher,
+                         overwrite_student=overwrite_student)
     naive_loss = ofd_loss_reference(naive, teacher, margin)
     fast_loss.backward()
     naive_loss.backward()
     torch.testing.assert_close(fast_loss, naive_loss)
     torch.testing.assert_close(fast.grad, naive.grad, rtol=0, atol=0)
+
+
+def test_overwriting_a_student_tensor_another_op_saved_is_refused_by_autograd():
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    saved_by_exp = x.exp()
+    loss = ofd_loss(saved_by_exp, torch.randn(2, 4, 3, 3), torch.zeros(4), overwrite_student=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 def test_distiller_forward_equals_distill_loss():
