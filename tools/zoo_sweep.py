@@ -56,15 +56,25 @@ class _null:
         return False
 
 
-def _input_size(zoo: str, model, cap: int) -> Tuple[int, int, int]:
+def _native_input_size(zoo: str, name: str, model) -> Tuple[Tuple[int, int, int], bool]:
+    """The input size the architecture is trained at, and whether it may change."""
     if zoo == "torchvision":
-        return (3, 224, 224) if cap >= 224 else (3, cap, cap)
+        import torchvision
+
+        weights = torchvision.models.get_model_weights(name)
+        crop = list(weights)[0].transforms().crop_size[0] if len(weights) else 224
+        return (3, crop, crop), False
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    c, h, w = cfg.get("input_size", (3, 224, 224))
-    fixed = cfg.get("fixed_input_size", False)
-    if not fixed and max(h, w) > cap:
-        h = w = cap
-    return (c, h, w)
+    return tuple(cfg.get("input_size", (3, 224, 224))), bool(cfg.get("fixed_input_size", False))
+
+
+def _input_sizes(zoo: str, name: str, model, cap: int) -> List[Tuple[int, int, int]]:
+    """Sizes to try: the native size capped at ``cap`` on its longer side, then the native size
+    (some models only accept multiples of their native size's grid)."""
+    (c, h, w), fixed = _native_input_size(zoo, name, model)
+    if fixed or max(h, w) <= cap:
+        return [(c, h, w)]
+    return [(c, cap, cap), (c, h, w)]
 
 
 def _family(zoo: str, name: str) -> str:
@@ -85,22 +95,42 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-def check_model(zoo: str, name: str, max_params: float, cap: int) -> Dict:
-    """Run the four checks on one architecture; returns a JSON-able record."""
+def _count_params(zoo: str, name: str) -> int:
+    """Parameters, counted on the meta device (no memory) where the builder allows it."""
+    try:
+        model = _build(zoo, name, "meta")
+    except NotImplementedError:  # builders that copy into their weights at init
+        model = _build(zoo, name)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_model(zoo: str, name: str, max_params: float, cap: int, record: Dict) -> Dict:
+    """Run the four checks on one architecture, filling ``record`` (JSON-able) as it goes, so a
+    failure keeps the stage it happened in."""
     import torch
 
-    import overhaul_det as od
-
-    record: Dict = dict(zoo=zoo, name=name, family=_family(zoo, name), stage="build")
+    record.update(stage="build")
     torch.manual_seed(0)
-    meta = _build(zoo, name, "meta")
-    params = sum(p.numel() for p in meta.parameters())
+    params = _count_params(zoo, name)
     record["params"] = params
     if params > max_params:
         record.update(status="skipped", reason=f"{params / 1e6:.1f}M parameters > bound")
         return record
     model = _build(zoo, name).eval()
-    size = _input_size(zoo, model, cap)
+    sizes = _input_sizes(zoo, name, model, cap)
+    for size in sizes:
+        try:
+            return _check_at(model, size, record)
+        except Exception:
+            if size == sizes[-1]:
+                raise
+
+
+def _check_at(model, size: Tuple[int, int, int], record: Dict) -> Dict:
+    import torch
+
+    import overhaul_det as od
+
     record["input_size"] = size
     record["stage"] = "find_taps"
     taps = od.find_taps(model, input_size=size)
@@ -161,22 +191,24 @@ def _worker(tasks: "mp.Queue", results: "mp.Queue", max_params: float, cap: int,
             return
         zoo, name = item
         start = time.perf_counter()
+        record: Dict = dict(zoo=zoo, name=name, family=_family(zoo, name))
         signal.alarm(timeout)
         try:
-            record = check_model(zoo, name, max_params, cap)
+            check_model(zoo, name, max_params, cap, record)
         except _Timeout:
-            record = dict(zoo=zoo, name=name, family=_family(zoo, name), status="fail", reason=f"timeout > {timeout}s")
+            record.update(status="fail", reason=f"timeout > {timeout}s")
         except Exception as error:  # a failing model is a result of the sweep, not a crash
-            record = dict(zoo=zoo, name=name, family=_family(zoo, name), status="fail",
-                          reason=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}" if str(error) else type(error).__name__)
+            message = str(error).splitlines()[0][:300] if str(error) else ""
+            record.update(status="fail", reason=f"{type(error).__name__}: {message}".rstrip(": "))
         finally:
             signal.alarm(0)
         record["seconds"] = round(time.perf_counter() - start, 2)
         results.put(record)
 
 
-def run_sweep(names: List[Tuple[str, str]], cache: Path, workers: int, max_params: float, cap: int, timeout: int) -> None:
-    done = {(r["zoo"], r["name"]) for r in read_cache(cache)}
+def run_sweep(names: List[Tuple[str, str]], cache: Path, workers: int, max_params: float, cap: int, timeout: int,
+              retry_failed: bool = False) -> None:
+    done = {(r["zoo"], r["name"]) for r in read_cache(cache) if not (retry_failed and r["status"] == "fail")}
     todo = [n for n in names if n not in done]
     logger.info("%d architectures, %d already in %s, %d to run", len(names), len(done), cache, len(todo))
     ctx = mp.get_context("spawn")
@@ -258,6 +290,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--timeout", type=int, default=120, help="seconds per model")
     parser.add_argument("--cache", type=Path, default=Path("docs/zoo_sweep.jsonl"))
     parser.add_argument("--out", type=Path, default=Path("docs/zoo.md"))
+    parser.add_argument("--retry-failed", action="store_true", help="run the cached failures again")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -267,7 +300,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             names = [n for n in names if args.filter in n[1]]
         names = names[: args.limit]
         args.cache.parent.mkdir(parents=True, exist_ok=True)
-        run_sweep(names, args.cache, args.workers, args.max_params, args.max_input, args.timeout)
+        run_sweep(names, args.cache, args.workers, args.max_params, args.max_input, args.timeout, args.retry_failed)
     write_report(read_cache(args.cache), args.out, args.max_params)
     logger.info("wrote %s", args.out)
     return 0
