@@ -287,12 +287,18 @@ def _input_dependent(graph: fx.Graph) -> set:
     return dependent
 
 
-def _cut_nodes(graph: fx.Graph) -> List[fx.Node]:
+def _carries_tensors(node: fx.Node) -> bool:
+    """False for nodes whose value holds no tensor (sizes, shapes, flags) once shapes are known."""
+    return node.op == "placeholder" or node.meta.get("tensor_meta") is not None
+
+
+def _cut_nodes(graph: fx.Graph, tensors_only: bool = False) -> List[fx.Node]:
     """Nodes through which all later computation passes (a use by the output node alone keeps
-    a node alive to the end; other uses by the output node are ignored)."""
+    a node alive to the end; other uses by the output node are ignored). ``tensors_only``
+    ignores values that hold no tensor, e.g. a batch size computed once and used in every stage."""
     nodes = list(graph.nodes)
     index = {n: i for i, n in enumerate(nodes)}
-    dependent = _input_dependent(graph)
+    dependent = {n for n in _input_dependent(graph) if not tensors_only or _carries_tensors(n)}
     last_use = {}
     for n in nodes:
         if n in dependent:
@@ -359,14 +365,19 @@ def _layout(shape: Optional[Tuple[int, ...]], sample: Tensor) -> Optional[Tuple[
             return "nhwc", shape[3], stride
         return None
     if len(shape) == 3 and shape[1] > 1:
-        area = sample.shape[-2] * sample.shape[-1]
         for extra in range(0, 9):  # class / distillation / register tokens before the patches
-            patches = shape[1] - extra
-            if patches > 0:
-                stride = (area / patches) ** 0.5
-                if abs(stride - round(stride)) < 1e-6 and round(stride) > 1:
-                    return "tokens", shape[2], round(stride)
+            stride = _token_stride(shape[1] - extra, sample)
+            if stride is not None:
+                return "tokens", shape[2], stride
     return None
+
+
+def _token_stride(patches: int, sample: Tensor) -> Optional[int]:
+    """The stride at which the input splits into ``patches`` square patches (2 to 64), else None."""
+    if patches < 4:
+        return None
+    stride = (sample.shape[-2] * sample.shape[-1] / patches) ** 0.5
+    return round(stride) if abs(stride - round(stride)) < 1e-6 and 1 < round(stride) <= 64 else None
 
 
 def _block_id(node: fx.Node) -> str:
@@ -392,13 +403,40 @@ def _isotropic_ends(candidates: List[Tuple[fx.Node, int]], count: int = 4) -> Li
     return [blocks[round(len(blocks) * (i + 1) / count) - 1] for i in range(count)]
 
 
-def _stage_ends(root: nn.Module, graph: fx.Graph, sample: Tensor, min_stride: int) -> List[fx.Node]:
+_PRODUCTS = {torch.matmul, operator.matmul, torch.bmm, torch.einsum, "matmul", "bmm"}
+
+
+def _not_a_feature(node: fx.Node) -> bool:
+    """Tensors with a feature's shape that are not features: attention maps (N, heads, L, L) and
+    channel-first sequences (N, C, H*W)."""
+    shape = _shape(node)
+    if shape is not None and len(shape) == 4 and node.target in _PRODUCTS:
+        return True
+    return _channel_first_sequence(node)
+
+
+def _channel_first_sequence(node: fx.Node, depth: int = 0) -> bool:
+    """(N, C, H*W): an (N, C, H, W) map flattened, or tokens (N, H*W, C) transposed."""
+    shape = _shape(node)
+    source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    before = _shape(source) if source is not None else None
+    if shape is None or before is None or len(shape) != 3 or depth > 8:
+        return False
+    if len(before) == 4:
+        return shape[:2] == before[:2] and shape[2] == before[2] * before[3]
+    transposed = len(before) == 3 and shape == (before[0], before[2], before[1]) and shape[1] != shape[2]
+    return transposed and not _channel_first_sequence(source, depth + 1)
+
+
+def _ends_among(root: nn.Module, nodes: Sequence[fx.Node], sample: Tensor, min_stride: int) -> List[fx.Node]:
+    """The last feature node per stride among ``nodes`` (in graph order, up to the classifier's
+    global pooling), or evenly spaced block outputs when all share one stride."""
     candidates: List[Tuple[fx.Node, int]] = []
-    for node in _cut_nodes(graph):
+    for node in nodes:
         if _is_global_reduction(root, node):
             break
         layout = _layout(_shape(node), sample)
-        if layout is None or _in_layer_norm(root, node) or layout[2] < min_stride:
+        if layout is None or _in_layer_norm(root, node) or layout[2] < min_stride or _not_a_feature(node):
             continue
         candidates.append((node, layout[2]))
     by_stride: Dict[int, fx.Node] = {}
@@ -407,6 +445,20 @@ def _stage_ends(root: nn.Module, graph: fx.Graph, sample: Tensor, min_stride: in
     if len(by_stride) == 1:
         return _isotropic_ends(candidates)
     return [by_stride[s] for s in sorted(by_stride)]
+
+
+def _stage_ends(root: nn.Module, graph: fx.Graph, sample: Tensor, min_stride: int) -> List[fx.Node]:
+    """Stage ends are cut nodes (all later computation passes through them). Where that finds
+    fewer than three: cuts of the tensor computation alone (CoaT, Twins carry sizes through every
+    stage), then, for multi-branch nets (HRNet), the deepest feature of each stride on any branch."""
+    ends = _ends_among(root, _cut_nodes(graph), sample, min_stride)
+    dependent = _input_dependent(graph)
+    for nodes in (_cut_nodes(graph, tensors_only=True), [n for n in graph.nodes if n in dependent]):
+        if len(ends) >= 3:
+            break
+        fallback = _ends_among(root, nodes, sample, min_stride)
+        ends = fallback if len(fallback) > len(ends) else ends
+    return ends
 
 
 def _pre_activation(root: nn.Module, node: fx.Node) -> Tuple[fx.Node, Optional[str]]:
