@@ -4,9 +4,11 @@ Times, in one process and interleaved (each repeat runs every measurement once, 
 order, so drifts hit all of them alike), after warm-up, as medians:
 (a) the plain student's train step, (b) the teacher's forward to its last tap (no_grad),
 (c) regressors + OFD loss forward/backward/step on captured features, (d) the full OFD step;
-then ``ofd_loss`` against ``ofd_loss_reference`` on the same tensors, and a plain model's
-eval forward against the same model with taps attached. Peak memory of (a) and (d) comes from
-a fresh subprocess per configuration on CPU (peak RSS) or ``torch.cuda.max_memory_allocated``.
+for classification also ``ofd_loss`` against ``ofd_loss_reference`` on the same tensors, and a
+plain model's eval forward against the same model with taps attached. Detection and
+segmentation pairs (``task``) run (a)-(d) through their task adapters (see ``bench_tasks``).
+Peak memory of (a) and (d) comes from a fresh subprocess per configuration on CPU (peak RSS)
+or ``torch.cuda.max_memory_allocated``.
 """
 from __future__ import annotations
 
@@ -38,9 +40,18 @@ from .taps import attach_taps, capture_taps, find_taps
 __all__ = ["BenchConfig", "build_model", "run_benchmark", "format_table", "main"]
 
 Step = Callable[[], None]
+# The classification run's timed steps, in the order they run; task runs time the first four.
 TIMED = ("student_step", "teacher_forward", "regressor_step", "ofd_step",
          "loss_naive", "loss_fast", "plain_forward", "rewritten_forward")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+TASK_DEFAULTS = {
+    "classification": dict(teacher="resnet50", student="mobilenet_v3_large", batch_size=8, input_size=160,
+                           alpha=1e-4),
+    "detection": dict(teacher="fasterrcnn_resnet50_fpn", student="fasterrcnn_mobilenet_v3_large_fpn",
+                      batch_size=2, input_size=320, alpha=5e-6),
+    "segmentation": dict(teacher="deeplabv3_resnet50", student="deeplabv3_mobilenet_v3_large", batch_size=4,
+                         input_size=256, alpha=1e-5),
+}
 TARGETS = {"overhead": 1.05, "loss_time_ratio": 0.6, "rewrite_added": 0.03, "teacher_activation_factor": 1.25}
 # Large blocks are mmap'ed and unmapped on free, so peak RSS follows live tensors, not heap slack.
 CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -48,12 +59,17 @@ CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 @dataclass
 class BenchConfig:
-    """What to benchmark; the defaults are the acceptance configuration."""
+    """What to benchmark; the defaults are the acceptance configuration.
 
-    teacher: str = "resnet50"
-    student: str = "mobilenet_v3_large"
-    batch_size: int = 8
-    input_size: int = 160
+    ``teacher``, ``student``, ``batch_size``, ``input_size`` and ``alpha`` left at None take the
+    task's values (``TASK_DEFAULTS``); detection and segmentation names are their adapters' model specs.
+    """
+
+    task: str = "classification"
+    teacher: Optional[str] = None
+    student: Optional[str] = None
+    batch_size: Optional[int] = None
+    input_size: Optional[int] = None
     repeats: int = 7
     warmup: int = 2
     device: str = "cpu"
@@ -65,8 +81,15 @@ class BenchConfig:
     memory_steps: int = 2
     threads: Optional[int] = None
     seed: int = 0
-    alpha: float = 1e-4
+    alpha: Optional[float] = None
     lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_DEFAULTS:
+            raise ValueError(f"task={self.task!r}; choose one of {tuple(TASK_DEFAULTS)}")
+        for name, value in TASK_DEFAULTS[self.task].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +236,15 @@ def _ofd_step(distiller: FeatureDistiller, opt: torch.optim.Optimizer, x: Tensor
     return step
 
 
+def _task_step(loss: Callable[[], Tensor], opt: torch.optim.Optimizer, rt: _Runtime) -> Step:
+    def step() -> None:
+        with rt.autocast():
+            total = loss()
+        rt.backward_step(total, opt)
+
+    return step
+
+
 def _teacher_step(distiller: FeatureDistiller, x: Tensor, rt: _Runtime) -> Step:
     def step() -> None:
         with rt.autocast():
@@ -221,18 +253,21 @@ def _teacher_step(distiller: FeatureDistiller, x: Tensor, rt: _Runtime) -> Step:
     return step
 
 
-def _captured_features(distiller: FeatureDistiller, x: Tensor, rt: _Runtime) -> Tuple[List[Tensor], List[Tensor]]:
-    """Student tap tensors as leaves that take a gradient, and the teacher's tap tensors."""
+def _captured_features(distiller: FeatureDistiller, student_x: Tensor, teacher_x: Tensor,
+                       rt: _Runtime) -> Tuple[List[Tensor], List[Tensor]]:
+    """Student tap tensors (of ``student_x``) as leaves that take a gradient, and the teacher's
+    tap tensors (of ``teacher_x``)."""
     with torch.no_grad(), rt.autocast():
         with distiller.capture_student() as captured:
-            distiller.student(x)
+            distiller.student(student_x)
             student = [captured[s.name].detach().clone() for s in distiller.student_taps]
-        teacher = distiller.teacher_features(x)
+        teacher = distiller.teacher_features(teacher_x)
     return [s.requires_grad_(True) for s in student], teacher
 
 
-def _regressor_step(distiller: FeatureDistiller, opt: torch.optim.Optimizer, x: Tensor, rt: _Runtime) -> Step:
-    student, teacher = _captured_features(distiller, x, rt)
+def _regressor_step(distiller: FeatureDistiller, opt: torch.optim.Optimizer, student_x: Tensor, teacher_x: Tensor,
+                    rt: _Runtime) -> Step:
+    student, teacher = _captured_features(distiller, student_x, teacher_x, rt)
 
     def step() -> None:
         with rt.autocast():
@@ -325,13 +360,13 @@ def _tensors(tree: Any) -> Iterator[Tensor]:
             yield from _tensors(item)
 
 
-def activation_sizes(distiller: FeatureDistiller, x: Tensor, rt: _Runtime) -> Dict[str, int]:
+def activation_sizes(distiller: FeatureDistiller, student_x: Tensor, teacher_x: Tensor, rt: _Runtime) -> Dict[str, int]:
     """Largest tensor of the teacher's forward, its tap tensors, and the regressors' outputs."""
-    student, _ = _captured_features(distiller, x, rt)
+    student, _ = _captured_features(distiller, student_x, teacher_x, rt)
     with torch.no_grad(), rt.autocast():
-        with _OutputBytes(x.shape[0]) as teacher_ops:
-            teacher = distiller.teacher_features(x)
-        with _OutputBytes(x.shape[0]) as regressor_ops:
+        with _OutputBytes(teacher_x.shape[0]) as teacher_ops:
+            teacher = distiller.teacher_features(teacher_x)
+        with _OutputBytes(student_x.shape[0]) as regressor_ops:
             for regressor, feature in zip(distiller.regressors, student):
                 regressor(feature)
     return {
@@ -409,6 +444,13 @@ def _cuda_peak(step: Step, rt: _Runtime) -> Dict[str, Any]:
 
 def _child_step(kind: str, cfg: BenchConfig, rt: _Runtime) -> Step:
     """Build only what ``kind`` needs and return its step."""
+    if cfg.task != "classification":
+        if kind not in ("student_step", "ofd_step"):
+            raise ValueError(f"unknown memory measurement {kind!r} for task {cfg.task!r}")
+        from .bench_tasks import build_task_model
+
+        task = build_task_model(cfg, rt, ofd=kind == "ofd_step")
+        return _task_step(task.loss, _optimizer(task.params, cfg), rt)
     if kind in ("loss_naive", "loss_fast"):
         student, teacher, margin = _loss_tensors(cfg, rt)
         return _loss_step(ofd_loss_reference if kind == "loss_naive" else ofd_loss, student, teacher, margin)
@@ -462,7 +504,8 @@ def measure_memory_subprocess(kind: str, cfg: BenchConfig) -> Dict[str, Any]:
 class _Workload:
     steps: Dict[str, Step] = field(default_factory=dict)
     distiller: Optional[FeatureDistiller] = None
-    x: Optional[Tensor] = None
+    student_input: Optional[Tensor] = None
+    teacher_input: Optional[Tensor] = None
 
 
 def _ofd_params(distiller: FeatureDistiller) -> List[nn.Parameter]:
@@ -470,7 +513,9 @@ def _ofd_params(distiller: FeatureDistiller) -> List[nn.Parameter]:
 
 
 def _workload(cfg: BenchConfig, rt: _Runtime) -> _Workload:
-    """Models, data and the eight timed steps, in the order they are run."""
+    """Models, data and the timed steps (eight for classification, else (a)-(d)), in the order they are run."""
+    if cfg.task != "classification":
+        return _task_workload(cfg, rt)
     student = _build_student(cfg)
     plain_student = rt.place(copy.deepcopy(student))
     distiller = _build_distiller(cfg, rt, student)
@@ -480,14 +525,31 @@ def _workload(cfg: BenchConfig, rt: _Runtime) -> _Workload:
     steps = {
         "student_step": _student_step(plain_student, _optimizer(list(plain_student.parameters()), cfg), x, y, rt),
         "teacher_forward": _teacher_step(distiller, x, rt),
-        "regressor_step": _regressor_step(distiller, _optimizer(list(distiller.regressors.parameters()), cfg), x, rt),
+        "regressor_step": _regressor_step(distiller, _optimizer(list(distiller.regressors.parameters()), cfg), x, x,
+                                          rt),
         "ofd_step": _ofd_step(distiller, _optimizer(_ofd_params(distiller), cfg), x, y, rt),
         "loss_naive": _loss_step(ofd_loss_reference, *loss_tensors),
         "loss_fast": _loss_step(ofd_loss, *loss_tensors),
         "plain_forward": _forward_step(plain, x, rt, capture=False),
         "rewritten_forward": _forward_step(rewritten, x, rt, capture=True),
     }
-    return _Workload(steps=steps, distiller=distiller, x=x)
+    return _Workload(steps=steps, distiller=distiller, student_input=x, teacher_input=x)
+
+
+def _task_workload(cfg: BenchConfig, rt: _Runtime) -> _Workload:
+    """(a)-(d) of a detection or segmentation pair: baseline and OFD adapters on the same batch."""
+    from .bench_tasks import build_task_model
+
+    plain, ofd = build_task_model(cfg, rt, ofd=False), build_task_model(cfg, rt, ofd=True)
+    distiller, student_x, teacher_x = ofd.distiller, ofd.student_input, ofd.teacher_input
+    regressor_opt = _optimizer(list(distiller.regressors.parameters()), cfg)
+    steps = {
+        "student_step": _task_step(plain.loss, _optimizer(plain.params, cfg), rt),
+        "teacher_forward": _teacher_step(distiller, teacher_x, rt),
+        "regressor_step": _regressor_step(distiller, regressor_opt, student_x, teacher_x, rt),
+        "ofd_step": _task_step(ofd.loss, _optimizer(ofd.params, cfg), rt),
+    }
+    return _Workload(steps=steps, distiller=distiller, student_input=student_x, teacher_input=teacher_x)
 
 
 def _check(value: Optional[float], limit: Optional[float]) -> Dict[str, Any]:
@@ -496,13 +558,14 @@ def _check(value: Optional[float], limit: Optional[float]) -> Dict[str, Any]:
 
 
 def _memory(cfg: BenchConfig, rt: _Runtime, work: _Workload) -> Dict[str, Any]:
-    """Peak memory of (a), (d) and both loss forms; a subprocess each on CPU, in process on CUDA."""
-    kinds = ("student_step", "ofd_step", "loss_naive", "loss_fast")
+    """Peak memory of (a), (d) and both loss forms where timed; a subprocess each on CPU, in process on CUDA."""
+    kinds = [kind for kind in ("student_step", "ofd_step", "loss_naive", "loss_fast") if kind in work.steps]
     if rt.device.type == "cuda":
         memory = {kind: _cuda_peak(work.steps[kind], rt) for kind in kinds}
     else:
         memory = {kind: measure_memory_subprocess(kind, cfg) for kind in kinds}
-    memory["loss_extra_bytes"] = memory["loss_fast"]["peak_bytes"] - memory["loss_naive"]["peak_bytes"]
+    if "loss_fast" in memory:
+        memory["loss_extra_bytes"] = memory["loss_fast"]["peak_bytes"] - memory["loss_naive"]["peak_bytes"]
     return memory
 
 
@@ -526,12 +589,14 @@ def _summary(times: Dict[str, List[float]]) -> Dict[str, float]:
 
 
 def _checks(median: Dict[str, float], memory: Optional[Dict[str, Any]], sizes: Dict[str, int]) -> Dict[str, Any]:
+    """Every target whose measurements were taken."""
     separate = median["student_step"] + median["teacher_forward"] + median["regressor_step"]
-    checks = {
-        "overhead": _check(median["ofd_step"] / separate, TARGETS["overhead"]),
-        "loss_time_ratio": _check(median["loss_fast"] / median["loss_naive"], TARGETS["loss_time_ratio"]),
-        "rewrite_added": _check(median["rewritten_forward"] / median["plain_forward"] - 1, TARGETS["rewrite_added"]),
-    }
+    checks = {"overhead": _check(median["ofd_step"] / separate, TARGETS["overhead"])}
+    if "loss_fast" in median:
+        checks["loss_time_ratio"] = _check(median["loss_fast"] / median["loss_naive"], TARGETS["loss_time_ratio"])
+    if "rewritten_forward" in median:
+        checks["rewrite_added"] = _check(median["rewritten_forward"] / median["plain_forward"] - 1,
+                                         TARGETS["rewrite_added"])
     if memory is not None:
         allowance = (TARGETS["teacher_activation_factor"] * sizes["teacher_largest_activation_bytes"]
                      + sizes["regressor_activation_bytes"])
@@ -541,10 +606,16 @@ def _checks(median: Dict[str, float], memory: Optional[Dict[str, Any]], sizes: D
     return checks
 
 
-def _known_model(name: str) -> bool:
+def _known_model(name: str, task: str) -> bool:
     import torchvision
 
-    if name in torchvision.models.list_models():
+    if task == "detection":
+        from .models.detection import TORCHVISION_DETECTORS as presets
+    elif task == "segmentation":
+        from .models.segmentation import TORCHVISION_SEGMENTERS as presets
+    else:
+        presets = ()
+    if name in presets or name in torchvision.models.list_models():
         return True
     try:
         import timm
@@ -563,9 +634,10 @@ def validate(cfg: BenchConfig) -> None:
         raise ValueError("batch size must be >= 2: the teacher's BatchNorm runs on batch statistics")
     if len(cfg.loss_shape) < 2:
         raise ValueError(f"loss shape {tuple(cfg.loss_shape)} needs a batch and a channel axis")
-    unknown = [n for n in (cfg.teacher, cfg.student, cfg.rewrite_model) if not _known_model(n)]
+    names = [cfg.teacher, cfg.student] + ([cfg.rewrite_model] if cfg.task == "classification" else [])
+    unknown = [n for n in names if not _known_model(n, cfg.task)]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}: neither torchvision.models.get_model nor timm knows them")
+        raise ValueError(f"unknown model(s) {unknown} for task {cfg.task}: neither torchvision nor timm knows them")
 
 
 def run_benchmark(cfg: BenchConfig) -> Dict[str, Any]:
@@ -577,18 +649,16 @@ def run_benchmark(cfg: BenchConfig) -> Dict[str, Any]:
     work = _workload(cfg, rt)
     times = time_interleaved(work.steps, cfg.repeats, cfg.warmup, rt)
     median = _summary(times)
-    sizes = activation_sizes(work.distiller, work.x, rt)
+    sizes = activation_sizes(work.distiller, work.student_input, work.teacher_input, rt)
     memory = _memory(cfg, rt, work) if cfg.measure_memory else None
     checks = _checks(median, memory, sizes)
     return {
         "config": asdict(cfg),
         "environment": _environment(rt),
-        "order": list(TIMED),
+        "order": list(work.steps),
         "times_s": times,
         "median_s": median,
-        "overhead": checks["overhead"]["value"],
-        "loss_time_ratio": checks["loss_time_ratio"]["value"],
-        "rewrite_added": checks["rewrite_added"]["value"],
+        **{key: checks[key]["value"] for key in ("overhead", "loss_time_ratio", "rewrite_added") if key in checks},
         "activations": sizes,
         "memory": memory,
         "checks": checks,
@@ -620,16 +690,19 @@ def format_table(result: Dict[str, Any]) -> str:
         "plain_forward": f"{cfg['rewrite_model']} eval forward, plain",
         "rewritten_forward": f"{cfg['rewrite_model']} eval forward, taps attached",
     }
-    lines = [f"{cfg['teacher']} -> {cfg['student']}, batch {cfg['batch_size']}, {cfg['input_size']} px, "
+    task = "" if cfg["task"] == "classification" else f"{cfg['task']}: "
+    lines = [f"{task}{cfg['teacher']} -> {cfg['student']}, batch {cfg['batch_size']}, {cfg['input_size']} px, "
              f"device {cfg['device']}, amp {cfg['amp']}, channels_last {cfg['channels_last']}, "
              f"median of {cfg['repeats']} (warm-up {cfg['warmup']}), {result['environment']['torch_threads']} threads",
              f"{'measurement':<56} {'median':>12}"]
-    lines += [f"{labels[name]:<56} {median[name] * 1e3:>9.1f} ms" for name in TIMED]
+    lines += [f"{labels[name]:<56} {median[name] * 1e3:>9.1f} ms" for name in result["order"]]
     lines.append(f"{'check':<56} {'value':>12} {'target':>12}  result")
     ratio_rows = [("overhead d/(a+b+c)", "overhead", "{:.3f}", "<= {:.2f}"),
                   ("ofd_loss time / reference time", "loss_time_ratio", "{:.3f}", "<= {:.2f}"),
                   ("taps-attached forward, added time", "rewrite_added", "{:+.1%}", "<= {:.0%}")]
     for label, key, fmt, target in ratio_rows:
+        if key not in checks:
+            continue
         check = checks[key]
         value, limit = fmt.format(check["value"]), target.format(check["limit"])
         lines.append(f"{label:<56} {value:>12} {limit:>12}  {_verdict(check)}")
@@ -652,29 +725,32 @@ def _memory_lines(result: Dict[str, Any]) -> List[str]:
         lines += [f"{'peak memory (a) student step, ' + label:<56} {_mib(memory['student_step'][key]):>12}",
                   f"{'peak memory (d) OFD step, ' + label:<56} {_mib(check['value']):>12} {limit:>12}  "
                   f"{_verdict(check)}"]
-    lines += [f"{'peak memory ofd_loss_reference fwd+bwd':<56} {_mib(memory['loss_naive']['peak_bytes']):>12}",
-              f"{'peak memory ofd_loss fwd+bwd':<56} {_mib(memory['loss_fast']['peak_bytes']):>12}",
-              f"{'ofd_loss extra memory vs reference':<56} {_mib(memory['loss_extra_bytes']):>12}",
-              f"memory method: {memory['ofd_step']['method']}"]
-    return lines
+    if "loss_extra_bytes" in memory:
+        lines += [f"{'peak memory ofd_loss_reference fwd+bwd':<56} {_mib(memory['loss_naive']['peak_bytes']):>12}",
+                  f"{'peak memory ofd_loss fwd+bwd':<56} {_mib(memory['loss_fast']['peak_bytes']):>12}",
+                  f"{'ofd_loss extra memory vs reference':<56} {_mib(memory['loss_extra_bytes']):>12}"]
+    return lines + [f"memory method: {memory['ofd_step']['method']}"]
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="overhaul-det bench", description=__doc__.split("\n")[0])
     defaults = BenchConfig()
-    parser.add_argument("--teacher", default=defaults.teacher)
-    parser.add_argument("--student", default=defaults.student)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--input-size", type=int, default=defaults.input_size)
+    parser.add_argument("--task", choices=tuple(TASK_DEFAULTS), default=defaults.task,
+                        help="which pair: classifiers (default), Faster R-CNNs or DeepLabV3s")
+    task_default = "(default: the task's, see TASK_DEFAULTS in overhaul_det/bench.py)"
+    parser.add_argument("--teacher", default=None, help=f"teacher model {task_default}")
+    parser.add_argument("--student", default=None, help=f"student model {task_default}")
+    parser.add_argument("--batch-size", type=int, default=None, help=task_default)
+    parser.add_argument("--input-size", type=int, default=None, help=task_default)
     parser.add_argument("--repeats", type=int, default=defaults.repeats)
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--amp", choices=tuple(AMP_DTYPES), default=defaults.amp)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--loss-shape", type=int, nargs="+", default=list(defaults.loss_shape),
-                        help="shape of the tensors for the ofd_loss comparison (N C H W)")
+                        help="shape of the tensors for the ofd_loss comparison (N C H W; classification only)")
     parser.add_argument("--rewrite-model", default=defaults.rewrite_model,
-                        help="model whose plain and taps-attached eval forwards are compared")
+                        help="model whose plain and taps-attached eval forwards are compared (classification only)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -683,7 +759,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> BenchConfig:
-    return BenchConfig(teacher=args.teacher, student=args.student, batch_size=args.batch_size,
+    return BenchConfig(task=args.task, teacher=args.teacher, student=args.student, batch_size=args.batch_size,
                        input_size=args.input_size, repeats=args.repeats, warmup=args.warmup, device=args.device,
                        amp=args.amp, channels_last=args.channels_last, loss_shape=tuple(args.loss_shape),
                        rewrite_model=args.rewrite_model, measure_memory=not args.no_memory,

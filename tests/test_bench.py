@@ -3,14 +3,18 @@
 No timing is asserted: timings depend on the machine.
 """
 import json
+import math
 
 import pytest
 import torch
 
 from overhaul_det import FeatureDistiller, ofd_loss, ofd_loss_reference
 from overhaul_det.bench import (
+    TASK_DEFAULTS,
     TIMED,
     BenchConfig,
+    _config,
+    _parser,
     build_model,
     format_table,
     main,
@@ -117,3 +121,27 @@ def test_memory_is_measured_in_a_fresh_process():
     result = measure_memory_subprocess("loss_fast", cfg)
     assert result["peak_bytes"] > 0
     assert result["rss_after_build_bytes"] is None or result["rss_after_build_bytes"] > 0
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_task_pair_is_timed_and_reported_like_classification(task):
+    cfg = BenchConfig(task=task, batch_size=2, input_size=64, repeats=1, warmup=0, measure_memory=False)
+    result = run_benchmark(cfg)
+    assert result["order"] == list(TIMED[:4])
+    for name in TIMED[:4]:
+        assert math.isfinite(result["median_s"][name]) and result["median_s"][name] > 0
+    assert math.isfinite(result["overhead"]) and result["overhead"] > 0
+    assert set(result["checks"]) == {"overhead"}
+    assert result["activations"]["teacher_largest_activation_bytes"] > 0
+    table = format_table(result)
+    assert table.startswith(f"{task}: {TASK_DEFAULTS[task]['teacher']} -> {TASK_DEFAULTS[task]['student']}, batch 2")
+    assert "overhead d/(a+b+c)" in table and "ofd_loss" not in table
+    json.dumps(result)
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_task_defaults_apply_unless_given(task):
+    cfg = _config(_parser().parse_args(["--task", task]))
+    assert {name: getattr(cfg, name) for name in TASK_DEFAULTS[task]} == TASK_DEFAULTS[task]
+    assert _config(_parser().parse_args(["--task", task, "--batch-size", "3"])).batch_size == 3
+    assert BenchConfig().batch_size == 8 and BenchConfig().teacher == "resnet50"
