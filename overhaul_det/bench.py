@@ -361,14 +361,16 @@ def _tensors(tree: Any) -> Iterator[Tensor]:
 
 
 def activation_sizes(distiller: FeatureDistiller, student_x: Tensor, teacher_x: Tensor, rt: _Runtime) -> Dict[str, int]:
-    """Largest tensor of the teacher's forward, its tap tensors, and the regressors' outputs."""
+    """Largest tensor of the teacher's forward, its tap tensors, and the regressors' outputs: the
+    conv and BN outputs, and the BN output resized to the teacher's map where the sizes differ
+    (``align='interpolate'``), which is the tensor the loss compares with the teacher."""
     student, _ = _captured_features(distiller, student_x, teacher_x, rt)
     with torch.no_grad(), rt.autocast():
         with _OutputBytes(teacher_x.shape[0]) as teacher_ops:
             teacher = distiller.teacher_features(teacher_x)
         with _OutputBytes(student_x.shape[0]) as regressor_ops:
-            for regressor, feature in zip(distiller.regressors, student):
-                regressor(feature)
+            for regressor, feature, target, pair in zip(distiller.regressors, student, teacher, distiller.pairs):
+                distiller._align(regressor(feature), target, pair)
     return {
         "teacher_largest_activation_bytes": max(teacher_ops.sizes),
         "teacher_tap_bytes": sum(t.numel() * t.element_size() for t in teacher),
