@@ -31,6 +31,9 @@ FAMILIES = [
     ("swin_tiny_patch4_window7_224", "timm", 224, {}),  # channel-last maps (N, H, W, C)
     ("regnet_y_400mf", "torchvision", 64, {}),         # SE inside residual blocks
     ("shufflenet_v2_x0_5", "torchvision", 64, {}),     # channel shuffle, concatenation
+    ("hrnet_w18_small", "timm", 64, {}),               # parallel multi-resolution branches
+    ("coat_lite_tiny", "timm", 64, {"img_size": 64}),  # sizes carried through every stage
+    ("twins_svt_small", "timm", 64, {}),               # tokens <-> maps each stage, positional convs
 ]
 
 
