@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import operator
 import types
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ __all__ = [
     "graph_node_names",
     "trace",
 ]
+
+logger = logging.getLogger(__name__)
 
 ACTIVATION_MODULES = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.Mish, nn.ELU,
@@ -542,6 +545,11 @@ def find_taps(
             f"(sample input {tuple(sample.shape[1:])}); pass a larger input_size, a smaller min_stride, "
             "or tap nodes by hand with nodes=[...] (see graph_node_names)."
         )
+    if len(taps) < 3:
+        logger.warning(
+            "only %d stage end(s) found in %s (strides %s): its branches or stages do not meet at single "
+            "nodes; to distil at more positions pass nodes=[...] (see graph_node_names)",
+            len(taps), type(model).__name__, [t.stride for t in taps])
     return taps
 
 
