@@ -431,9 +431,8 @@ def _channel_first_sequence(node: fx.Node, depth: int = 0) -> bool:
     return transposed and not _channel_first_sequence(source, depth + 1)
 
 
-def _ends_among(root: nn.Module, nodes: Sequence[fx.Node], sample: Tensor, min_stride: int) -> List[fx.Node]:
-    """The last feature node per stride among ``nodes`` (in graph order, up to the classifier's
-    global pooling), or evenly spaced block outputs when all share one stride."""
+def _candidates(root: nn.Module, nodes: Sequence[fx.Node], sample: Tensor, min_stride: int) -> List[Tuple[fx.Node, int]]:
+    """(node, stride) of the feature nodes among ``nodes``, up to the classifier's global pooling."""
     candidates: List[Tuple[fx.Node, int]] = []
     for node in nodes:
         if _is_global_reduction(root, node):
@@ -442,18 +441,34 @@ def _ends_among(root: nn.Module, nodes: Sequence[fx.Node], sample: Tensor, min_s
         if layout is None or _in_layer_norm(root, node) or layout[2] < min_stride or _not_a_feature(node):
             continue
         candidates.append((node, layout[2]))
+    return candidates
+
+
+def _ends_among(root: nn.Module, nodes: Sequence[fx.Node], sample: Tensor, min_stride: int,
+                isotropic_tail: bool = False) -> List[fx.Node]:
+    """The last feature node per stride among ``nodes`` (in graph order), or evenly spaced block
+    outputs when all share one stride. ``isotropic_tail``: hybrids whose last stride spans many
+    blocks (a conv stem before a ViT, VOLO) get evenly spaced block outputs there, to three taps."""
+    candidates = _candidates(root, nodes, sample, min_stride)
     by_stride: Dict[int, fx.Node] = {}
     for node, stride in candidates:
         by_stride[stride] = node
     if len(by_stride) == 1:
         return _isotropic_ends(candidates)
-    return [by_stride[s] for s in sorted(by_stride)]
+    strides = sorted(by_stride)
+    ends = [by_stride[s] for s in strides]
+    if isotropic_tail and len(ends) < 3:
+        tail = _isotropic_ends([c for c in candidates if c[1] == strides[-1]], count=3 - len(ends) + 1)
+        if len(tail) > 1:
+            return ends[:-1] + tail
+    return ends
 
 
 def _stage_ends(root: nn.Module, graph: fx.Graph, sample: Tensor, min_stride: int) -> List[fx.Node]:
     """Stage ends are cut nodes (all later computation passes through them). Where that finds
     fewer than three: cuts of the tensor computation alone (CoaT, Twins carry sizes through every
-    stage), then, for multi-branch nets (HRNet), the deepest feature of each stride on any branch."""
+    stage), then, for multi-branch nets (HRNet), the deepest feature of each stride on any branch,
+    then, for hybrids, several block outputs of the last stride."""
     ends = _ends_among(root, _cut_nodes(graph), sample, min_stride)
     dependent = _input_dependent(graph)
     for nodes in (_cut_nodes(graph, tensors_only=True), [n for n in graph.nodes if n in dependent]):
@@ -461,6 +476,9 @@ def _stage_ends(root: nn.Module, graph: fx.Graph, sample: Tensor, min_stride: in
             break
         fallback = _ends_among(root, nodes, sample, min_stride)
         ends = fallback if len(fallback) > len(ends) else ends
+    if len(ends) < 3:
+        hybrid = _ends_among(root, _cut_nodes(graph), sample, min_stride, isotropic_tail=True)
+        ends = hybrid if len(hybrid) > len(ends) else ends
     return ends
 
 

@@ -34,6 +34,7 @@ FAMILIES = [
     ("hrnet_w18_small", "timm", 64, {}),               # parallel multi-resolution branches
     ("coat_lite_tiny", "timm", 64, {"img_size": 64}),  # sizes carried through every stage
     ("twins_svt_small", "timm", 64, {}),               # tokens <-> maps each stage, positional convs
+    ("vit_tiny_r_s16_p8_224", "timm", 128, {"img_size": 128}),  # conv stem, then one ViT stride
 ]
 
 
