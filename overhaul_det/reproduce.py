@@ -200,8 +200,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _write_index(out: Path) -> None:
-    """docs/results.md: every task's section, in a fixed order, under one header."""
-    sections = [out / f"results_{task}.md" for task in ("classification", "detection", "segmentation")]
+    """docs/results.md: every task's section, in a fixed order, under one header; a hand-written
+    ``results_TASK_notes.md`` (the reading of the numbers) follows its task's table."""
+    sections = [out / f"results_{task}{part}.md" for task in ("classification", "detection", "segmentation")
+                for part in ("", "_notes")]
     body = "\n".join(p.read_text() for p in sections if p.exists())
     header = ("# Results: baseline vs KD vs OFD on real images (CPU)\n\n"
               "Every number below comes from `overhaul-det reproduce TASK` on this code; each section names its "
