@@ -464,21 +464,28 @@ def _ends_among(root: nn.Module, nodes: Sequence[fx.Node], sample: Tensor, min_s
     return ends
 
 
+def _in_order(graph: fx.Graph, nodes: set) -> List[fx.Node]:
+    return [n for n in graph.nodes if n in nodes]
+
+
 def _stage_ends(root: nn.Module, graph: fx.Graph, sample: Tensor, min_stride: int) -> List[fx.Node]:
     """Stage ends are cut nodes (all later computation passes through them). Where that finds
     fewer than three: cuts of the tensor computation alone (CoaT, Twins carry sizes through every
     stage), then, for multi-branch nets (HRNet), the deepest feature of each stride on any branch,
     then, for hybrids, several block outputs of the last stride."""
-    ends = _ends_among(root, _cut_nodes(graph), sample, min_stride)
-    dependent = _input_dependent(graph)
-    for nodes in (_cut_nodes(graph, tensors_only=True), [n for n in graph.nodes if n in dependent]):
+    cuts = _cut_nodes(graph)
+    attempts: Sequence[Callable[[], List[fx.Node]]] = (
+        lambda: _ends_among(root, cuts, sample, min_stride),
+        lambda: _ends_among(root, _cut_nodes(graph, tensors_only=True), sample, min_stride),
+        lambda: _ends_among(root, _in_order(graph, _input_dependent(graph)), sample, min_stride),
+        lambda: _ends_among(root, cuts, sample, min_stride, isotropic_tail=True),
+    )
+    ends: List[fx.Node] = []
+    for attempt in attempts:
+        found = attempt()
+        ends = found if len(found) > len(ends) else ends
         if len(ends) >= 3:
             break
-        fallback = _ends_among(root, nodes, sample, min_stride)
-        ends = fallback if len(fallback) > len(ends) else ends
-    if len(ends) < 3:
-        hybrid = _ends_among(root, _cut_nodes(graph), sample, min_stride, isotropic_tail=True)
-        ends = hybrid if len(hybrid) > len(ends) else ends
     return ends
 
 
