@@ -23,6 +23,7 @@ def tiny_config(work_dir: Path, alpha: float = 1e-2, kd_weight: float = 0.0, max
     """The demo config shrunk to a few 32 px images, iteration-based, random-init teacher."""
     cfg = Config.fromfile(str(DEMO_CONFIG))
     cfg.work_dir = str(work_dir)
+    cfg.experiment_name = work_dir.name  # mmengine keys its MessageHub by this; the default repeats within a second
     cfg.model.teacher = dict(name="resnet18")
     cfg.model.ofd.alpha = alpha
     cfg.model.kd_weight = kd_weight
