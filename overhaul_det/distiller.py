@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .eager_grad import eager_term
 from .ofd import DataMarginEstimator, Regressor, TokenRegressor, bn_margin, margin_relu, ofd_loss
 from .taps import Tap, TapExtractor, attach_taps, capture_taps, find_taps
 
@@ -288,17 +289,22 @@ class FeatureDistiller(nn.Module):
         return total * (self.alpha / batch_size)
 
     def _term(self, i: int, s: Tensor, t: Tensor, overwrite_teacher: bool = False) -> Tensor:
-        """w_i * ofd_loss(r_i(s), t, m_i); the regressor's output, read by nothing else, holds the
-        kept difference, so one feature-size tensor is saved for backward rather than two."""
+        """w_i * ofd_loss(r_i(s), t, m_i), differentiated at once (``eager_term``): what waits
+        for backward is the gradient at the student's tap, not the regressor's activations."""
         pair = self.pairs[i]
+        regressor = self.regressors[i]
         channel_dim = -1 if pair[1].channel_last else 1
-        r = self._align(self.regressors[i](s), t, pair)
-        if self.distance == "l2":
-            target = margin_relu(t.detach(), self.margins[i], channel_dim)
-            return self.weights[i] * (r - target).pow(2).sum()
-        owned = r is not s and r._base is None and r.dtype == t.dtype
-        return self.weights[i] * ofd_loss(r, t, self.margins[i], channel_dim, overwrite_teacher=overwrite_teacher,
-                                          overwrite_student=owned)
+
+        def term(feature: Tensor) -> Tensor:
+            r = self._align(regressor(feature), t, pair)
+            if self.distance == "l2":
+                return (r - margin_relu(t.detach(), self.margins[i], channel_dim)).pow(2).sum()
+            # The regressor's output, read by nothing else, holds the kept difference.
+            owned = r is not feature and r._base is None and r.dtype == t.dtype
+            return ofd_loss(r, t, self.margins[i], channel_dim, overwrite_teacher=overwrite_teacher,
+                            overwrite_student=owned)
+
+        return self.weights[i] * eager_term(term, s, regressor)
 
     def forward(self, x: Tensor) -> Tuple[object, Dict[str, Tensor]]:
         """Student output and {'loss_ofd': loss} for a batch both models see as it is."""

@@ -1,0 +1,59 @@
+"""A scalar loss branch differentiated as soon as it is computed, so its graph never waits for backward.
+
+OFD's distillation term is a side branch off the student: tap -> regressor -> partial L2 ->
+scalar. Left in the step's graph, every regressor keeps its conv and BN outputs (teacher-channel
+sized) alive through the whole backward. Differentiated at once, the branch leaves only its
+gradients: one student-size tensor per tap and the regressor's parameter gradients. Backward
+scales them by the incoming gradient, which is exact because the term is a scalar.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["eager_term"]
+
+
+class _EagerTerm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, term_fn: Callable[[Tensor], Tensor], feature: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.feature_grad = feature.requires_grad
+        ctx.param_grads = [p.requires_grad for p in params]
+        with torch.enable_grad():
+            leaf = feature.detach().requires_grad_(feature.requires_grad)
+            term = term_fn(leaf)
+            inputs = ([leaf] if feature.requires_grad else []) + [p for p in params if p.requires_grad]
+            grads = torch.autograd.grad(term, inputs, allow_unused=True, materialize_grads=True)
+        ctx.save_for_backward(*grads)
+        return term.detach()
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+        grads = iter(ctx.saved_tensors)
+        scaled = [_scale(next(grads), grad_output) if needed else None for needed in [ctx.feature_grad, *ctx.param_grads]]
+        return (None, *scaled)
+
+
+def _scale(grad: Tensor, grad_output: Tensor) -> Tensor:
+    return grad * grad_output.to(grad.dtype)
+
+
+def _fp16_autocast(device_type: str) -> bool:
+    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+
+
+def eager_term(term_fn: Callable[[Tensor], Tensor], feature: Tensor, module: nn.Module) -> Tensor:
+    """``term_fn(feature)``, a scalar that depends on ``feature`` and ``module``'s parameters only.
+
+    Equal in value and gradient to calling ``term_fn`` directly, but the branch's activations
+    are freed before this returns. Falls back to the direct call where nothing needs a gradient
+    and under float16 autocast (the gradient is formed before the loss scale is known, and
+    could underflow in float16).
+    """
+    params: Sequence[Tensor] = list(module.parameters())
+    needs_grad = feature.requires_grad or any(p.requires_grad for p in params)
+    if not torch.is_grad_enabled() or not needs_grad or _fp16_autocast(feature.device.type):
+        return term_fn(feature)
+    return _EagerTerm.apply(term_fn, feature, *params)
