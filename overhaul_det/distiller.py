@@ -272,7 +272,7 @@ class FeatureDistiller(nn.Module):
     def _consume_loss(
         self, student_feats: List[Optional[Tensor]], teacher_feats: List[Optional[Tensor]], own_teacher: bool = False
     ) -> Tensor:
-        """``distill_loss`` on lists it owns: a tap's entries are dropped once its term is summed,
+        """``distill_loss`` on lists it owns: a tap's entries are taken out as its term is computed,
         so tensors no other reference holds are freed tap by tap, not at the end. With
         ``own_teacher`` (tensors nobody else sees) the loss also reuses the memory of those that
         are neither views nor shared with another tap."""
@@ -283,19 +283,24 @@ class FeatureDistiller(nn.Module):
         total = None
         for i in range(min(len(self.pairs), len(student_feats), len(teacher_feats))):
             overwrite = own_teacher and teacher_feats[i]._base is None and storages.count(storages[i]) == 1
-            term = self._term(i, student_feats[i], teacher_feats[i], overwrite)
-            student_feats[i] = teacher_feats[i] = None
+            term = self._term(i, student_feats, teacher_feats, overwrite)
             total = term if total is None else total + term
         return total * (self.alpha / batch_size)
 
-    def _term(self, i: int, s: Tensor, t: Tensor, overwrite_teacher: bool = False) -> Tensor:
-        """w_i * ofd_loss(r_i(s), t, m_i), differentiated at once (``eager_term``): what waits
-        for backward is the gradient at the student's tap, not the regressor's activations."""
+    def _term(self, i: int, student_feats: List[Optional[Tensor]], teacher_feats: List[Optional[Tensor]],
+              overwrite_teacher: bool = False) -> Tensor:
+        """w_i * ofd_loss(r_i(s_i), t_i, m_i), differentiated at once (``eager_term``): what waits
+        for backward is the gradient at the student's tap, not the regressor's activations. Tap
+        i's tensors are taken out of the lists, and the teacher's is let go once the loss has
+        read it, so a tensor nothing else holds is freed before the regressor's gradient is formed."""
         pair = self.pairs[i]
         regressor = self.regressors[i]
         channel_dim = -1 if pair[1].channel_last else 1
+        s, teacher = student_feats[i], [teacher_feats[i]]
+        student_feats[i] = teacher_feats[i] = None
 
         def term(feature: Tensor) -> Tensor:
+            t = teacher.pop()
             r = self._align(regressor(feature), t, pair)
             if self.distance == "l2":
                 return (r - margin_relu(t.detach(), self.margins[i], channel_dim)).pow(2).sum()

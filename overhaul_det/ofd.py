@@ -51,7 +51,8 @@ class _PartialL2(torch.autograd.Function):
     passes and a dot product. The target t takes one temporary, or the teacher's own memory
     when the caller gives it up; the difference takes another, or the student's own memory when
     the caller gives that up (autograd still checks that no other node saved it). Backward is a
-    single scaled copy of the kept difference.
+    single scaled copy of the kept difference, or, when the student's memory was given up, the
+    difference scaled in place (that graph can then be backpropagated once only).
     """
 
     @staticmethod
@@ -66,12 +67,15 @@ class _PartialL2(torch.autograd.Function):
         flat = diff.reshape(-1) if diff.is_contiguous() else diff.permute(_memory_order(diff)).reshape(-1)
         loss = torch.dot(flat, flat) if flat.dtype in (torch.float32, torch.float64) else flat.float().pow(2).sum()
         ctx.save_for_backward(diff)
+        ctx.in_place = overwrite_student
         return loss
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
         (diff,) = ctx.saved_tensors
-        return diff * (2 * grad_output).to(diff.dtype), None, None, None, None
+        scale = (2 * grad_output).to(diff.dtype)
+        grad = diff.mul_(scale) if ctx.in_place else diff * scale
+        return grad, None, None, None, None
 
 
 def _memory_order(x: Tensor) -> List[int]:
@@ -94,7 +98,8 @@ def ofd_loss(
     ``overwrite_teacher=True`` the teacher tensor's memory is reused for the target (its values
     are lost); for a caller that owns the teacher tensor and saves one feature-size temporary.
     ``overwrite_student=True`` likewise keeps the difference in the student tensor's memory, for
-    a caller whose student tensor (e.g. a regressor's BatchNorm output) nothing else reads.
+    a caller whose student tensor (e.g. a regressor's BatchNorm output) nothing else reads;
+    backward then turns that memory into the gradient, so the loss can be backpropagated once.
     """
     if student.shape != teacher.shape:
         raise ValueError(

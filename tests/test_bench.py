@@ -145,3 +145,13 @@ def test_task_defaults_apply_unless_given(task):
     assert {name: getattr(cfg, name) for name in TASK_DEFAULTS[task]} == TASK_DEFAULTS[task]
     assert _config(_parser().parse_args(["--task", task, "--batch-size", "3"])).batch_size == 3
     assert BenchConfig().batch_size == 8 and BenchConfig().teacher == "resnet50"
+
+
+def test_loss_that_reuses_the_student_memory_refuses_a_second_backward():
+    student = torch.randn(2, 4, 3, 3, requires_grad=True)
+    loss = ofd_loss(student * 1.0, torch.randn(2, 4, 3, 3), torch.zeros(4), overwrite_student=True)
+    loss.backward(retain_graph=True)
+    first = student.grad.clone()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    torch.testing.assert_close(student.grad, first)
