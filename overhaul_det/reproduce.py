@@ -93,29 +93,44 @@ def _summary(results: List[Dict]) -> Dict[str, Dict]:
 
 
 def _plot(task: str, results: List[Dict], metric: str, path: Path) -> None:
+    """Test metric per epoch, mean and ±1 std band per method; ablations, if any, in a second
+    panel beside OFD, so that neither panel holds more than five curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for method in dict.fromkeys(r["method"] for r in results):
-        curves = [r["history"] for r in results if r["method"] == method]
-        length = min(len(c) for c in curves)
-        values = np.array([c[:length] for c in curves])
-        epochs = np.arange(1, length + 1)
-        mean, std = values.mean(0), values.std(0)
-        ax.plot(epochs, mean, marker="o", markersize=3, label=f"{method} (n={len(curves)})")
-        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"test {metric}")
-    ax.set_title(f"{task}: mean and ±1 std over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    ablations = [m for m in methods if m.startswith("ofd, ")]
+    panels = [("methods", [m for m in methods if m not in ablations])]
+    if ablations:
+        panels.append(("ablations (one switch away from OFD)", ["ofd"] * ("ofd" in methods) + ablations))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), sharey=True, squeeze=False)
+    for ax, (title, names) in zip(axes[0], panels):
+        for method in names:
+            _plot_method(ax, method, [r["history"] for r in results if r["method"] == method], colors[method])
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"{task}, {title}: mean and ±1 std over seeds", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(f"test {metric}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_method(ax, method: str, curves: List[List[float]], color: str) -> None:
+    import numpy as np
+
+    length = min(len(c) for c in curves)
+    values = np.array([c[:length] for c in curves])
+    epochs = np.arange(1, length + 1)
+    mean, std = values.mean(0), values.std(0)
+    ax.plot(epochs, mean, marker="o", markersize=3, color=color, label=f"{method} (n={len(curves)})")
+    ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
 
 
 def _commit() -> str:
