@@ -215,7 +215,8 @@ def test_runner_trains_and_evaluates_on_generated_scenes(tmp_path):
         train_dataloader=loader("train", True),
         val_dataloader=loader("val", False),
         val_evaluator=dict(type="SegmentationMetric", num_classes=11),
-        optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4),
+        optim_wrapper=dict(constructor="DistillerOptimWrapperConstructor",
+                           optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4),
                            paramwise_cfg=dict(custom_keys={"regressors": dict(lr_mult=10)})),
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=2, val_interval=100),
         val_cfg=dict(type="ValLoop"),
@@ -230,6 +231,8 @@ def test_runner_trains_and_evaluates_on_generated_scenes(tmp_path):
     for key in ("loss", "loss_ce", "loss_aux", "loss_ofd"):
         assert torch.isfinite(torch.tensor(hub.get_scalar(f"train/{key}").current())), key
     regressor_params = {id(p) for p in runner.model.distiller.regressors.parameters()}
+    optimized = {id(p) for group in runner.optim_wrapper.optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in runner.model.distiller.teacher.parameters()}
     for group in runner.optim_wrapper.optimizer.param_groups:
         if any(id(p) in regressor_params for p in group["params"]):
             assert group["lr"] == pytest.approx(0.1)

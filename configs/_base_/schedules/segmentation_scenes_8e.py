@@ -3,6 +3,7 @@
 max_epochs = 8
 optim_wrapper = dict(
     type='OptimWrapper',
+    constructor='DistillerOptimWrapperConstructor',  # one log line for the frozen teacher, not one per parameter
     optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=5e-4),
     paramwise_cfg=dict(custom_keys={'regressors': dict(lr_mult=10)}),
 )

@@ -4,6 +4,7 @@
 max_epochs = 50
 optim_wrapper = dict(
     type='OptimWrapper',
+    constructor='DistillerOptimWrapperConstructor',  # one log line for the frozen teacher, not one per parameter
     optimizer=dict(type='SGD', lr=0.007, momentum=0.9, weight_decay=5e-4),
     paramwise_cfg=dict(custom_keys={'regressors': dict(lr_mult=10), 'classifier': dict(lr_mult=10)}),
 )
