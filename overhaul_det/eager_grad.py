@@ -25,8 +25,8 @@ class _EagerTerm(torch.autograd.Function):
             leaf = feature.detach().requires_grad_(feature.requires_grad)
             term = term_fn(leaf)
             inputs = ([leaf] if feature.requires_grad else []) + [p for p in params if p.requires_grad]
-            grads = torch.autograd.grad(term, inputs, allow_unused=True, materialize_grads=True)
-        ctx.save_for_backward(*grads)
+            grads = torch.autograd.grad(term, inputs, allow_unused=True)
+        ctx.save_for_backward(*(torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)))
         return term.detach()
 
     @staticmethod
@@ -41,7 +41,11 @@ def _scale(grad: Tensor, grad_output: Tensor) -> Tensor:
 
 
 def _fp16_autocast(device_type: str) -> bool:
-    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+    if device_type == "cpu":
+        return torch.is_autocast_cpu_enabled() and torch.get_autocast_cpu_dtype() == torch.float16
+    return torch.is_autocast_enabled() and torch.get_autocast_gpu_dtype() == torch.float16
 
 
 def eager_term(term_fn: Callable[[Tensor], Tensor], feature: Tensor, module: nn.Module) -> Tensor:
