@@ -8,7 +8,7 @@ scales them by the incoming gradient, which is exact because the term is a scala
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -19,20 +19,22 @@ __all__ = ["eager_term"]
 class _EagerTerm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, term_fn: Callable[[Tensor], Tensor], feature: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.feature_grad = feature.requires_grad
-        ctx.param_grads = [p.requires_grad for p in params]
         with torch.enable_grad():
             leaf = feature.detach().requires_grad_(feature.requires_grad)
+            targets = [leaf, *params]
+            chosen = [i for i, x in enumerate(targets) if x.requires_grad]
             term = term_fn(leaf)
-            inputs = ([leaf] if feature.requires_grad else []) + [p for p in params if p.requires_grad]
-            grads = torch.autograd.grad(term, inputs, allow_unused=True)
-        ctx.save_for_backward(*(torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)))
+            grads = torch.autograd.grad(term, [targets[i] for i in chosen], allow_unused=True)
+        ctx.slots = len(targets)
+        ctx.with_grad = [i for i, g in zip(chosen, grads) if g is not None]
+        ctx.save_for_backward(*(g for g in grads if g is not None))
         return term.detach()
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
-        grads = iter(ctx.saved_tensors)
-        scaled = [_scale(next(grads), grad_output) if needed else None for needed in [ctx.feature_grad, *ctx.param_grads]]
+        scaled: List[Optional[Tensor]] = [None] * ctx.slots
+        for i, grad in zip(ctx.with_grad, ctx.saved_tensors):
+            scaled[i] = _scale(grad, grad_output)
         return (None, *scaled)
 
 
