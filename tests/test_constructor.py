@@ -1,4 +1,5 @@
 import logging
+import uuid
 
 import pytest
 from mmengine.logging import MMLogger
@@ -30,7 +31,8 @@ def _build(model: nn.Module, constructor: str):
 
 @pytest.fixture
 def log_lines():
-    logger = MMLogger.get_instance("test_constructor")
+    # A new name makes this logger mmengine's current one, which print_log(logger='current') uses.
+    logger = MMLogger.get_instance(f"test_constructor_{uuid.uuid4().hex}")
     lines = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())
