@@ -4,6 +4,7 @@ import uuid
 import pytest
 from mmengine.logging import MMLogger
 from mmengine.optim import build_optim_wrapper
+from mmengine.registry import DefaultScope
 from torch import nn
 
 import overhaul_det.engine  # noqa: F401  (registers the constructor)
@@ -24,7 +25,6 @@ def _build(model: nn.Module, constructor: str):
                paramwise_cfg=dict(custom_keys={"regressors": dict(lr_mult=10)}))
     if constructor:
         cfg["constructor"] = constructor
-    from mmengine.registry import DefaultScope
     with DefaultScope.overwrite_default_scope(SCOPE):
         return build_optim_wrapper(model, cfg)
 

@@ -199,7 +199,7 @@ def _worker(tasks: "mp.Queue", results: "mp.Queue", max_params: float, cap: int,
             return
         zoo, name = item
         start = time.perf_counter()
-        record: Dict = dict(zoo=zoo, name=name, family=_family(zoo, name))
+        record: Dict = dict(zoo=zoo, name=name)
         signal.alarm(timeout)
         try:
             check_model(zoo, name, max_params, cap, record)

@@ -25,11 +25,11 @@ class DistillerOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         self._frozen: List[str] = []
+        self._frozen_count = 0
         wrapper = super().__call__(model)
         if self._frozen:
-            count = sum(p.numel() for name in self._frozen for p in _submodule(model, name).parameters())
             print_log(f"optimizer: {len(self._frozen)} frozen module(s) left out ({', '.join(self._frozen)}; "
-                      f"{count} parameters with requires_grad=False)", logger="current")
+                      f"{self._frozen_count} parameters with requires_grad=False)", logger="current")
         return wrapper
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = "",
@@ -37,9 +37,6 @@ class DistillerOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         own = list(module.parameters())
         if prefix and own and not any(p.requires_grad for p in own):
             self._frozen.append(prefix)
+            self._frozen_count += sum(p.numel() for p in own)
             return
         super().add_params(params, module, prefix, is_dcn_module)
-
-
-def _submodule(model: nn.Module, name: str) -> nn.Module:
-    return getattr(model, "module", model).get_submodule(name)
