@@ -1,17 +1,25 @@
-"""Shared fixtures: seeded RNG, cached model builders and BN randomisation.
+"""Shared fixtures: seeded RNG, cached model builders, BN randomisation and a synthetic Fashion-MNIST.
 
 Fresh timm/torchvision models zero-init the last BN of residual blocks, so the pre-activation of
 a stage end equals its (non-negative) skip input and sign bugs stay hidden; tests that check
 signs or exact values randomise every BatchNorm's affine parameters and running statistics first.
+
+No test reads the real Fashion-MNIST: those that need it take ``fashion_data`` (or, in module
+fixtures, ``fashion_files``), and a download attempt fails the test.
 """
 from __future__ import annotations
 
 import copy
+import gzip
+import struct
+from pathlib import Path
 from typing import Callable, Dict, Tuple
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchvision.datasets import FashionMNIST
 
 # Small inputs gain nothing from intra-op threads, and spinning threads stall on a shared CPU.
 torch.set_num_threads(1)
@@ -72,3 +80,62 @@ def make_model() -> Callable[..., nn.Module]:
 @pytest.fixture
 def randomized() -> Callable[..., nn.Module]:
     return randomize_bn
+
+
+FASHION_PER_CLASS = {"train": 30, "t10k": 20}  # 300 training and 200 test images
+
+
+def _synthetic_fashion_mnist(per_class: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Shuffled (N, 28, 28) uint8 images and labels: class c is a bright box of its own size,
+    hollow for c >= 5 (mirror-symmetric, so flips keep the class), placed and shaded at random."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), per_class))
+    rows, cols = np.mgrid[:28, :28]
+    images = np.zeros((len(labels), 28, 28), dtype=np.uint8)
+    for image, label in zip(images, labels):
+        half_w, half_h = 3 + 2 * (label % 5), 11 - 2 * (label % 5)
+        y, x = rng.integers(12, 16, 2)
+        box = (abs(rows - y) <= half_h) & (abs(cols - x) <= half_w)
+        if label >= 5:
+            box &= (abs(rows - y) > half_h - 2) | (abs(cols - x) > half_w - 2)
+        image[box] = rng.integers(120, 256, int(box.sum()))
+    return images, labels
+
+
+def _idx(array: np.ndarray) -> bytes:
+    """The original files' idx format: magic 0x800 + ndim (2049 labels, 2051 images), big-endian sizes, uint8 data."""
+    return struct.pack(f">{1 + array.ndim}I", 0x800 + array.ndim, *array.shape) + array.tobytes()
+
+
+@pytest.fixture(scope="session")
+def fashion_files(tmp_path_factory) -> Path:
+    """A synthetic Fashion-MNIST ROOT: unpacked under ROOT/FashionMNIST/raw, and gzip'd in ROOT/debian
+    as Debian's ``dataset-fashion-mnist`` ships it."""
+    root = tmp_path_factory.mktemp("fashion-mnist")
+    raw, debian = root / "FashionMNIST" / "raw", root / "debian"
+    raw.mkdir(parents=True)
+    debian.mkdir()
+    for seed, (split, per_class) in enumerate(FASHION_PER_CLASS.items()):
+        images, labels = _synthetic_fashion_mnist(per_class, seed)
+        for name, array in ((f"{split}-images-idx3-ubyte", images), (f"{split}-labels-idx1-ubyte", labels)):
+            (raw / name).write_bytes(_idx(array))
+            (debian / f"{name}.gz").write_bytes(gzip.compress(_idx(array), mtime=0))
+    return root
+
+
+@pytest.fixture
+def fashion_data(fashion_files, monkeypatch) -> Path:
+    """Point every Fashion-MNIST lookup, here and in child processes, at the synthetic set; return its ROOT."""
+    monkeypatch.setenv("OVERHAUL_DET_DATA", str(fashion_files))
+    monkeypatch.setenv("OVERHAUL_DET_DEBIAN_DATA", str(fashion_files / "debian"))
+    return fashion_files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_dataset_download():
+    def refuse(self) -> None:
+        raise RuntimeError("tests never download; take the fashion_data fixture")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FashionMNIST, "download", refuse)
+        yield

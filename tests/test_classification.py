@@ -47,6 +47,7 @@ def tiny_config(work_dir: Path, alpha: float = 1e-2, kd_weight: float = 0.0, max
      (1e-2, 1.0, {"loss_cls", "loss_ofd", "loss_kd"})],
     ids=["baseline", "kd", "ofd", "ofd+kd"],
 )
+@pytest.mark.usefixtures("fashion_data")
 def test_runner_two_iterations(tmp_path, alpha, kd_weight, expected):
     runner = build_runner(tiny_config(tmp_path, alpha, kd_weight), str(DEMO_CONFIG))
     teacher = runner.model.teacher
@@ -63,6 +64,7 @@ def test_runner_two_iterations(tmp_path, alpha, kd_weight, expected):
         assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
+@pytest.mark.usefixtures("fashion_data")
 def test_resume_continues_at_saved_iteration(tmp_path):
     first = build_runner(tiny_config(tmp_path, max_iters=2), str(DEMO_CONFIG))
     first.train()
@@ -88,6 +90,7 @@ def test_resume_continues_at_saved_iteration(tmp_path):
     assert load_checkpoint_file(tmp_path / "iter_3.pth")["meta"]["iter"] == 3
 
 
+@pytest.mark.usefixtures("fashion_data")
 def test_export_loads_strict_into_plain_timm_model(tmp_path):
     runner = build_runner(tiny_config(tmp_path), str(DEMO_CONFIG))
     runner.train()

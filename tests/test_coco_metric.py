@@ -16,9 +16,9 @@ from overhaul_det.registry import METRICS
 
 
 @pytest.fixture(scope="module")
-def ann_file(tmp_path_factory):
+def ann_file(tmp_path_factory, fashion_files):
     out = tmp_path_factory.mktemp("scenes")
-    return str(make_scenes(out, "test", 8, 96, seed=3, fmt=("coco",))["coco"])
+    return str(make_scenes(out, "test", 8, 96, seed=3, fmt=("coco",), fashion_root=fashion_files)["coco"])
 
 
 def _fake_detections(coco: COCO):

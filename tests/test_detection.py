@@ -227,6 +227,7 @@ def test_configs_load(name, num_classes):
     assert (cfg.model.teacher is None) == (cfg.model.ofd.alpha == 0)
 
 
+@pytest.mark.usefixtures("fashion_data")
 def test_runner_trains_and_evaluates_ofd_on_scenes(tmp_path, resnet18_checkpoint):
     from overhaul_det.datasets.scenes import make_scenes
     from overhaul_det.engine.runner import build_runner, load_config

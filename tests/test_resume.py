@@ -77,6 +77,7 @@ def _train_until_killed(config: str, work_dir: Path, kill_at: int) -> str:
     return "".join(log)
 
 
+@pytest.mark.usefixtures("fashion_data")
 def test_sigkill_at_random_iteration_then_resume_matches_uninterrupted(tmp_path):
     config = _write_config(tmp_path)
     kill_at = random.randint(1, MAX_ITERS - 2)
@@ -92,6 +93,7 @@ def test_sigkill_at_random_iteration_then_resume_matches_uninterrupted(tmp_path)
     _assert_same_weights(_state(killed / final), _state(tmp_path / "uninterrupted" / final))
 
 
+@pytest.mark.usefixtures("fashion_data")
 def test_kill_mid_write_resumes_from_last_good_checkpoint(tmp_path):
     config = _write_config(tmp_path, max_iters=3)
     work = tmp_path / "work"

@@ -16,9 +16,9 @@ NUM_IMAGES = 8
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
+def scenes(tmp_path_factory, fashion_files):
     out = tmp_path_factory.mktemp("scenes")
-    written = make_scenes(out, "train", NUM_IMAGES, SIZE, seed=0)
+    written = make_scenes(out, "train", NUM_IMAGES, SIZE, seed=0, fashion_root=fashion_files)
     return out, written
 
 
@@ -67,6 +67,7 @@ def test_voc_labels_are_palette_class_maps_matching_the_coco_masks(scenes):
             assert (classes[coco.annToMask(ann) > 0] == ann["category_id"]).all()
 
 
+@pytest.mark.usefixtures("fashion_data")
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(scenes, tmp_path):
     out, _ = scenes
     make_scenes(tmp_path / "again", "train", NUM_IMAGES, SIZE, seed=0)
@@ -76,6 +77,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(scenes, tmp_pa
     assert first["images/train/000000.png"] != other["images/train/000000.png"]
 
 
+@pytest.mark.usefixtures("fashion_data")
 def test_cli_writes_only_the_requested_format(tmp_path):
     assert make_scenes_cli([str(tmp_path), "--split", "test", "--num-images", "3", "--image-size", "64",
                             "--format", "coco"]) == 0

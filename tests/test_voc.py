@@ -12,9 +12,9 @@ SIZE = 96
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
+def scenes(tmp_path_factory, fashion_files):
     out = tmp_path_factory.mktemp("scenes")
-    make_scenes(out, "train", 8, SIZE, seed=0, fmt=("voc",))
+    make_scenes(out, "train", 8, SIZE, seed=0, fmt=("voc",), fashion_root=fashion_files)
     return out
 
 

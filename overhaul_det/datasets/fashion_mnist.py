@@ -3,6 +3,12 @@
 Debian ships the original idx ``.gz`` files; torchvision reads the unpacked ones from
 ``ROOT/FashionMNIST/raw``. They are unpacked once into the cache; on a machine without the
 Debian package, torchvision's own download is used.
+
+Two environment variables, read at each call, say where to look:
+
+* ``OVERHAUL_DET_DATA``: the cache ROOT (default ``~/.cache/overhaul_det``);
+* ``OVERHAUL_DET_DEBIAN_DATA``: the folder holding Debian's ``*-ubyte.gz`` files
+  (default ``/usr/share/datasets/fashion-mnist``).
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import torch
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.utils import extract_archive
 
-__all__ = ["DEBIAN_DIR", "default_root", "fashion_mnist", "load_fashion_mnist_arrays", "CLASSES"]
+__all__ = ["DEBIAN_DIR", "debian_dir", "default_root", "fashion_mnist", "load_fashion_mnist_arrays", "CLASSES"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,20 +35,26 @@ def default_root() -> Path:
     return Path(os.environ.get("OVERHAUL_DET_DATA", Path.home() / ".cache" / "overhaul_det"))
 
 
+def debian_dir() -> Path:
+    """Where Debian's idx ``.gz`` files live: $OVERHAUL_DET_DEBIAN_DATA or DEBIAN_DIR."""
+    return Path(os.environ.get("OVERHAUL_DET_DEBIAN_DATA", DEBIAN_DIR))
+
+
 def _unpack_debian(root: Path) -> bool:
     raw = root / "FashionMNIST" / "raw"
     if all((raw / name).exists() for name in _FILES):
         return True
-    if not all((DEBIAN_DIR / f"{name}.gz").exists() for name in _FILES):
+    debian = debian_dir()
+    if not all((debian / f"{name}.gz").exists() for name in _FILES):
         return False
     partial = raw / ".partial"
     partial.mkdir(parents=True, exist_ok=True)
     for name in _FILES:
         if not (raw / name).exists():
-            extract_archive(str(DEBIAN_DIR / f"{name}.gz"), str(partial))
+            extract_archive(str(debian / f"{name}.gz"), str(partial))
             os.replace(partial / name, raw / name)
     partial.rmdir()
-    logger.info("unpacked Fashion-MNIST from %s into %s", DEBIAN_DIR, raw)
+    logger.info("unpacked Fashion-MNIST from %s into %s", debian, raw)
     return True
 
 
@@ -55,8 +67,8 @@ def fashion_mnist(train: bool, root: Optional[os.PathLike] = None, transform=Non
     except RuntimeError as error:
         raise RuntimeError(
             f"Fashion-MNIST not found under {root} and could not be downloaded ({error}); "
-            "install it with `apt-get install dataset-fashion-mnist` or set OVERHAUL_DET_DATA to a folder "
-            "holding FashionMNIST/raw/*-ubyte"
+            "install it with `apt-get install dataset-fashion-mnist`, set OVERHAUL_DET_DEBIAN_DATA to a folder "
+            "holding its *-ubyte.gz files or OVERHAUL_DET_DATA to one holding FashionMNIST/raw/*-ubyte"
         ) from error
 
 
