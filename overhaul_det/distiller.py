@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .eager_grad import eager_term
-from .ofd import DataMarginEstimator, Regressor, TokenRegressor, bn_margin, margin_relu, ofd_loss
+from .ofd import (DataMarginEstimator, Regressor, TokenRegressor, bn_margin, margin_relu, ofd_loss,
+                  ofd_loss_reference)
 from .taps import Tap, TapExtractor, attach_taps, capture_taps, find_taps
 
 __all__ = ["FeatureDistiller", "pair_taps", "default_tap_weights"]
@@ -113,6 +114,12 @@ class FeatureDistiller(nn.Module):
     ``loss_ofd = alpha * sum_i w_i * partial_L2(r_i(student_i), max(teacher_i, m_i)) / batch``.
     The paper's ablations are switches: ``teacher_bn='eval'``, ``position='post'`` (after the
     activation), ``distance='l2'`` (every element counts) and ``margin='none'`` (teacher as it is).
+
+    ``alpha_warmup=N`` ramps the weight linearly from ``alpha/N`` to ``alpha`` over the first N
+    training forwards (counted in a buffer, so a resumed run continues the ramp): at the start
+    the OFD term of a random student is tens of times the task loss and can drive it to chance.
+    ``memory_saving=False`` computes the loss on the plain autograd graph (``ofd_loss_reference``,
+    no eager differentiation, no memory reuse): the same training, for ruling the optimisations out.
     """
 
     def __init__(
@@ -133,6 +140,8 @@ class FeatureDistiller(nn.Module):
         min_stride: int = 4,
         position: str = "pre",
         distance: str = "partial_l2",
+        alpha_warmup: int = 0,
+        memory_saving: bool = True,
     ) -> None:
         super().__init__()
         if margin not in MARGIN_MODES:
@@ -141,6 +150,8 @@ class FeatureDistiller(nn.Module):
             raise ValueError(f"distance={distance!r}; choose one of {DISTANCES}")
         if align not in ("interpolate", "raise"):
             raise ValueError(f"align={align!r}; choose 'interpolate' or 'raise'")
+        if not isinstance(alpha_warmup, int) or alpha_warmup < 0:
+            raise ValueError(f"alpha_warmup={alpha_warmup!r}; give a number of training iterations (0 for none)")
         if teacher_bn not in ("train", "eval"):
             raise ValueError(f"teacher_bn={teacher_bn!r}; choose 'train' (batch statistics) or 'eval'")
         t_taps = _resolve_taps(teacher, teacher_taps, teacher_input_size or input_size, min_stride, "teacher", position)
@@ -154,6 +165,9 @@ class FeatureDistiller(nn.Module):
         self.align = align
         self.margin_mode = margin
         self.distance = distance
+        self.alpha_warmup = alpha_warmup
+        self.memory_saving = memory_saving
+        self.register_buffer("warmup_step", torch.tensor(0, dtype=torch.long))
 
         teacher.requires_grad_(False)
         teacher.eval()
@@ -188,6 +202,23 @@ class FeatureDistiller(nn.Module):
     @property
     def margins(self) -> List[Tensor]:
         return [getattr(self, f"margin_{i}") for i in range(len(self.pairs))]
+
+    @property
+    def effective_alpha(self) -> float:
+        """alpha, scaled by the warm-up ramp while it lasts."""
+        if self.alpha_warmup <= 0:
+            return self.alpha
+        return self.alpha * min(1.0, (int(self.warmup_step) + 1) / self.alpha_warmup)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """A checkpoint written before the warm-up counter existed loads as past its warm-up."""
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        key = prefix + "warmup_step"
+        if key in missing_keys:
+            missing_keys.remove(key)
+            self.warmup_step.fill_(self.alpha_warmup)
 
     @property
     def teacher_taps(self) -> List[Tap]:
@@ -285,7 +316,10 @@ class FeatureDistiller(nn.Module):
             overwrite = own_teacher and teacher_feats[i]._base is None and storages.count(storages[i]) == 1
             term = self._term(i, student_feats, teacher_feats, overwrite)
             total = term if total is None else total + term
-        return total * (self.alpha / batch_size)
+        alpha = self.effective_alpha
+        if self.training and torch.is_grad_enabled():
+            self.warmup_step += 1
+        return total * (alpha / batch_size)
 
     def _term(self, i: int, student_feats: List[Optional[Tensor]], teacher_feats: List[Optional[Tensor]],
               overwrite_teacher: bool = False) -> Tensor:
@@ -298,6 +332,8 @@ class FeatureDistiller(nn.Module):
         channel_dim = -1 if pair[1].channel_last else 1
         s, teacher = student_feats[i], [teacher_feats[i]]
         student_feats[i] = teacher_feats[i] = None
+        if not self.memory_saving:
+            return self.weights[i] * self._plain_term(i, s, teacher.pop())
 
         def term(feature: Tensor) -> Tensor:
             t = teacher.pop()
@@ -310,6 +346,15 @@ class FeatureDistiller(nn.Module):
                             overwrite_student=owned)
 
         return self.weights[i] * eager_term(term, s, regressor)
+
+    def _plain_term(self, i: int, student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+        """ofd_loss(r_i(s_i), t_i, m_i) as OFD.md writes it, on the step's autograd graph."""
+        pair = self.pairs[i]
+        channel_dim = -1 if pair[1].channel_last else 1
+        r = self._align(self.regressors[i](student_feat), teacher_feat, pair)
+        if self.distance == "l2":
+            return (r - margin_relu(teacher_feat.detach(), self.margins[i], channel_dim)).pow(2).sum()
+        return ofd_loss_reference(r, teacher_feat.to(r.dtype), self.margins[i], channel_dim)
 
     def forward(self, x: Tensor) -> Tuple[object, Dict[str, Tensor]]:
         """Student output and {'loss_ofd': loss} for a batch both models see as it is."""

@@ -265,3 +265,72 @@ def test_ablation_switches_change_the_loss_as_the_paper_defines(pair):
             assert all(bool((f >= 0).all()) for f in feats)
     assert losses["l2"] > losses["ofd"] > 0
     assert losses["none"] != losses["ofd"]
+
+
+def _train_steps(distiller: FeatureDistiller, steps: int, batch: int = 8, size: int = 64):
+    """``steps`` SGD (momentum, weight decay) steps of cross-entropy + OFD on fixed random batches."""
+    generator = torch.Generator().manual_seed(0)
+    trainable = [p for p in distiller.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    distiller.train()
+    for _ in range(steps):
+        x = torch.randn(batch, 3, size, size, generator=generator, dtype=torch.float64)
+        y = torch.randint(0, 10, (batch,), generator=generator)
+        out, losses = distiller(x)
+        optimizer.zero_grad()
+        (F.cross_entropy(out, y) + losses["loss_ofd"]).backward()
+        optimizer.step()
+    momentum = [optimizer.state[p]["momentum_buffer"] for p in trainable]
+    return distiller.state_dict(), momentum
+
+
+@pytest.mark.parametrize("distance", ["partial_l2", "l2"])
+def test_memory_saving_path_trains_as_the_plain_path(make_model, randomized, distance):
+    """20 OFD steps through the memory-saving loss (eager differentiation, in-place reuse) and
+    through the plain autograd graph with ``ofd_loss_reference`` end at the same weights,
+    regressor BatchNorm statistics and momentum buffers (float64, so rounding stays far below
+    the tolerance while a wrong gradient anywhere would not). At 64 px the deepest maps are 2x2:
+    at 1x1 with batch 8 the batch-statistics BNs amplify rounding a millionfold in 20 steps."""
+    teacher = randomized(make_model("tv", "resnet18", num_classes=10))
+    student = make_model("timm", "mobilenetv3_small_050", num_classes=10)
+    results = []
+    for memory_saving in (True, False):
+        torch.manual_seed(0)  # the same regressor initialisation
+        distiller = FeatureDistiller(copy.deepcopy(teacher), copy.deepcopy(student), input_size=(3, 64, 64),
+                                     alpha=3e-2, distance=distance, memory_saving=memory_saving).double()
+        results.append(_train_steps(distiller, steps=20))
+    (state, momentum), (plain_state, plain_momentum) = results
+    assert list(state) == list(plain_state)
+    assert any("regressors.0.1.running_var" in k for k in state)
+    for key in state:
+        torch.testing.assert_close(state[key], plain_state[key], rtol=1e-9, atol=1e-9, msg=key)
+    for got, want in zip(momentum, plain_momentum):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    assert not torch.equal(state["student.conv_stem.weight"], student.state_dict()["conv_stem.weight"].double())
+
+
+def test_alpha_warmup_ramps_and_resumes(pair):
+    teacher, student = pair
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, alpha=0.3, alpha_warmup=3).train()
+    x = _x()
+    seen = []
+    for _ in range(4):
+        seen.append(distiller.effective_alpha)
+        distiller(x)
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.3])
+    with torch.no_grad():
+        distiller.eval()(x)  # evaluation does not advance the ramp
+    assert int(distiller.warmup_step) == 4
+
+    state = distiller.state_dict()
+    resumed = FeatureDistiller(copy.deepcopy(teacher), copy.deepcopy(student), input_size=SIZE, alpha=0.3,
+                               alpha_warmup=3)
+    resumed.load_state_dict(state)
+    assert int(resumed.warmup_step) == 4 and resumed.effective_alpha == pytest.approx(0.3)
+    del state["warmup_step"]  # a checkpoint written before the ramp existed: past its warm-up
+    fresh = FeatureDistiller(copy.deepcopy(teacher), copy.deepcopy(student), input_size=SIZE, alpha=0.3,
+                             alpha_warmup=3)
+    fresh.load_state_dict(state)
+    assert fresh.effective_alpha == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="alpha_warmup"):
+        FeatureDistiller(copy.deepcopy(teacher), copy.deepcopy(student), input_size=SIZE, alpha_warmup=-1)
