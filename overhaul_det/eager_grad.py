@@ -43,11 +43,7 @@ def _scale(grad: Tensor, grad_output: Tensor) -> Tensor:
 
 
 def _fp16_autocast(device_type: str) -> bool:
-    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
-        return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
-    if device_type == "cpu":
-        return torch.is_autocast_cpu_enabled() and torch.get_autocast_cpu_dtype() == torch.float16
-    return torch.is_autocast_enabled() and torch.get_autocast_gpu_dtype() == torch.float16
+    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
 
 
 def eager_term(term_fn: Callable[[Tensor], Tensor], feature: Tensor, module: nn.Module) -> Tensor:

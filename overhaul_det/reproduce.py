@@ -1,22 +1,27 @@
 """Reproduce the comparison: baseline vs KD vs OFD vs OFD+KD over seeds, per task, from configs.
 
-Each run trains the student with the task's config and one method's switches, records the
-test metric after every epoch and the wall time, and is skipped when its result exists, so the
-command resumes. Writes a JSON file, a markdown table and a plot per task.
+Each run trains the student with the task's config and one method's switches at a given thread
+count, records the test metric after every epoch, the wall time and where it came from (commit,
+code and config hashes, threads, torch version; ``provenance.py``). A run whose result exists is
+skipped while that record still matches the current code, so the command resumes; otherwise it
+is trained again. Writes a JSON file, a markdown table and a plot per task.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from .engine.history import read_val_history
+from .provenance import git_commit, stamp, stale_fields
 
 __all__ = ["TASKS", "METHODS", "ABLATIONS", "TASK_ABLATIONS", "main", "run_task"]
 
@@ -58,32 +63,46 @@ TASK_ABLATIONS: Dict[str, Dict[str, Dict]] = {
 }
 
 
-def _options(overrides: Dict, seed: int, epochs: Optional[int]) -> List[str]:
+def _options(overrides: Dict, seed: int, epochs: Optional[int]) -> Dict[str, object]:
     options = {**overrides, "randomness.seed": seed}
     if epochs is not None:
         options["train_cfg.max_epochs"] = epochs
-    return [f"{k}={v}" for k, v in options.items()]
+    return options
 
 
-def _run(task: str, name: str, overrides: Dict, seed: int, root: Path, epochs: Optional[int]) -> Dict:
-    """Train one (method, seed); returns the recorded result (from disk when already done)."""
+def _run(task: str, name: str, overrides: Dict, seed: int, threads: int, root: Path, epochs: Optional[int]) -> Dict:
+    """Train one (method, seed, threads); returns the recorded result (from disk while still current)."""
     spec = TASKS[task]
-    work_dir = root / task / name.replace(" ", "_").replace("+", "_") / f"seed{seed}"
+    work_dir = root / task / name.replace(" ", "_").replace("+", "_") / f"threads{threads}" / f"seed{seed}"
     result_file = work_dir / "result.json"
+    options = _options(overrides, seed, epochs)
+    current = stamp(REPO, REPO / spec["config"], options, threads)
     if result_file.exists():
-        return json.loads(result_file.read_text())
+        result = json.loads(result_file.read_text())
+        stale = stale_fields(result.get("provenance", {}), current)
+        if not stale:
+            return result
+        logger.info("%s / %s / seed %d / %d threads: rerun, the recorded %s differ", task, name, seed, threads,
+                    ", ".join(stale))
     work_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "overhaul_det.cli", "train", str(REPO / spec["config"]), "--work-dir",
-               str(work_dir), "--cfg-options", *_options(overrides, seed, epochs)]
-    logger.info("%s / %s / seed %d: %s", task, name, seed, " ".join(command))
+               str(work_dir), "--cfg-options", *[f"{k}={v}" for k, v in options.items()]]
+    logger.info("%s / %s / seed %d / %d threads: %s", task, name, seed, threads, " ".join(command))
     start = time.perf_counter()
-    with (work_dir / "train.log").open("w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    _train(command, work_dir / "train.log", threads)
     history = read_val_history(work_dir, spec["metric"])
-    result = dict(task=task, method=name, seed=seed, metric=spec["metric"], final=history[-1], history=history,
-                  seconds=round(time.perf_counter() - start, 1), overrides=overrides)
+    result = dict(task=task, method=name, seed=seed, threads=threads, metric=spec["metric"], final=history[-1],
+                  history=history, seconds=round(time.perf_counter() - start, 1), overrides=overrides,
+                  provenance=current)
     result_file.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _train(command: List[str], log_path: Path, threads: int) -> None:
+    """One training in its own process, with ``threads`` intra-op threads."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with log_path.open("w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
 
 
 def _summary(results: List[Dict]) -> Dict[str, Dict]:
@@ -135,17 +154,10 @@ def _plot_method(ax, method: str, curves: List[List[float]], color: str) -> None
     ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations: bool,
-             methods: Optional[List[str]] = None) -> Dict:
-    """All methods (and, with ``ablations``, the task's ablations) over ``seeds`` seeds."""
+             methods: Optional[List[str]] = None, threads: Sequence[int] = (), jobs: int = 1) -> Dict:
+    """All methods (and, with ``ablations``, the task's ablations) over ``seeds`` seeds at each
+    thread count (default: torch's), ``jobs`` trainings at a time."""
     spec = TASKS[task]
     unknown = sorted(set(methods or []) - set(spec["methods"]))
     if unknown:
@@ -153,38 +165,65 @@ def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations
     runs = [(m, METHODS[m]) for m in (methods or spec["methods"])]
     if ablations:
         runs += [(f"ofd, {name}", o) for name, o in TASK_ABLATIONS[task].items()]
-    results = [_run(task, name, overrides, seed, root, epochs) for seed in range(seeds) for name, overrides in runs]
+    if not threads:
+        import torch
+
+        threads = [torch.get_num_threads()]
+    todo = [(name, overrides, seed, n) for n in threads for seed in range(seeds) for name, overrides in runs]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = list(pool.map(lambda run: _run(task, *run, root, epochs), todo))
     return _report(task, results, seeds, epochs)
 
 
 def collect_task(task: str, root: Path) -> Dict:
     """The report of every finished run of ``task`` under ``root``, whatever methods and seeds ran."""
     order = {m: i for i, m in enumerate(list(METHODS) + [f"ofd, {a}" for a in TASK_ABLATIONS[task]])}
-    results = [json.loads(p.read_text()) for p in (root / task).glob("*/seed*/result.json")]
+    results = [json.loads(p.read_text()) for p in (root / task).glob("*/threads*/seed*/result.json")]
     if not results:
         raise FileNotFoundError(f"no finished run under {root / task}; run `overhaul-det reproduce {task}` first")
-    results.sort(key=lambda r: (order.get(r["method"], len(order)), r["seed"]))
+    results.sort(key=lambda r: (order.get(r["method"], len(order)), r["threads"], r["seed"]))
     return _report(task, results, max(r["seed"] for r in results) + 1, None)
 
 
 def _report(task: str, results: List[Dict], seeds: int, epochs: Optional[int]) -> Dict:
     spec = TASKS[task]
+    stamps = sorted({(r.get("provenance", {}).get("commit", "unrecorded"), r.get("provenance", {}).get("code", "-"),
+                      r.get("provenance", {}).get("torch", "-")) for r in results})
     return dict(task=task, config=spec["config"], metric=spec["metric"], seeds=seeds, epochs=epochs,
-                commit=_commit(), results=results, summary=_summary(results))
+                commit=git_commit(REPO), runs_from=[dict(commit=c, code=h, torch=t) for c, h, t in stamps],
+                results=results, summary=_summary(results))
 
 
 def _markdown(report: Dict, command: str, plot: str) -> str:
+    origins = "; ".join(f"commit `{o['commit']}` (code `{o['code']}`, torch {o['torch']})" for o in report["runs_from"])
     lines = [f"## {report['task']}", "", f"Table written by `{command}` at commit `{report['commit']}` from runs "
-             f"of `overhaul-det reproduce {report['task']}` on `{report['config']}` (each run's options, history and "
-             f"wall time: `results_{report['task']}.json`); metric: test `{report['metric']}` after the last epoch.", "",
-             "| method | mean ± std | runs | mean time (s) |", "|---|---|---|---|"]
+             f"of `overhaul-det reproduce {report['task']}` on `{report['config']}` that ran at {origins} (each run's "
+             f"options, history, wall time, thread count and stamp: `results_{report['task']}.json`); metric: test "
+             f"`{report['metric']}` after the last epoch.", "",
+             "| method | mean ± std | runs (seed/threads) | mean time (s) |", "|---|---|---|---|"]
     digits = 4 if all(r["final"] <= 1 for r in report["results"]) else 2
     for method, s in report["summary"].items():
-        seconds = statistics.mean(r["seconds"] for r in report["results"] if r["method"] == method)
-        runs = ", ".join(f"{v:.{digits}f}" for v in s["runs"])
+        mine = [r for r in report["results"] if r["method"] == method]
+        runs = ", ".join(f"{r['final']:.{digits}f} (s{r['seed']}/{r.get('threads', '?')}t)" for r in mine)
+        seconds = statistics.mean(r["seconds"] for r in mine)
         lines.append(f"| {method} | {s['mean']:.{digits}f} ± {s['std']:.{digits}f} | {runs} | {seconds:.0f} |")
+    lines += _paired_lines(report["results"], digits)
     lines += ["", f"![{report['task']}]({plot})", ""]
     return "\n".join(lines)
+
+
+def _paired_lines(results: List[Dict], digits: int) -> List[str]:
+    """Baseline and OFD run by run (same seed and thread count), with OFD's gain."""
+    by_key = {(r["method"], r["seed"], r.get("threads")): r["final"] for r in results}
+    keys = sorted({(seed, threads) for method, seed, threads in by_key if method == "ofd"
+                   and ("baseline", seed, threads) in by_key}, key=lambda k: (k[1] or 0, k[0]))
+    if not keys:
+        return []
+    lines = ["", "| seed | threads | baseline | ofd | gain |", "|---|---|---|---|---|"]
+    for seed, threads in keys:
+        base, ofd = by_key[("baseline", seed, threads)], by_key[("ofd", seed, threads)]
+        lines.append(f"| {seed} | {threads} | {base:.{digits}f} | {ofd:.{digits}f} | {ofd - base:+.{digits}f} |")
+    return lines
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -194,6 +233,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     parser.add_argument("--ablations", action="store_true", help="also the task's ablations (classification: the paper's four; detection: a smaller alpha)")
     parser.add_argument("--methods", nargs="+", help="a subset of the task's methods (runs can go in parallel)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[],
+                        help="torch threads per run; several values run each (default: torch's own count)")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings at a time (each with --threads threads)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; report every finished run in the work dir (methods may differ in seeds)")
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/reproduce"))
@@ -203,7 +245,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.report_only:
         report = collect_task(args.task, args.work_dir)
     else:
-        report = run_task(args.task, args.seeds, args.work_dir, args.epochs, args.ablations, args.methods)
+        report = run_task(args.task, args.seeds, args.work_dir, args.epochs, args.ablations, args.methods,
+                          args.threads, args.jobs)
     args.out.mkdir(parents=True, exist_ok=True)
     plot = args.out / f"results_{args.task}.png"
     _plot(args.task, report["results"], report["metric"], plot)

@@ -9,11 +9,12 @@ import pytest
 from overhaul_det import reproduce
 
 
-def _fake_run(root, method, seed, final):
-    folder = root / "classification" / method.replace(" ", "_").replace("+", "_") / f"seed{seed}"
+def _fake_run(root, method, seed, final, threads=1):
+    folder = root / "classification" / method.replace(" ", "_").replace("+", "_") / f"threads{threads}" / f"seed{seed}"
     folder.mkdir(parents=True)
-    result = dict(task="classification", method=method, seed=seed, metric="accuracy/top1", final=final,
-                  history=[final - 10, final], seconds=10.0 + seed, overrides={})
+    result = dict(task="classification", method=method, seed=seed, threads=threads, metric="accuracy/top1",
+                  final=final, history=[final - 10, final], seconds=10.0 + seed, overrides={},
+                  provenance=dict(commit="abc1234", code="c0de", torch="2.x"))
     (folder / "result.json").write_text(json.dumps(result))
 
 
@@ -28,7 +29,9 @@ def test_report_from_finished_runs(tmp_path):
     assert report["summary"]["baseline"]["std"] == pytest.approx(statistics.stdev([75.0, 76.0, 74.0]))
     assert report["summary"]["ofd, teacher BN eval"]["std"] == 0.0
     table = reproduce._markdown(report, "overhaul-det reproduce classification", "plot.png")
-    assert "| ofd | 82.00 ± 1.00 | 82.00, 81.00, 83.00 | 11 |" in table
+    assert "| ofd | 82.00 ± 1.00 | 82.00 (s0/1t), 81.00 (s1/1t), 83.00 (s2/1t) | 11 |" in table
+    assert "| 1 | 1 | 76.00 | 81.00 | +5.00 |" in table  # baseline and OFD run by run
+    assert "commit `abc1234` (code `c0de`, torch 2.x)" in table
     plot = tmp_path / "plot.png"
     reproduce._plot("classification", report["results"], report["metric"], plot)
     assert plot.stat().st_size > 1000
@@ -42,3 +45,43 @@ def test_report_without_runs_names_the_command(tmp_path):
 def test_unknown_method_is_refused(tmp_path):
     with pytest.raises(ValueError, match="kd"):
         reproduce.run_task("detection", 1, tmp_path, None, False, methods=["kd"])
+
+
+def _fake_training(calls):
+    """Stands in for the training subprocess: records the call, writes a one-epoch scalar log."""
+    def run(command, log_path, threads):
+        calls.append((command, str(threads)))
+        work_dir = command[command.index("--work-dir") + 1]
+        log = reproduce.Path(work_dir) / "20261130_000000" / "vis_data" / "scalars.json"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(json.dumps({"accuracy/top1": 70.0 + len(calls)}) + "\n")
+    return run
+
+
+def test_a_run_is_reused_only_while_its_stamp_holds(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reproduce, "_train", _fake_training(calls))
+    first = reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1)
+    assert calls[0][1] == "1" and first["threads"] == 1 and first["final"] == 71.0
+    assert set(first["provenance"]) == {"commit", "code", "config", "threads", "torch"}
+    assert reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1) == first  # reused
+    assert len(calls) == 1
+
+    result_file = tmp_path / "classification" / "ofd" / "threads1" / "seed0" / "result.json"
+    recorded = json.loads(result_file.read_text())
+    recorded["provenance"]["code"] = "older"
+    result_file.write_text(json.dumps(recorded))
+    again = reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1)  # the code changed: rerun
+    assert len(calls) == 2 and again["final"] == 72.0
+
+    reproduce._run("classification", "ofd", {}, 0, 2, tmp_path, epochs=1)  # another thread count: its own run
+    assert len(calls) == 3 and calls[-1][1] == "2"
+    reproduce._run("classification", "ofd", {"model.ofd.alpha": 0.1}, 0, 1, tmp_path, epochs=1)  # other config
+    assert len(calls) == 4
+
+
+def test_a_training_gets_its_thread_count(tmp_path):
+    log = tmp_path / "train.log"
+    code = "import torch; print(torch.get_num_threads())"
+    reproduce._train([reproduce.sys.executable, "-c", code], log, threads=1)
+    assert log.read_text().strip() == "1"

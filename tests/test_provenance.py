@@ -1,0 +1,35 @@
+"""Run stamps: code and config hashes change with what a run executes, and nothing else."""
+from __future__ import annotations
+
+from overhaul_det.provenance import code_hash, config_hash, stale_fields
+
+
+def test_code_hash_follows_the_code_only(tmp_path):
+    (tmp_path / "overhaul_det").mkdir()
+    (tmp_path / "overhaul_det" / "ofd.py").write_text("alpha = 1\n")
+    (tmp_path / "docs").mkdir()
+    before = code_hash(tmp_path)
+    (tmp_path / "docs" / "results.md").write_text("a new table\n")
+    (tmp_path / "overhaul_det" / "__pycache__").mkdir()
+    (tmp_path / "overhaul_det" / "__pycache__" / "ofd.cpython-311.pyc").write_bytes(b"\0")
+    assert code_hash(tmp_path) == before
+    (tmp_path / "overhaul_det" / "ofd.py").write_text("alpha = 2\n")
+    assert code_hash(tmp_path) != before
+
+
+def test_config_hash_sees_bases_and_options(tmp_path):
+    (tmp_path / "base.py").write_text("lr = 0.1\n")
+    config = tmp_path / "run.py"
+    config.write_text("_base_ = ['base.py']\nmodel = dict(alpha=1)\n")
+    plain = config_hash(config, {})
+    assert config_hash(config, {}) == plain
+    assert config_hash(config, {"model.alpha": 2}) != plain
+    (tmp_path / "base.py").write_text("lr = 0.2\n")
+    assert config_hash(config, {}) != plain
+
+
+def test_stale_fields_name_what_changed():
+    recorded = dict(commit="a", code="x", config="y", threads=1, torch="2.14")
+    assert stale_fields(recorded, dict(recorded, commit="b")) == []  # a docs-only commit reruns nothing
+    assert stale_fields(recorded, dict(recorded, threads=2, torch="2.15")) == ["threads", "torch"]
+    assert stale_fields({}, recorded) == ["code", "config", "threads", "torch"]
