@@ -33,6 +33,12 @@ class DistillationModel(BaseModel):
 
     ofd_enabled: bool = False
 
+    def init_weights(self) -> None:
+        """Keep every weight as built. The zoo builders initialise their models and checkpoints load
+        at build time; mmengine's default, which the Runner calls at start, would call the
+        ``init_weights`` of timm models (ResNet, ViT, ...) again and wipe a loaded teacher or a
+        pretrained student."""
+
     @property
     def student(self) -> nn.Module:
         return self.distiller.student if self.ofd_enabled else self.student_model
