@@ -80,23 +80,26 @@ def _check_layouts(matched: List[Tuple[Tap, Tap]]) -> List[Tuple[Tap, Tap]]:
 
 
 def _resolve_taps(model: nn.Module, spec: TapSpec, input_size, min_stride: int, role: str,
-                  position: str = "pre") -> List[Tap]:
+                  position: str = "pre", tracer_kwargs: Optional[dict] = None) -> List[Tap]:
     if spec is None:
-        taps = find_taps(model, input_size=input_size, min_stride=min_stride, position=position)
-        _check_input_size(model, taps, input_size, min_stride, role)
+        taps = find_taps(model, input_size=input_size, min_stride=min_stride, position=position,
+                         tracer_kwargs=tracer_kwargs)
+        _check_input_size(model, taps, input_size, min_stride, role, tracer_kwargs)
         return taps
     if all(isinstance(t, Tap) for t in spec):
         return list(spec)
-    return find_taps(model, input_size=input_size, nodes=list(spec))
+    return find_taps(model, input_size=input_size, nodes=list(spec), tracer_kwargs=tracer_kwargs)
 
 
-def _check_input_size(model: nn.Module, taps: Sequence[Tap], input_size, min_stride: int, role: str) -> None:
+def _check_input_size(model: nn.Module, taps: Sequence[Tap], input_size, min_stride: int, role: str,
+                      tracer_kwargs: Optional[dict] = None) -> None:
     """Stop when the input is smaller than the model's deepest stride (measured at 224 px): the
     last stages would then collapse to 1x1 and their taps merge or get wrong strides."""
     side = min(input_size[-2:]) if isinstance(input_size, (tuple, list)) else input_size
     if side is None or side >= _REFERENCE_SIZE or any(t.channel_last for t in taps):
         return
-    reference = find_taps(model, input_size=(_REFERENCE_SIZE, _REFERENCE_SIZE), min_stride=min_stride)
+    reference = find_taps(model, input_size=(_REFERENCE_SIZE, _REFERENCE_SIZE), min_stride=min_stride,
+                          tracer_kwargs=tracer_kwargs)
     deepest = max(t.stride for t in reference)
     if side < deepest:
         raise ValueError(
@@ -118,6 +121,8 @@ class FeatureDistiller(nn.Module):
     ``alpha_warmup=N`` ramps the weight linearly from ``alpha/N`` to ``alpha`` over the first N
     training forwards (counted in a buffer, so a resumed run continues the ramp): at the start
     the OFD term of a random student is tens of times the task loss and can drive it to chance.
+    ``tracer_kwargs`` reaches the FX tracer of both models (``leaf_modules``, ``autowrap_functions``,
+    ``autowrap_modules``, as in torchvision's feature extraction) for code FX cannot trace through.
     ``memory_saving=False`` computes the loss on the plain autograd graph (``ofd_loss_reference``,
     no eager differentiation, no memory reuse): the same training, for ruling the optimisations out.
     """
@@ -142,6 +147,7 @@ class FeatureDistiller(nn.Module):
         distance: str = "partial_l2",
         alpha_warmup: int = 0,
         memory_saving: bool = True,
+        tracer_kwargs: Optional[dict] = None,
     ) -> None:
         super().__init__()
         if margin not in MARGIN_MODES:
@@ -154,8 +160,9 @@ class FeatureDistiller(nn.Module):
             raise ValueError(f"alpha_warmup={alpha_warmup!r}; give a number of training iterations (0 for none)")
         if teacher_bn not in ("train", "eval"):
             raise ValueError(f"teacher_bn={teacher_bn!r}; choose 'train' (batch statistics) or 'eval'")
-        t_taps = _resolve_taps(teacher, teacher_taps, teacher_input_size or input_size, min_stride, "teacher", position)
-        s_taps = _resolve_taps(student, student_taps, input_size, min_stride, "student", position)
+        t_taps = _resolve_taps(teacher, teacher_taps, teacher_input_size or input_size, min_stride, "teacher", position,
+                               tracer_kwargs)
+        s_taps = _resolve_taps(student, student_taps, input_size, min_stride, "student", position, tracer_kwargs)
         self.pairs = pair_taps(s_taps, t_taps, pairs)
         n = len(self.pairs)
         if weights is not None and len(weights) != n:
@@ -172,8 +179,9 @@ class FeatureDistiller(nn.Module):
         teacher.requires_grad_(False)
         teacher.eval()
         self.teacher = teacher
-        self.student = attach_taps(student, [s for s, _ in self.pairs])
-        self._teacher_extractor = TapExtractor(teacher, [t for _, t in self.pairs], batch_stats=teacher_bn == "train")
+        self.student = attach_taps(student, [s for s, _ in self.pairs], tracer_kwargs)
+        self._teacher_extractor = TapExtractor(teacher, [t for _, t in self.pairs], batch_stats=teacher_bn == "train",
+                                               tracer_kwargs=tracer_kwargs)
         self.regressors = nn.ModuleList(
             (TokenRegressor if s.channel_last else Regressor)(s.channels, t.channels) for s, t in self.pairs
         )

@@ -12,8 +12,10 @@ outputs, parameter names and numerics are unchanged; tensors at the taps are cap
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import logging
+import math
 import operator
 import types
 from dataclasses import dataclass
@@ -115,14 +117,42 @@ def _autowrap_functions() -> Tuple[Callable, ...]:
         return ()
 
 
+TRACER_KEYS = ("leaf_modules", "autowrap_functions", "autowrap_modules")
+
+
+def _resolve(item: Any) -> Any:
+    """A class or function, or its dotted import path (for configs): 'timm.layers.PatchEmbed'."""
+    if not isinstance(item, str):
+        return item
+    module_name, _, attribute = item.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"tracer_kwargs names {item!r}, which cannot be imported ({error}); "
+                         "give the class or function itself, or its full dotted path") from error
+
+
 class _PathTracer(fx.Tracer):
-    """FX tracer that stores the module path of every node in ``node.meta['module_path']``."""
+    """FX tracer that stores the module path of every node in ``node.meta['module_path']``.
+
+    ``tracer_kwargs`` follows torchvision's feature extraction: ``leaf_modules`` (module types
+    traced as single calls), ``autowrap_functions`` and ``autowrap_modules`` (functions and
+    modules whose calls are not traced into); classes and functions or their dotted paths.
+    """
 
     proxy_buffer_attributes = True
 
-    def __init__(self, extra_leaves: Sequence[type] = ()) -> None:
-        super().__init__(autowrap_functions=_autowrap_functions(), param_shapes_constant=True)
-        self.leaves = _leaf_types() + tuple(extra_leaves)
+    def __init__(self, tracer_kwargs: Optional[Dict[str, Sequence[Any]]] = None) -> None:
+        options = dict(tracer_kwargs or {})
+        unknown = sorted(set(options) - set(TRACER_KEYS))
+        if unknown:
+            raise ValueError(f"tracer_kwargs keys {unknown} are unknown; valid keys: {', '.join(TRACER_KEYS)}")
+        functions = _autowrap_functions() + tuple(_resolve(f) for f in options.get("autowrap_functions", ()))
+        extra = {}
+        if "autowrap_modules" in options:
+            extra["autowrap_modules"] = (math, *(_resolve(m) for m in options["autowrap_modules"]))
+        super().__init__(autowrap_functions=functions, param_shapes_constant=True, **extra)
+        self.leaves = _leaf_types() + tuple(_resolve(m) for m in options.get("leaf_modules", ()))
         self.current_path = ""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -151,19 +181,26 @@ def _concrete_defaults(model: nn.Module) -> Dict[str, Any]:
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def trace(model: nn.Module, training: bool = False, extra_leaves: Sequence[type] = ()) -> fx.Graph:
+def trace(model: nn.Module, training: bool = False, tracer_kwargs: Optional[Dict[str, Sequence[Any]]] = None
+          ) -> fx.Graph:
     """Trace ``model``'s original forward in the given mode; nodes carry their module path."""
     was_training = model.training
     model.train()
     model.eval()
     model.train(training)
     try:
-        return _PathTracer(extra_leaves).trace(model, concrete_args=_concrete_defaults(model) or None)
+        tracer = _PathTracer(tracer_kwargs)
+    except ValueError:
+        model.train(was_training)
+        raise
+    try:
+        return tracer.trace(model, concrete_args=_concrete_defaults(model) or None)
     except Exception as error:
         raise ValueError(
             f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {error}. "
             "Pass a traceable part (e.g. the backbone, or model.backbone.body for a detector), "
-            "or register the failing submodule type with extra_leaves=[...]."
+            "or trace the failing submodule as one call: tracer_kwargs={'leaf_modules': [ItsClass]} "
+            "(find_taps, FeatureDistiller, or ofd=dict(tracer_kwargs=...) in a config, with dotted paths there)."
         ) from error
     finally:
         model.train(was_training)
@@ -527,9 +564,10 @@ def _make_tap(root: nn.Module, node: fx.Node, sample: Tensor, activation: Option
     )
 
 
-def graph_node_names(model: nn.Module) -> List[str]:
+def graph_node_names(model: nn.Module, tracer_kwargs: Optional[Dict[str, Sequence[Any]]] = None) -> List[str]:
     """Names of the nodes of ``model``'s eval-mode graph, usable as ``find_taps(nodes=...)``."""
-    return [n.name for n in trace(model).nodes if n.op not in ("placeholder", "output", "get_attr")]
+    return [n.name for n in trace(model, tracer_kwargs=tracer_kwargs).nodes
+            if n.op not in ("placeholder", "output", "get_attr")]
 
 
 def find_taps(
@@ -538,16 +576,18 @@ def find_taps(
     min_stride: int = 4,
     nodes: Optional[Sequence[str]] = None,
     position: str = "pre",
+    tracer_kwargs: Optional[Dict[str, Sequence[Any]]] = None,
 ) -> List[Tap]:
     """Return the OFD taps of ``model``: one per stage end, before the activation closing it.
 
     ``nodes`` picks taps by FX node name instead (see ``graph_node_names``); ``input_size`` is
     the (C, H, W) or (H, W) of the sample used to measure shapes and strides;
-    ``position='post'`` takes the stage outputs after their activation (the paper's ablation).
+    ``position='post'`` takes the stage outputs after their activation (the paper's ablation);
+    ``tracer_kwargs`` reaches the FX tracer (``leaf_modules``, ``autowrap_functions``, ...).
     """
     if position not in ("pre", "post"):
         raise ValueError(f"position={position!r}; choose 'pre' (OFD) or 'post' (after the activation)")
-    graph = trace(model)
+    graph = trace(model, tracer_kwargs=tracer_kwargs)
     sample = _sample_input(model, input_size)
     _propagate_shapes(model, graph, sample)
     if nodes is not None:
@@ -695,18 +735,20 @@ def _compile(root: nn.Module, graph: fx.Graph, prune: bool = False) -> Callable:
     return type(module).forward
 
 
-def attach_taps(model: nn.Module, taps: Sequence[Tap]) -> nn.Module:
+def attach_taps(model: nn.Module, taps: Sequence[Tap],
+                tracer_kwargs: Optional[Dict[str, Sequence[Any]]] = None) -> nn.Module:
     """Make ``model`` capture ``taps`` (see ``capture_taps``); returns the same module.
 
     The forward is regenerated from the FX graph of each mode and bound to ``model`` itself,
-    so state_dict keys, their order, and outputs stay as they were.
+    so state_dict keys, their order, and outputs stay as they were. Trace ``model`` with the
+    ``tracer_kwargs`` the taps were found with.
     """
     names = [t.name for t in taps]
-    reference = trace(model, training=False)
+    reference = trace(model, training=False, tracer_kwargs=tracer_kwargs)
     functions = {}
     model._ofd_capture = _CaptureStore()
     for training in (False, True):
-        graph = reference if not training else trace(model, training=True)
+        graph = reference if not training else trace(model, training=True, tracer_kwargs=tracer_kwargs)
         nodes = _locate(graph, reference, names)
         _insert_captures(model, graph, nodes)
         functions[training] = _compile(model, graph)
@@ -772,10 +814,11 @@ class TapExtractor:
     batch's statistics (OFD's teacher mode) and no running statistic is updated.
     """
 
-    def __init__(self, model: nn.Module, taps: Sequence[Tap], batch_stats: bool = True) -> None:
+    def __init__(self, model: nn.Module, taps: Sequence[Tap], batch_stats: bool = True,
+                 tracer_kwargs: Optional[Dict[str, Sequence[Any]]] = None) -> None:
         self.model = model
         self.names = [t.name for t in taps]
-        graph = trace(model, training=False)
+        graph = trace(model, training=False, tracer_kwargs=tracer_kwargs)
         by_name = {n.name: n for n in graph.nodes}
         nodes = {name: by_name[name] for name in self.names}
         for node in nodes.values():

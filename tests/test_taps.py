@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from overhaul_det import TapExtractor, attach_taps, capture_taps, detach_taps, find_taps
+from overhaul_det import (FeatureDistiller, TapExtractor, attach_taps, capture_taps, detach_taps, find_taps,
+                          graph_node_names)
 from overhaul_det.taps import trace
 
 SIZE = (3, 64, 64)
@@ -158,7 +159,55 @@ def test_untraceable_model_is_value_error():
         find_taps(DataDependent(), input_size=SIZE)
     message = str(info.value)
     assert "DataDependent" in message
-    assert "extra_leaves" in message or "traceable part" in message
+    assert "tracer_kwargs={'leaf_modules': [ItsClass]}" in message
+
+
+class Gate(nn.Module):
+    """Data-dependent control flow FX cannot trace through."""
+
+    def forward(self, x):
+        return x if x.sum() > 0 else -x
+
+
+class GatedNet(nn.Module):
+    """Three stride-2 conv+BN+ReLU stages, each followed by a Gate."""
+
+    def __init__(self):
+        super().__init__()
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), Gate())
+            for c_in, c_out in ((3, 8), (8, 16), (16, 32)))
+
+    def forward(self, x):
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+@pytest.mark.parametrize("leaf", [Gate, f"{__name__}.Gate"])
+def test_tracer_kwargs_reach_every_entry_point(leaf):
+    with pytest.raises(ValueError, match="leaf_modules"):
+        find_taps(GatedNet(), input_size=(3, 32, 32), min_stride=2)
+    options = {"leaf_modules": [leaf]}
+    assert "stages_0_3" in graph_node_names(GatedNet(), tracer_kwargs=options)  # the first Gate, one call
+    taps = find_taps(GatedNet(), input_size=(3, 32, 32), min_stride=2, tracer_kwargs=options)
+    assert [t.stride for t in taps] == [2, 4, 8]
+    model = attach_taps(GatedNet(), taps, tracer_kwargs=options)
+    with capture_taps(model) as captured:
+        model(torch.randn(2, 3, 32, 32))
+    assert set(captured) == {t.name for t in taps}
+    distiller = FeatureDistiller(GatedNet(), GatedNet(), input_size=(3, 32, 32), min_stride=2,
+                                 tracer_kwargs=options).train()
+    _, losses = distiller(torch.randn(2, 3, 32, 32))
+    losses["loss_ofd"].backward()
+    assert distiller.student.stages[0][0].weight.grad is not None
+
+
+def test_tracer_kwargs_errors_name_the_key():
+    with pytest.raises(ValueError, match="leaf_module.*valid keys: leaf_modules"):
+        find_taps(GatedNet(), tracer_kwargs={"leaf_module": [Gate]})
+    with pytest.raises(ValueError, match="no.such.Module"):
+        find_taps(GatedNet(), tracer_kwargs={"leaf_modules": ["no.such.Module"]})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -337,18 +337,20 @@ def _keys(graph: fx.Graph, prefix: str = "") -> Dict[fx.Node, Tuple[str, str, in
     return keys
 
 
-def stage_end_nodes(model: Segmenter, graph: Optional[fx.Graph] = None) -> List[str]:
+def stage_end_nodes(model: Segmenter, graph: Optional[fx.Graph] = None, tracer_kwargs: Optional[dict] = None
+                    ) -> List[str]:
     """Node names, in ``model``'s graph, of each backbone stage end before the activation closing it.
 
     Stages are the backbone outputs that ``model.stages`` picks, found in the backbone's own graph;
     a linear bottleneck's tap is the next block's expansion BN (the official MobileNetV2 position).
     """
-    body_graph = trace(model.backbone)
+    body_graph = trace(model.backbone, tracer_kwargs=tracer_kwargs)
     returned = next(n for n in body_graph.nodes if n.op == "output").args[0]
     returned = list(returned.values()) if isinstance(returned, dict) else list(returned)
     ends = [_stage_tap(model.backbone, returned[i]) for i in model.stages]
     body_keys = _keys(body_graph, "backbone")
-    by_key = {key: node.name for node, key in _keys(graph if graph is not None else trace(model)).items()}
+    graph = graph if graph is not None else trace(model, tracer_kwargs=tracer_kwargs)
+    by_key = {key: node.name for node, key in _keys(graph).items()}
     missing = [node.name for node in ends if body_keys[node] not in by_key]
     if missing:
         raise ValueError(f"backbone nodes {missing} are not in {type(model).__name__}'s graph; the backbone must be "
@@ -374,11 +376,13 @@ def head_tap_nodes(head: nn.Module, graph: Optional[fx.Graph] = None, path: str 
     return [project[-1].args[0].name, activations[-1].args[0].name]
 
 
-def segmenter_taps(model: Segmenter, input_size: Sequence[int] = (3, 128, 128)) -> List[Tap]:
+def segmenter_taps(model: Segmenter, input_size: Sequence[int] = (3, 128, 128),
+                   tracer_kwargs: Optional[dict] = None) -> List[Tap]:
     """The OFD taps of a ``Segmenter``: its backbone stage ends, then the ASPP and last head conv+BN.
 
-    ``input_size`` (C, H, W) is the sample used to measure channels and strides.
+    ``input_size`` (C, H, W) is the sample used to measure channels and strides; ``tracer_kwargs``
+    reaches the FX tracer (see ``find_taps``).
     """
-    graph = trace(model)
-    names = stage_end_nodes(model, graph) + head_tap_nodes(model, graph, "classifier")
-    return find_taps(model, input_size=input_size, nodes=names)
+    graph = trace(model, tracer_kwargs=tracer_kwargs)
+    names = stage_end_nodes(model, graph, tracer_kwargs) + head_tap_nodes(model, graph, "classifier")
+    return find_taps(model, input_size=input_size, nodes=names, tracer_kwargs=tracer_kwargs)

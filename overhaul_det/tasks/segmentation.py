@@ -39,12 +39,13 @@ def _build(spec: ModelSpec, num_classes: int) -> nn.Module:
                            "a timm/torchvision backbone or deeplabv3_* name")
 
 
-def _resolve_taps(model: nn.Module, spec: TapSpec, input_size: Sequence[int]) -> List[Tap]:
+def _resolve_taps(model: nn.Module, spec: TapSpec, input_size: Sequence[int],
+                  tracer_kwargs: Optional[dict] = None) -> List[Tap]:
     if spec is None:
-        return segmenter_taps(model, input_size)
+        return segmenter_taps(model, input_size, tracer_kwargs)
     if all(isinstance(tap, Tap) for tap in spec):
         return list(spec)
-    return find_taps(model, input_size=input_size, nodes=list(spec))
+    return find_taps(model, input_size=input_size, nodes=list(spec), tracer_kwargs=tracer_kwargs)
 
 
 def _build_distiller(teacher: nn.Module, student: nn.Module, ofd: dict) -> FeatureDistiller:
@@ -52,8 +53,8 @@ def _build_distiller(teacher: nn.Module, student: nn.Module, ofd: dict) -> Featu
     ofd = dict(ofd)
     input_size = ofd.pop("input_size", None) or DEFAULT_INPUT_SIZE
     teacher_input_size = ofd.pop("teacher_input_size", None) or input_size
-    t_taps = _resolve_taps(teacher, ofd.pop("teacher_taps", None), teacher_input_size)
-    s_taps = _resolve_taps(student, ofd.pop("student_taps", None), input_size)
+    t_taps = _resolve_taps(teacher, ofd.pop("teacher_taps", None), teacher_input_size, ofd.get("tracer_kwargs"))
+    s_taps = _resolve_taps(student, ofd.pop("student_taps", None), input_size, ofd.get("tracer_kwargs"))
     if "pairs" not in ofd:
         if len(s_taps) != len(t_taps):
             raise ValueError(
