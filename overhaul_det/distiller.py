@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .eager_grad import eager_term
 from .ofd import (DataMarginEstimator, Regressor, TokenRegressor, bn_margin, margin_relu, ofd_loss,
                   ofd_loss_reference)
-from .taps import Tap, TapExtractor, attach_taps, capture_taps, find_taps
+from .taps import SampleRunError, Tap, TapExtractor, attach_taps, capture_taps, find_taps
 
 __all__ = ["FeatureDistiller", "pair_taps", "default_tap_weights"]
 
@@ -93,13 +93,19 @@ def _resolve_taps(model: nn.Module, spec: TapSpec, input_size, min_stride: int, 
 
 def _check_input_size(model: nn.Module, taps: Sequence[Tap], input_size, min_stride: int, role: str,
                       tracer_kwargs: Optional[dict] = None) -> None:
-    """Stop when the input is smaller than the model's deepest stride (measured at 224 px): the
-    last stages would then collapse to 1x1 and their taps merge or get wrong strides."""
+    """Stop when the input is smaller than the model's deepest stride measured at 224 px: the last
+    stages would then collapse to 1x1 and their taps merge or get wrong strides. A model that cannot
+    run at 224 px (a fixed-size network, e.g. CIFAR's AvgPool2d(8) + fc) is taken at the given size."""
     side = min(input_size[-2:]) if isinstance(input_size, (tuple, list)) else input_size
     if side is None or side >= _REFERENCE_SIZE or any(t.channel_last for t in taps):
         return
-    reference = find_taps(model, input_size=(_REFERENCE_SIZE, _REFERENCE_SIZE), min_stride=min_stride,
-                          tracer_kwargs=tracer_kwargs)
+    try:
+        reference = find_taps(model, input_size=(_REFERENCE_SIZE, _REFERENCE_SIZE), min_stride=min_stride,
+                              tracer_kwargs=tracer_kwargs)
+    except SampleRunError:
+        logger.info("%s %s does not run at %d px; %d px is taken as its own input size", role, type(model).__name__,
+                    _REFERENCE_SIZE, side)
+        return
     deepest = max(t.stride for t in reference)
     if side < deepest:
         raise ValueError(

@@ -219,6 +219,10 @@ def _sample_input(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tens
     return torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
 
 
+class SampleRunError(ValueError):
+    """The model could not run on the sample input used to measure shapes (e.g. a fixed-size head)."""
+
+
 def _propagate_shapes(model: nn.Module, graph: fx.Graph, sample: Tensor) -> None:
     was_training = model.training
     model.eval()
@@ -226,7 +230,7 @@ def _propagate_shapes(model: nn.Module, graph: fx.Graph, sample: Tensor) -> None
         with torch.no_grad():
             ShapeProp(fx.GraphModule(model, graph)).propagate(sample)
     except Exception as error:
-        raise ValueError(
+        raise SampleRunError(
             f"running {type(model).__name__} on a sample of shape {tuple(sample.shape)} failed: {error}. "
             "Pass input_size=(C, H, W) that the model accepts."
         ) from error

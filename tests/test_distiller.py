@@ -20,6 +20,9 @@ from overhaul_det import (
     pair_taps,
 )
 
+from cifar_models import CifarResNet, WideResNet
+from conftest import randomize_bn
+
 SIZE = (3, 64, 64)
 
 
@@ -334,3 +337,24 @@ def test_alpha_warmup_ramps_and_resumes(pair):
     assert fresh.effective_alpha == pytest.approx(0.3)
     with pytest.raises(ValueError, match="alpha_warmup"):
         FeatureDistiller(copy.deepcopy(teacher), copy.deepcopy(student), input_size=SIZE, alpha_warmup=-1)
+
+
+@pytest.mark.parametrize("teacher, student, taps", [
+    (CifarResNet(56), CifarResNet(20), ["layer1.8.bn2", "layer2.8.bn2", "layer3.8.bn2"]),
+    # pre-activation: a stage ends before the next block's BN-ReLU; the last before the final one
+    (WideResNet(40, 2), WideResNet(16, 2), ["block2.0.bn1", "block3.0.bn1", "bn"]),
+])
+def test_fixed_size_cifar_pairs_distil_at_their_own_size(teacher, student, taps):
+    """CIFAR networks cannot run at the 224 px reference; the given 32 px is then their size."""
+    distiller = FeatureDistiller(randomize_bn(teacher), student, input_size=(3, 32, 32), min_stride=1).train()
+    assert [t.norm for t in distiller.teacher_taps] == taps
+    assert [t.stride for t in distiller.student_taps] == [1, 2, 4]
+    out, losses = distiller(torch.randn(4, 3, 32, 32))
+    (F.cross_entropy(out, torch.tensor([0, 1, 2, 3])) + losses["loss_ofd"]).backward()
+    assert out.shape == (4, 10) and student.conv1.weight.grad is not None
+
+
+def test_input_below_the_deepest_stride_is_refused(pair):
+    teacher, student = pair
+    with pytest.raises(ValueError, match="at least 32x32"):
+        FeatureDistiller(teacher, student, input_size=(3, 16, 16))
