@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import torch
 from mmengine.config import Config
 
 from .engine.history import read_val_history
 from .engine.runner import build_runner, load_config
 from .export import export_student
+from .provenance import git_commit
 
 __all__ = ["run_demo", "REPO", "TEACHER_CONFIG", "STUDENT_CONFIG", "TEACHER_CHECKPOINT"]
 
@@ -109,8 +111,11 @@ def run_demo(work_dir: str = "work_dirs/demo", epochs: Optional[int] = None, ret
     ofd = _train_student(out, "ofd", alpha, TEACHER_CHECKPOINT, epochs)
     results = [baseline, ofd]
     _plot(results, teacher_top1, out / "demo_accuracy.png")
-    summary = dict(teacher_top1=teacher_top1, results=results, total_seconds=time.perf_counter() - start)
+    origin = dict(commit=git_commit(REPO), torch=torch.__version__, threads=torch.get_num_threads(),
+                  seed=load_config(str(STUDENT_CONFIG)).randomness.seed)
+    summary = dict(teacher_top1=teacher_top1, results=results, total_seconds=time.perf_counter() - start, **origin)
     (out / "demo_results.json").write_text(json.dumps(summary, indent=2))
     sys.stdout.write("\n" + _table(teacher_top1, teacher_seconds, results, trained) + "\n")
+    sys.stdout.write("commit {commit}, torch {torch}, {threads} thread(s), seed {seed}\n".format(**origin))
     sys.stdout.write(f"plot: {out / 'demo_accuracy.png'}   results: {out / 'demo_results.json'}\n")
     return 0

@@ -1,6 +1,9 @@
-# The demo pair: timm resnet18 teacher -> timm mobilenetv3_small_050 student (0.58M params),
+# The demo pair: torchvision resnet18 teacher -> timm mobilenetv3_small_050 student (0.58M params),
 # on a fixed 5k-image subset of Fashion-MNIST (the regime where a teacher knows more than the
 # student learns alone), 32 px. Baseline: --cfg-options model.ofd.alpha=0
+# alpha 1e-2: at 3e-2 the OFD term starts ~40x the cross-entropy, the student's BatchNorm running
+# statistics fall behind its batch statistics in the first epoch (test accuracy near chance on some
+# seeds) and the final accuracy moved by up to 7 points with float rounding (docs/results.md).
 _base_ = [
     '../_base_/datasets/fashion_mnist.py',
     '../_base_/schedules/fashion_mnist_short.py',
@@ -23,7 +26,7 @@ model = dict(
     teacher=dict(name='resnet18', checkpoint='checkpoints/fashionmnist_resnet18_teacher.safetensors'),
     student=dict(name='mobilenetv3_small_050'),
     num_classes=10,
-    ofd=dict(alpha=3e-2, margin='auto', teacher_bn='train', input_size=(3, image_size, image_size)),
+    ofd=dict(alpha=1e-2, margin='auto', teacher_bn='train', input_size=(3, image_size, image_size)),
     kd_weight=0.0,
     kd_temperature=4.0,
     data_preprocessor={{_base_.data_preprocessor}},
