@@ -236,6 +236,19 @@ def test_data_margin_is_mean_of_negatives_over_batches():
     torch.testing.assert_close(DataMarginEstimator.from_features(batches), margin, rtol=0, atol=0)
 
 
+def test_data_margin_of_gaussian_bn_output_equals_bn_margin():
+    """A BatchNorm on batch statistics fed Gaussian responses outputs N(beta, gamma^2) per channel,
+    whose negative mean is what the BN margin computes in closed form."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(6).train()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.0, 1.5, -0.8, 1.2, 0.7]))
+        bn.bias.copy_(torch.tensor([-0.5, 0.0, 0.5, 0.3, 1.0, -1.0]))
+        features = [bn(torch.randn(64, 6, 32, 32) * 3 + 1) for _ in range(4)]
+    data = DataMarginEstimator.from_features(features)
+    torch.testing.assert_close(data, bn_margin(bn), rtol=0.02, atol=0)
+
+
 def test_data_margin_channel_last_and_never_negative():
     tokens = [torch.randn(2, 9, 3) for _ in range(3)]
     for t in tokens:
