@@ -48,6 +48,19 @@ def build_model(source: str, name: str, **kwargs) -> nn.Module:
     return copy.deepcopy(_PRISTINE[key])
 
 
+def snapshot_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """A copy of ``model``'s state_dict, to compare with later (``assert_same_state``)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(model: nn.Module, snapshot: Dict[str, torch.Tensor]) -> None:
+    """``model``'s state_dict has the snapshot's keys, in order, with equal dtypes and values."""
+    state = model.state_dict()
+    assert list(state) == list(snapshot)
+    for key, value in snapshot.items():
+        assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+
+
 @torch.no_grad()
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm random affine params (both signs of gamma) and running statistics."""

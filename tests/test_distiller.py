@@ -21,7 +21,7 @@ from overhaul_det import (
 )
 
 from cifar_models import CifarResNet, WideResNet
-from conftest import randomize_bn
+from conftest import assert_same_state, randomize_bn, snapshot_state
 
 SIZE = (3, 64, 64)
 
@@ -36,17 +36,6 @@ def _x(batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, *SIZE)
 
 
-def _snapshot(model: nn.Module):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _assert_same_state(model: nn.Module, snapshot) -> None:
-    state = model.state_dict()
-    assert list(state) == list(snapshot)
-    for key, value in snapshot.items():
-        assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
-
-
 def _teacher_train_features(teacher: nn.Module, taps, x: torch.Tensor):
     """Teacher tap tensors from a deep copy run with BN in train mode (independent of TapExtractor)."""
     clone = copy.deepcopy(teacher).train()
@@ -58,11 +47,11 @@ def _teacher_train_features(teacher: nn.Module, taps, x: torch.Tensor):
 
 def test_distiller_trains_student_and_leaves_teacher_untouched(pair):
     teacher, student = pair
-    snapshot = _snapshot(teacher)
+    snapshot = snapshot_state(teacher)
     distiller = FeatureDistiller(teacher, student, input_size=SIZE)
     distiller.train()
     assert not teacher.training and student.training
-    student_before = _snapshot(student)
+    student_before = snapshot_state(student)
     # the optimizer sees every parameter, the teacher's included: nothing may reach them
     optimizer = torch.optim.SGD(distiller.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     for step in range(3):
@@ -78,7 +67,7 @@ def test_distiller_trains_student_and_leaves_teacher_untouched(pair):
             assert all(p.grad is not None for p in student.parameters())
             assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.regressors.parameters())
         optimizer.step()
-    _assert_same_state(teacher, snapshot)
+    assert_same_state(teacher, snapshot)
     assert all(not p.requires_grad for p in teacher.parameters())
     assert any(not torch.equal(v, student.state_dict()[k]) for k, v in student_before.items())
 
@@ -158,7 +147,7 @@ def test_distiller_defaults_weights_and_bn_margins(pair):
 
 def test_distiller_data_margins_calibrate(pair):
     teacher, student = pair
-    snapshot = _snapshot(teacher)
+    snapshot = snapshot_state(teacher)
     distiller = FeatureDistiller(teacher, student, input_size=SIZE, margin="data")
     assert not bool(distiller.margins_calibrated)
     batches = [_x() for _ in range(3)]
@@ -171,7 +160,7 @@ def test_distiller_data_margins_calibrate(pair):
         expected = negatives.sum(1) / (values < 0).sum(1).clamp_min(1)
         torch.testing.assert_close(margin.double(), expected, rtol=1e-5, atol=1e-7)
         assert (margin < 0).any() and (margin <= 0).all()
-    _assert_same_state(teacher, snapshot)
+    assert_same_state(teacher, snapshot)
 
 
 def test_distiller_data_margins_from_first_batch(pair):

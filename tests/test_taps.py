@@ -13,6 +13,8 @@ from overhaul_det import (FeatureDistiller, TapExtractor, attach_taps, capture_t
                           graph_node_names)
 from overhaul_det.taps import trace
 
+from conftest import assert_same_state, snapshot_state
+
 SIZE = (3, 64, 64)
 
 MODELS = [
@@ -340,17 +342,6 @@ def test_detach_taps_restores(make_model, randomized):
 # TapExtractor
 
 
-def _snapshot(model: nn.Module):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _assert_same_state(model: nn.Module, snapshot) -> None:
-    state = model.state_dict()
-    assert list(state) == list(snapshot)
-    for key, value in snapshot.items():
-        assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
-
-
 def _captured(model: nn.Module, taps, x: torch.Tensor, train: bool):
     """Tap tensors of a deep copy run in the given mode (the copy's BN statistics may move)."""
     clone = copy.deepcopy(model).train(train)
@@ -364,14 +355,14 @@ def _captured(model: nn.Module, taps, x: torch.Tensor, train: bool):
 def test_tap_extractor_batch_statistics(make_model, randomized, source, name):
     model = randomized(make_model(source, name)).eval()
     taps = find_taps(model, input_size=SIZE)
-    snapshot = _snapshot(model)
+    snapshot = snapshot_state(model)
     x = _x()
     extractor = TapExtractor(model, taps, batch_stats=True)
     with torch.no_grad():
         first = extractor(x)
         second = extractor(x)
     assert sorted(first) == sorted(t.name for t in taps)
-    _assert_same_state(model, snapshot)
+    assert_same_state(model, snapshot)
     assert not model.training and "forward" not in model.__dict__
 
     expected = _captured(model, taps, x, train=True)
@@ -381,21 +372,21 @@ def test_tap_extractor_batch_statistics(make_model, randomized, source, name):
         assert torch.equal(first[tap.name], second[tap.name])
         assert not torch.allclose(first[tap.name], eval_features[tap.name], atol=1e-3)
         assert first[tap.name].min() < 0
-    _assert_same_state(model, snapshot)
+    assert_same_state(model, snapshot)
 
 
 @pytest.mark.parametrize("source,name", [("tv", "resnet50"), ("timm", "efficientnet_b0")])
 def test_tap_extractor_eval_statistics(make_model, randomized, source, name):
     model = randomized(make_model(source, name)).eval()
     taps = find_taps(model, input_size=SIZE)
-    snapshot = _snapshot(model)
+    snapshot = snapshot_state(model)
     x = _x()
     with torch.no_grad():
         got = TapExtractor(model, taps, batch_stats=False)(x)
     expected = _captured(model, taps, x, train=False)
     for tap in taps:
         torch.testing.assert_close(got[tap.name], expected[tap.name], rtol=1e-5, atol=1e-5)
-    _assert_same_state(model, snapshot)
+    assert_same_state(model, snapshot)
 
 
 def test_tap_extractor_frozen_bn_used_as_is(make_model, randomized):
@@ -405,14 +396,14 @@ def test_tap_extractor_frozen_bn_used_as_is(make_model, randomized):
     model = randomized(resnet18(norm_layer=FrozenBatchNorm2d)).eval()
     taps = find_taps(model, input_size=SIZE)
     assert [t.norm for t in taps] == [f"layer{i}.1.bn2" for i in range(1, 5)]
-    snapshot = _snapshot(model)
+    snapshot = snapshot_state(model)
     x = _x()
     with torch.no_grad():
         got = TapExtractor(model, taps, batch_stats=True)(x)
     expected = _captured(model, taps, x, train=False)
     for tap in taps:
         torch.testing.assert_close(got[tap.name], expected[tap.name], rtol=1e-5, atol=1e-5)
-    _assert_same_state(model, snapshot)
+    assert_same_state(model, snapshot)
 
 
 def test_capture_survives_inplace_activation_behind_identity():

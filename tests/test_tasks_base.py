@@ -9,15 +9,7 @@ from overhaul_det.tasks.classification import ClassificationDistiller
 from overhaul_det.tasks.detection import DetectionDistiller
 from overhaul_det.tasks.segmentation import SegmentationDistiller
 
-
-def _state(module):
-    return {k: v.clone() for k, v in module.state_dict().items()}
-
-
-def _assert_unchanged(module, before):
-    after = module.state_dict()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
+from conftest import assert_same_state, snapshot_state
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +34,9 @@ def test_classification_runner_init_keeps_loaded_weights(checkpoints, alpha, kd_
         teacher=dict(name="resnet18d", checkpoint=str(checkpoints["resnet18d"])),
         student=dict(name="resnet10t", checkpoint=str(checkpoints["resnet10t"])),
         num_classes=10, ofd=dict(alpha=alpha, input_size=(3, 64, 64)), kd_weight=kd_weight)
-    before = _state(model)
+    before = snapshot_state(model)
     model.init_weights()  # what mmengine's Runner calls before training
-    _assert_unchanged(model, before)
+    assert_same_state(model, before)
     expected = torch.load(checkpoints["resnet18d"], weights_only=True)
     assert torch.equal(model.teacher.conv1[0].weight, expected["conv1.0.weight"])
 
@@ -56,6 +48,6 @@ def test_detection_and_segmentation_runner_init_keep_weights():
                                       student=dict(backbone="resnet10t", channels=32), num_classes=3,
                                       ofd=dict(alpha=1e-3, input_size=(3, 64, 64)))
     for model in (detector, segmenter):
-        before = _state(model)
+        before = snapshot_state(model)
         model.init_weights()
-        _assert_unchanged(model, before)
+        assert_same_state(model, before)
