@@ -12,11 +12,13 @@ outputs, parameter names and numerics are unchanged; tensors at the taps are cap
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import inspect
 import logging
 import math
 import operator
+import re
 import types
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -34,6 +36,7 @@ __all__ = [
     "capture_taps",
     "TapExtractor",
     "graph_node_names",
+    "qualified_name",
     "trace",
 ]
 
@@ -133,7 +136,8 @@ def _resolve(item: Any) -> Any:
 
 
 class _PathTracer(fx.Tracer):
-    """FX tracer that stores the module path of every node in ``node.meta['module_path']``.
+    """FX tracer that stores the module path of every node in ``node.meta['module_path']`` and its
+    qualified name (``layer1.2.add``, as torchvision's ``get_graph_node_names``) in ``node.meta['qualname']``.
 
     ``tracer_kwargs`` follows torchvision's feature extraction: ``leaf_modules`` (module types
     traced as single calls), ``autowrap_functions`` and ``autowrap_modules`` (functions and
@@ -154,6 +158,7 @@ class _PathTracer(fx.Tracer):
         super().__init__(autowrap_functions=functions, param_shapes_constant=True, **extra)
         self.leaves = _leaf_types() + tuple(_resolve(m) for m in options.get("leaf_modules", ()))
         self.current_path = ""
+        self._qualnames: set = set()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, self.leaves):
@@ -171,7 +176,28 @@ class _PathTracer(fx.Tracer):
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *rest, **kw):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *rest, **kw)
         proxy.node.meta["module_path"] = self.current_path
+        proxy.node.meta["qualname"] = self._qualname(proxy.node)
         return proxy
+
+    def _qualname(self, node: fx.Node) -> str:
+        """A module call is named by its module path, any other op by ``path.op``; the n-th repeat of
+        a name within its module gets ``_n`` (FX's own suffixes count across the whole graph)."""
+        if node.op == "call_module":
+            base = str(node.target)
+        else:
+            op = re.sub(r"_\d+$", "", node.name)
+            base = f"{self.current_path}.{op}" if self.current_path else op
+        name, repeat = base, 0
+        while name in self._qualnames:
+            repeat += 1
+            name = f"{base}_{repeat}"
+        self._qualnames.add(name)
+        return name
+
+
+def qualified_name(node: fx.Node) -> str:
+    """The name a tap or ``nodes=[...]`` uses for ``node``: stable when upstream adds ops elsewhere."""
+    return node.meta.get("qualname", node.name)
 
 
 def _concrete_defaults(model: nn.Module) -> Dict[str, Any]:
@@ -552,12 +578,12 @@ def _make_tap(root: nn.Module, node: fx.Node, sample: Tensor, activation: Option
     layout = _layout(shape, sample)
     if layout is None:
         raise TypeError(
-            f"tap node '{node.name}' has output {shape if shape else type(node.meta.get('tensor_meta')).__name__}; "
+            f"tap node '{qualified_name(node)}' has output {shape if shape else type(node.meta.get('tensor_meta')).__name__}; "
             "OFD taps must be feature maps (N, C, H, W) / (N, H, W, C) or tokens (N, L, C). Pick another node."
         )
     kind, channels, stride = layout
     return Tap(
-        name=node.name,
+        name=qualified_name(node),
         channels=channels,
         stride=stride,
         norm=_feeding_norm(root, node) if kind == "nchw" else None,
@@ -568,10 +594,20 @@ def _make_tap(root: nn.Module, node: fx.Node, sample: Tensor, activation: Option
     )
 
 
-def graph_node_names(model: nn.Module, tracer_kwargs: Optional[Dict[str, Sequence[Any]]] = None) -> List[str]:
-    """Names of the nodes of ``model``'s eval-mode graph, usable as ``find_taps(nodes=...)``."""
-    return [n.name for n in trace(model, tracer_kwargs=tracer_kwargs).nodes
-            if n.op not in ("placeholder", "output", "get_attr")]
+def _closest(name: str, candidates: Sequence[str]) -> str:
+    """'name' (closest: a, b, c), for an error about an unknown node name."""
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+    return f"'{name}' (closest: {', '.join(close)})" if close else f"'{name}'"
+
+
+def graph_node_names(model: nn.Module, tracer_kwargs: Optional[Dict[str, Sequence[Any]]] = None
+                     ) -> Tuple[List[str], List[str]]:
+    """Qualified names of the nodes of ``model``'s train-mode and eval-mode graphs, as torchvision's
+    ``get_graph_node_names``; ``find_taps(nodes=...)`` takes eval names that the train graph also has."""
+    return tuple(
+        [qualified_name(n) for n in trace(model, training=training, tracer_kwargs=tracer_kwargs).nodes
+         if n.op not in ("placeholder", "output", "get_attr")]
+        for training in (True, False))
 
 
 def find_taps(
@@ -584,7 +620,7 @@ def find_taps(
 ) -> List[Tap]:
     """Return the OFD taps of ``model``: one per stage end, before the activation closing it.
 
-    ``nodes`` picks taps by FX node name instead (see ``graph_node_names``); ``input_size`` is
+    ``nodes`` picks taps by qualified node name instead (see ``graph_node_names``); ``input_size`` is
     the (C, H, W) or (H, W) of the sample used to measure shapes and strides;
     ``position='post'`` takes the stage outputs after their activation (the paper's ablation);
     ``tracer_kwargs`` reaches the FX tracer (``leaf_modules``, ``autowrap_functions``, ...).
@@ -595,13 +631,14 @@ def find_taps(
     sample = _sample_input(model, input_size)
     _propagate_shapes(model, graph, sample)
     if nodes is not None:
-        by_name = {n.name: n for n in graph.nodes}
+        by_name = {qualified_name(n): n for n in graph.nodes}
         missing = [name for name in nodes if name not in by_name]
         if missing:
-            valid = [n.name for n in graph.nodes if _layout(_shape(n), sample) is not None]
+            valid = [qualified_name(n) for n in graph.nodes if _layout(_shape(n), sample) is not None]
             raise ValueError(
-                f"unknown tap node(s) {missing} in {type(model).__name__}; valid feature nodes are: "
-                + ", ".join(valid[:300]) + (" ..." if len(valid) > 300 else "")
+                f"unknown tap node(s) in {type(model).__name__}: "
+                + "; ".join(_closest(name, valid) for name in missing)
+                + ". graph_node_names(model) lists every node."
             )
         return [_make_tap(model, by_name[n], sample, _consumer_activation(model, by_name[n])) for n in nodes]
     taps = []
@@ -626,33 +663,16 @@ def find_taps(
 # Rewriting
 
 
-def _node_key(node: fx.Node, graph: fx.Graph) -> Tuple[str, str, int]:
-    """A name-independent identity of a node: module path, target, occurrence in that module."""
-    key = (node.meta.get("module_path", ""), str(node.target))
-    count = 0
-    for other in graph.nodes:
-        if other is node:
-            return (*key, count)
-        if (other.meta.get("module_path", ""), str(other.target)) == key:
-            count += 1
-    raise KeyError(node.name)
-
-
-def _locate(graph: fx.Graph, reference: fx.Graph, names: Sequence[str]) -> Dict[str, fx.Node]:
-    """Find in ``graph`` the nodes that ``names`` denote in ``reference`` (same model, other mode)."""
-    by_name = {n.name: n for n in reference.nodes}
-    wanted = {_node_key(by_name[name], reference): name for name in names}
-    found, counts = {}, {}
-    for node in graph.nodes:
-        key = (node.meta.get("module_path", ""), str(node.target))
-        k = counts.get(key, 0)
-        counts[key] = k + 1
-        if (*key, k) in wanted:
-            found[wanted[(*key, k)]] = node
-    lost = [n for n in names if n not in found]
+def _locate(graph: fx.Graph, names: Sequence[str], mode: str) -> Dict[str, fx.Node]:
+    """The nodes of ``graph`` (``model``'s graph in ``mode``) that carry the qualified ``names``."""
+    by_name = {qualified_name(n): n for n in graph.nodes}
+    lost = [name for name in names if name not in by_name]
     if lost:
-        raise ValueError(f"tap node(s) {lost} exist in the eval graph but not in the train graph")
-    return found
+        raise ValueError(
+            f"tap node(s) {lost} are not in the {mode}-mode graph ("
+            + "; ".join(_closest(name, list(by_name)) for name in lost)
+            + "); pick nodes that graph_node_names(model) lists in both modes")
+    return {name: by_name[name] for name in names}
 
 
 _ALIAS_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "expand", "squeeze",
@@ -748,12 +768,11 @@ def attach_taps(model: nn.Module, taps: Sequence[Tap],
     ``tracer_kwargs`` the taps were found with.
     """
     names = [t.name for t in taps]
-    reference = trace(model, training=False, tracer_kwargs=tracer_kwargs)
     functions = {}
     model._ofd_capture = _CaptureStore()
     for training in (False, True):
-        graph = reference if not training else trace(model, training=True, tracer_kwargs=tracer_kwargs)
-        nodes = _locate(graph, reference, names)
+        graph = trace(model, training=training, tracer_kwargs=tracer_kwargs)
+        nodes = _locate(graph, names, "train" if training else "eval")
         _insert_captures(model, graph, nodes)
         functions[training] = _compile(model, graph)
     eval_fn, train_fn = functions[False], functions[True]
@@ -823,8 +842,7 @@ class TapExtractor:
         self.model = model
         self.names = [t.name for t in taps]
         graph = trace(model, training=False, tracer_kwargs=tracer_kwargs)
-        by_name = {n.name: n for n in graph.nodes}
-        nodes = {name: by_name[name] for name in self.names}
+        nodes = _locate(graph, self.names, "eval")
         for node in nodes.values():
             _make_consumers_out_of_place(model, graph, node)
         output = next(n for n in graph.nodes if n.op == "output")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import operator
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 
 from overhaul_det import (FeatureDistiller, TapExtractor, attach_taps, capture_taps, detach_taps, find_taps,
                           graph_node_names)
-from overhaul_det.taps import trace
+from overhaul_det.taps import qualified_name, trace
 
 from conftest import assert_same_state, snapshot_state
 
@@ -35,7 +36,7 @@ def _x(batch: int = 2) -> torch.Tensor:
 
 
 def _nodes(model: nn.Module):
-    return {n.name: n for n in trace(model).nodes}
+    return {qualified_name(n): n for n in trace(model).nodes}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,20 +122,76 @@ def test_linear_bottleneck_taps_are_pre_activation_bn_outputs(make_model, random
             assert feats[tap.name].min() < 0, f"{tap.name} lost its negative half"
 
 
-def test_find_taps_unknown_node_lists_valid_names(make_model):
+def test_find_taps_unknown_node_names_the_closest(make_model):
     model = make_model("tv", "resnet18")
     with pytest.raises(ValueError) as info:
-        find_taps(model, input_size=SIZE, nodes=["add_1", "layer9_add"])
+        find_taps(model, input_size=SIZE, nodes=["layer1.1.add", "layer9.0.add", "layer2.1.bn_2"])
     message = str(info.value)
-    assert "layer9_add" in message and "ResNet" in message
-    for valid in ("add_1", "add_7", "layer1_0_conv1"):
-        assert valid in message
+    assert "layer9.0.add" in message and "ResNet" in message and "graph_node_names" in message
+    assert "'layer2.1.bn_2' (closest: layer2.1.bn2" in message
+    assert len(message) < 600, "the error lists the closest names, not the whole graph"
+
+
+def test_node_names_are_torchvision_qualified_names(make_model):
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    model = make_model("tv", "resnet50")
+    ours, theirs = graph_node_names(model), get_graph_node_names(model)
+    for mode in (0, 1):
+        assert ours[mode] == [name for name in theirs[mode] if name != "x"]
+    assert [t.name for t in find_taps(model, input_size=SIZE)] == [
+        "layer1.2.add", "layer2.3.add", "layer3.5.add", "layer4.2.add"]
+
+
+class _ExtraStemOp(nn.Module):
+    """resnet18 with one more add in its stem: FX's global names (add_3, ...) of every later add shift."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        body = self.body
+        x = body.maxpool(body.relu(body.bn1(body.conv1(x)))) + 1.0
+        x = body.layer4(body.layer3(body.layer2(body.layer1(x))))
+        return body.fc(torch.flatten(body.avgpool(x), 1))
+
+
+def test_tap_names_do_not_shift_when_an_op_is_added_upstream(make_model):
+    plain = make_model("tv", "resnet18")
+    wrapped = _ExtraStemOp(plain)
+    assert [t.name.removeprefix("body.") for t in find_taps(wrapped, input_size=SIZE)] == \
+        [t.name for t in find_taps(plain, input_size=SIZE)]
+    fx_names = {qualified_name(n): n.name for n in trace(plain).nodes}
+    wrapped_fx_names = {qualified_name(n).removeprefix("body."): n.name for n in trace(wrapped).nodes}
+    assert fx_names["layer2.1.add"] != wrapped_fx_names["layer2.1.add"]  # what raw FX names would have done
+
+
+def test_train_only_node_is_refused_by_name(make_model):
+    class TrainNoise(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, 2, 1)
+            self.bn = nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            x = self.bn(self.conv(x))
+            if self.training:
+                x = x + 0.1
+            return torch.relu(x)
+
+    train_names, eval_names = graph_node_names(TrainNoise())
+    assert "add" in train_names and "add" not in eval_names
+    taps = find_taps(TrainNoise(), input_size=(3, 16, 16), nodes=["bn"])
+    attach_taps(TrainNoise(), taps)
+    with pytest.raises(ValueError, match="not in the eval-mode graph"):
+        TapExtractor(TrainNoise(), [dataclasses.replace(taps[0], name="add")])
 
 
 def test_find_taps_explicit_nodes(make_model):
     model = make_model("tv", "resnet18")
-    taps = find_taps(model, input_size=SIZE, nodes=["add_3", "layer1_0_bn1"])
-    assert [t.name for t in taps] == ["add_3", "layer1_0_bn1"]
+    taps = find_taps(model, input_size=SIZE, nodes=["layer2.1.add", "layer1.0.bn1"])
+    assert [t.name for t in taps] == ["layer2.1.add", "layer1.0.bn1"]
     assert [(t.channels, t.stride) for t in taps] == [(128, 8), (64, 4)]
     assert taps[0].norm == "layer2.1.bn2" and taps[1].norm == "layer1.0.bn1"
     assert taps[0].activation == "ReLU"
@@ -191,7 +248,7 @@ def test_tracer_kwargs_reach_every_entry_point(leaf):
     with pytest.raises(ValueError, match="leaf_modules"):
         find_taps(GatedNet(), input_size=(3, 32, 32), min_stride=2)
     options = {"leaf_modules": [leaf]}
-    assert "stages_0_3" in graph_node_names(GatedNet(), tracer_kwargs=options)  # the first Gate, one call
+    assert "stages.0.3" in graph_node_names(GatedNet(), tracer_kwargs=options)[1]  # the first Gate, one call
     taps = find_taps(GatedNet(), input_size=(3, 32, 32), min_stride=2, tracer_kwargs=options)
     assert [t.stride for t in taps] == [2, 4, 8]
     model = attach_taps(GatedNet(), taps, tracer_kwargs=options)

@@ -21,7 +21,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 from ..engine.checkpoint import load_weights_into
 from ..taps import (ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES, PASSTHROUGH_MODULES, Tap, find_taps,
-                    trace)
+                    qualified_name, trace)
 
 __all__ = [
     "Segmenter",
@@ -323,23 +323,9 @@ def _under(node: fx.Node, path: str) -> bool:
     return not path or own == path or own.startswith(path + ".")
 
 
-def _keys(graph: fx.Graph, prefix: str = "") -> Dict[fx.Node, Tuple[str, str, int]]:
-    """A name-free identity of every node: (module path, target, occurrence), paths prefixed by ``prefix``."""
-    def join(path: str) -> str:
-        return ".".join(p for p in (prefix, path) if p)
-
-    keys, counts = {}, {}
-    for node in graph.nodes:
-        target = join(node.target) if node.op in ("call_module", "get_attr") else str(node.target)
-        key = (join(node.meta.get("module_path", "")), target)
-        keys[node] = (*key, counts.get(key, 0))
-        counts[key] = counts.get(key, 0) + 1
-    return keys
-
-
 def stage_end_nodes(model: Segmenter, graph: Optional[fx.Graph] = None, tracer_kwargs: Optional[dict] = None
                     ) -> List[str]:
-    """Node names, in ``model``'s graph, of each backbone stage end before the activation closing it.
+    """Qualified node names, in ``model``'s graph, of each backbone stage end before the activation closing it.
 
     Stages are the backbone outputs that ``model.stages`` picks, found in the backbone's own graph;
     a linear bottleneck's tap is the next block's expansion BN (the official MobileNetV2 position).
@@ -347,15 +333,14 @@ def stage_end_nodes(model: Segmenter, graph: Optional[fx.Graph] = None, tracer_k
     body_graph = trace(model.backbone, tracer_kwargs=tracer_kwargs)
     returned = next(n for n in body_graph.nodes if n.op == "output").args[0]
     returned = list(returned.values()) if isinstance(returned, dict) else list(returned)
-    ends = [_stage_tap(model.backbone, returned[i]) for i in model.stages]
-    body_keys = _keys(body_graph, "backbone")
+    ends = [f"backbone.{qualified_name(_stage_tap(model.backbone, returned[i]))}" for i in model.stages]
     graph = graph if graph is not None else trace(model, tracer_kwargs=tracer_kwargs)
-    by_key = {key: node.name for node, key in _keys(graph).items()}
-    missing = [node.name for node in ends if body_keys[node] not in by_key]
+    names = {qualified_name(node) for node in graph.nodes}
+    missing = [name for name in ends if name not in names]
     if missing:
         raise ValueError(f"backbone nodes {missing} are not in {type(model).__name__}'s graph; the backbone must be "
                          "called once, as model.backbone(x); pick the taps by hand with ofd.student_taps=[...]")
-    return [by_key[body_keys[node]] for node in ends]
+    return ends
 
 
 def head_tap_nodes(head: nn.Module, graph: Optional[fx.Graph] = None, path: str = "") -> List[str]:
@@ -373,7 +358,7 @@ def head_tap_nodes(head: nn.Module, graph: Optional[fx.Graph] = None, path: str 
     project = [n for n in activations if _under(n, f"{aspps[0]}.project")]
     if not project:
         raise ValueError(f"no activation in {aspps[0]}.project; pick the head's tap nodes by hand")
-    return [project[-1].args[0].name, activations[-1].args[0].name]
+    return [qualified_name(project[-1].args[0]), qualified_name(activations[-1].args[0])]
 
 
 def segmenter_taps(model: Segmenter, input_size: Sequence[int] = (3, 128, 128),
