@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .eager_grad import eager_term
 from .ofd import (DataMarginEstimator, Regressor, TokenRegressor, bn_margin, margin_relu, ofd_loss,
                   ofd_loss_reference)
-from .taps import SampleRunError, Tap, TapExtractor, attach_taps, capture_taps, find_taps
+from .taps import Tap, TapExtractor, attach_taps, capture_taps, find_taps
 
 __all__ = ["FeatureDistiller", "pair_taps", "default_tap_weights"]
 
@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 TapSpec = Union[None, Sequence[Tap], Sequence[str]]
 MARGIN_MODES = ("auto", "bn", "data", "none")
 DISTANCES = ("partial_l2", "l2")
-_REFERENCE_SIZE = 224
 
 
 def default_tap_weights(n: int) -> List[float]:
@@ -79,39 +78,24 @@ def _check_layouts(matched: List[Tuple[Tap, Tap]]) -> List[Tuple[Tap, Tap]]:
     return matched
 
 
-def _resolve_taps(model: nn.Module, spec: TapSpec, input_size, min_stride: int, role: str,
+def _resolve_taps(model: nn.Module, spec: TapSpec, input_size, min_stride: int,
                   position: str = "pre", tracer_kwargs: Optional[dict] = None) -> List[Tap]:
     if spec is None:
-        taps = find_taps(model, input_size=input_size, min_stride=min_stride, position=position,
+        return find_taps(model, input_size=input_size, min_stride=min_stride, position=position,
                          tracer_kwargs=tracer_kwargs)
-        _check_input_size(model, taps, input_size, min_stride, role, tracer_kwargs)
-        return taps
     if all(isinstance(t, Tap) for t in spec):
         return list(spec)
     return find_taps(model, input_size=input_size, nodes=list(spec), tracer_kwargs=tracer_kwargs)
 
 
-def _check_input_size(model: nn.Module, taps: Sequence[Tap], input_size, min_stride: int, role: str,
-                      tracer_kwargs: Optional[dict] = None) -> None:
-    """Stop when the input is smaller than the model's deepest stride measured at 224 px: the last
-    stages would then collapse to 1x1 and their taps merge or get wrong strides. A model that cannot
-    run at 224 px (a fixed-size network, e.g. CIFAR's AvgPool2d(8) + fc) is taken at the given size."""
-    side = min(input_size[-2:]) if isinstance(input_size, (tuple, list)) else input_size
-    if side is None or side >= _REFERENCE_SIZE or any(t.channel_last for t in taps):
-        return
-    try:
-        reference = find_taps(model, input_size=(_REFERENCE_SIZE, _REFERENCE_SIZE), min_stride=min_stride,
-                              tracer_kwargs=tracer_kwargs)
-    except SampleRunError:
-        logger.info("%s %s does not run at %d px; %d px is taken as its own input size", role, type(model).__name__,
-                    _REFERENCE_SIZE, side)
-        return
-    deepest = max(t.stride for t in reference)
-    if side < deepest:
+def _check_batch(x: Tensor, taps: Sequence[Tap], model: nn.Module, role: str) -> None:
+    """Refuse a batch smaller than the deepest tap's stride: that tap would see a collapsed map."""
+    deepest = max((t.stride for t in taps if not t.channel_last), default=1)
+    if x.dim() == 4 and min(x.shape[-2:]) < deepest:
         raise ValueError(
-            f"{role} input size {side} px is smaller than the deepest stride ({deepest}) of {type(model).__name__}; "
-            f"use an input of at least {deepest}x{deepest} (ofd.input_size and the dataset's resize)"
-        )
+            f"the {role} ({type(model).__name__}) got a batch of {x.shape[-2]}x{x.shape[-1]} px, smaller than the "
+            f"stride of its deepest tap ({deepest}): resize the data to at least {deepest}x{deepest} px, and build the "
+            "distiller at the data's size (input_size / ofd.input_size)")
 
 
 class FeatureDistiller(nn.Module):
@@ -166,9 +150,9 @@ class FeatureDistiller(nn.Module):
             raise ValueError(f"alpha_warmup={alpha_warmup!r}; give a number of training iterations (0 for none)")
         if teacher_bn not in ("train", "eval"):
             raise ValueError(f"teacher_bn={teacher_bn!r}; choose 'train' (batch statistics) or 'eval'")
-        t_taps = _resolve_taps(teacher, teacher_taps, teacher_input_size or input_size, min_stride, "teacher", position,
+        t_taps = _resolve_taps(teacher, teacher_taps, teacher_input_size or input_size, min_stride, position,
                                tracer_kwargs)
-        s_taps = _resolve_taps(student, student_taps, input_size, min_stride, "student", position, tracer_kwargs)
+        s_taps = _resolve_taps(student, student_taps, input_size, min_stride, position, tracer_kwargs)
         self.pairs = pair_taps(s_taps, t_taps, pairs)
         n = len(self.pairs)
         if weights is not None and len(weights) != n:
@@ -251,6 +235,8 @@ class FeatureDistiller(nn.Module):
     @torch.no_grad()
     def teacher_features(self, *args, **kwargs) -> List[Tensor]:
         """Teacher tensors at the paired taps (no autograd, stops at the last tap)."""
+        if args and isinstance(args[0], Tensor):
+            _check_batch(args[0], self.teacher_taps, self.teacher, "teacher")
         features = self._teacher_extractor(*args, **kwargs)
         return [features[t.name] for _, t in self.pairs]
 
@@ -372,6 +358,7 @@ class FeatureDistiller(nn.Module):
 
     def forward(self, x: Tensor) -> Tuple[object, Dict[str, Tensor]]:
         """Student output and {'loss_ofd': loss} for a batch both models see as it is."""
+        _check_batch(x, self.student_taps, self.student, "student")
         with self.capture_student() as captured:
             out = self.student(x)
             student_feats = self._student_list(captured)

@@ -37,6 +37,7 @@ __all__ = [
     "TapExtractor",
     "graph_node_names",
     "qualified_name",
+    "smallest_input_size",
     "trace",
 ]
 
@@ -53,6 +54,7 @@ ACTIVATION_FUNCTIONS = {
 ACTIVATION_METHODS = {"relu", "relu_", "hardtanh", "hardtanh_", "clamp_min", "clamp_min_"}
 TIMM_ACTIVATIONS = {"swish", "swishme", "hardswish", "hardswishme", "mish", "mishme", "gelu", "gelutanh",
                     "quickgelu", "hardmish", "hardmishme", "prelu"}
+REFERENCE_SIZE = 224
 PASSTHROUGH_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
 _NOT_LEAVES = ("Conv2dNormActivation", "Conv3dNormActivation", "BatchNormAct2d", "SyncBatchNormAct",
                "FrozenBatchNormAct2d", "MLP")
@@ -556,6 +558,38 @@ def _stage_ends(root: nn.Module, graph: fx.Graph, sample: Tensor, min_stride: in
     return ends
 
 
+def smallest_input_size(model: nn.Module, graph: fx.Graph, min_stride: int = 4) -> Optional[int]:
+    """The smallest side at which no stage of ``model`` collapses: its deepest stage stride measured
+    at the reference size (224 px). None where that does not apply: token models, and models that
+    cannot run at the reference size (fixed-size networks, e.g. CIFAR's AvgPool2d(8) + fc), whose
+    given input size is their own."""
+    sample = _sample_input(model, (REFERENCE_SIZE, REFERENCE_SIZE))
+    try:
+        _propagate_shapes(model, graph, sample)
+    except SampleRunError:
+        logger.info("%s does not run at %d px; the given input size is taken as its own", type(model).__name__,
+                    REFERENCE_SIZE)
+        return None
+    layouts = [_layout(_shape(end), sample) for end in _stage_ends(model, graph, sample, min_stride)]
+    if not layouts or any(layout[0] != "nchw" for layout in layouts):
+        return None
+    return max(layout[2] for layout in layouts)
+
+
+def _check_input_size(model: nn.Module, graph: fx.Graph, sample: Tensor, min_stride: int) -> None:
+    """Refuse an input whose side is below the model's deepest stage stride: its last stages would
+    collapse to 1x1, and their taps merge, move mid-stage or get wrong strides."""
+    side = min(sample.shape[-2:])
+    if side >= REFERENCE_SIZE:
+        return
+    smallest = smallest_input_size(model, graph, min_stride)
+    if smallest is not None and side < smallest:
+        raise ValueError(
+            f"input size {side} px is smaller than the deepest stage stride ({smallest}) of {type(model).__name__}: "
+            f"its last stages would collapse and the taps be wrong. Use an input of at least {smallest}x{smallest} "
+            "(input_size / --input-size, ofd.input_size and the dataset's resize)")
+
+
 def _pre_activation(root: nn.Module, node: fx.Node) -> Tuple[fx.Node, Optional[str]]:
     while _is_passthrough(root, node) and isinstance(node.args[0], fx.Node):
         node = node.args[0]
@@ -629,6 +663,8 @@ def find_taps(
         raise ValueError(f"position={position!r}; choose 'pre' (OFD) or 'post' (after the activation)")
     graph = trace(model, tracer_kwargs=tracer_kwargs)
     sample = _sample_input(model, input_size)
+    if nodes is None:
+        _check_input_size(model, graph, sample, min_stride)
     _propagate_shapes(model, graph, sample)
     if nodes is not None:
         by_name = {qualified_name(n): n for n in graph.nodes}

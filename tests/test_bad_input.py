@@ -88,6 +88,10 @@ def _input_smaller_than_stride(tmp: Path) -> Dict[str, str]:
                 data="batch_size=4, dataset=dict(resize=16, num_samples=8)")
 
 
+def _data_smaller_than_stride(tmp: Path) -> Dict[str, str]:
+    return dict(data="batch_size=4, dataset=dict(resize=16, num_samples=8)")
+
+
 class Case(NamedTuple):
     setup: Callable[[Path], Dict[str, str]]  # config fragments: teacher=..., model=..., data=...
     message: str  # regex on the error line, after "overhaul-det train: error: "
@@ -113,8 +117,11 @@ CASES: Dict[str, Case] = {
                                                        r"checkpoint \S+/teacher\.safetensors does not match resnet18"),
     "teacher checkpoint missing": Case(_teacher_checkpoint_missing, r"checkpoint \S+/nowhere\.pth does not exist$"),
     "student input smaller than its stride": Case(_input_smaller_than_stride,
-                                                  r"student input size 16 px is smaller than the deepest stride \(32\) "
-                                                  r"of MobileNetV3; use an input of at least 32x32"),
+                                                  r"input size 16 px is smaller than the deepest stage stride \(32\) "
+                                                  r"of MobileNetV3: .* Use an input of at least 32x32"),
+    "data smaller than the stride, no ofd.input_size": Case(
+        _data_smaller_than_stride, r"the student \(MobileNetV3\) got a batch of 16x16 px, smaller than the stride of "
+                                   r"its deepest tap \(32\): resize the data to at least 32x32 px"),
 }
 
 

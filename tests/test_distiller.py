@@ -347,3 +347,13 @@ def test_input_below_the_deepest_stride_is_refused(pair):
     teacher, student = pair
     with pytest.raises(ValueError, match="at least 32x32"):
         FeatureDistiller(teacher, student, input_size=(3, 16, 16))
+
+
+def test_batch_below_the_deepest_tap_stride_is_refused(pair):
+    teacher, student = pair
+    distiller = FeatureDistiller(teacher, student, input_size=(3, 128, 128)).train()
+    distiller(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"got a batch of 16x16 px.*deepest tap \(32\)"):
+        distiller(torch.randn(2, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"the teacher .* got a batch of 16x16 px"):
+        distiller.teacher_features(torch.randn(2, 3, 16, 16))

@@ -188,6 +188,14 @@ def test_train_only_node_is_refused_by_name(make_model):
         TapExtractor(TrainNoise(), [dataclasses.replace(taps[0], name="add")])
 
 
+@pytest.mark.parametrize("side", [8, 16])
+def test_find_taps_refuses_inputs_that_collapse_stages(make_model, side):
+    with pytest.raises(ValueError, match=rf"input size {side} px is smaller than the deepest stage stride \(32\) "
+                                         r"of ResNet.*at least 32x32"):
+        find_taps(make_model("tv", "resnet50"), input_size=(3, side, side))
+    assert [t.stride for t in find_taps(make_model("tv", "resnet50"), input_size=(3, 32, 32))] == [4, 8, 16, 32]
+
+
 def test_find_taps_explicit_nodes(make_model):
     model = make_model("tv", "resnet18")
     taps = find_taps(model, input_size=SIZE, nodes=["layer2.1.add", "layer1.0.bn1"])
