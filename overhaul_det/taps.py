@@ -15,6 +15,7 @@ import contextlib
 import difflib
 import importlib
 import inspect
+import io
 import logging
 import math
 import operator
@@ -255,12 +256,14 @@ def _propagate_shapes(model: nn.Module, graph: fx.Graph, sample: Tensor) -> None
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback
             ShapeProp(fx.GraphModule(model, graph)).propagate(sample)
     except Exception as error:
+        cause = error.__cause__ or error
         raise SampleRunError(
-            f"running {type(model).__name__} on a sample of shape {tuple(sample.shape)} failed: {error}. "
-            "Pass input_size=(C, H, W) that the model accepts."
+            f"{type(model).__name__} does not run on a sample of shape {tuple(sample.shape)}: "
+            f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''} "
+            "Give an input size the model accepts (input_size=(C, H, W) in Python, --input-size in the CLI)."
         ) from error
     finally:
         model.train(was_training)

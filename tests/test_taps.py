@@ -12,7 +12,7 @@ from torch import nn
 
 from overhaul_det import (FeatureDistiller, TapExtractor, attach_taps, capture_taps, detach_taps, find_taps,
                           graph_node_names)
-from overhaul_det.taps import qualified_name, trace
+from overhaul_det.taps import SampleRunError, qualified_name, trace
 
 from conftest import assert_same_state, snapshot_state
 
@@ -194,6 +194,15 @@ def test_find_taps_refuses_inputs_that_collapse_stages(make_model, side):
                                          r"of ResNet.*at least 32x32"):
         find_taps(make_model("tv", "resnet50"), input_size=(3, side, side))
     assert [t.stride for t in find_taps(make_model("tv", "resnet50"), input_size=(3, 32, 32))] == [4, 8, 16, 32]
+
+
+def test_model_that_cannot_run_at_the_size_gets_one_short_error(make_model, capfd):
+    with pytest.raises(SampleRunError) as info:
+        find_taps(make_model("timm", "vit_tiny_patch16_224"), input_size=(3, 128, 128))
+    message = str(info.value)
+    assert message.startswith("VisionTransformer does not run on a sample of shape (2, 3, 128, 128): AssertionError: ")
+    assert "--input-size" in message and "\n" not in message and "ShapeProp" not in message
+    assert capfd.readouterr().err == ""
 
 
 def test_find_taps_explicit_nodes(make_model):
