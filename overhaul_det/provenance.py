@@ -1,21 +1,23 @@
-"""Where a number comes from: the code, the config, the thread count and the torch version of a run.
+"""Where a number comes from: the code, the config, the thread count, the torch version and the CPU of a run.
 
-A recorded result is reused only while all four still hold; the commit is recorded for the
-reader, but the code's content decides, so a commit that changes only docs or tests reruns nothing.
+A recorded result is reused only while all five still hold (the same code rounds differently on
+another CPU); the commit is recorded for the reader, but the code's content decides, so a commit
+that changes only docs or tests reruns nothing.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional
 
-__all__ = ["CODE_PATHS", "code_hash", "git_commit", "config_hash", "stamp", "stale_fields"]
+__all__ = ["CODE_PATHS", "code_hash", "git_commit", "config_hash", "cpu_model", "stamp", "stale_fields"]
 
-# What a training run executes or reads besides its data: the package, the configs, the teachers.
-CODE_PATHS = ("overhaul_det", "configs", "checkpoints", "pyproject.toml")
-DECISIVE = ("code", "config", "threads", "torch")
+# What a training run executes or reads besides its data: the package, the configs, the teachers' weights.
+CODE_PATHS = ("overhaul_det", "configs", "checkpoints/*.safetensors", "pyproject.toml")
+DECISIVE = ("code", "config", "threads", "torch", "cpu")
 
 
 def _digest(chunks) -> str:
@@ -29,7 +31,8 @@ def _code_files(repo: Path) -> List[Path]:
     files = []
     for name in CODE_PATHS:
         path = repo / name
-        candidates = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
+        candidates = (sorted(repo.glob(name)) if "*" in name else [path] if path.is_file()
+                      else sorted(path.rglob("*")) if path.is_dir() else [])
         files += [f for f in candidates if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"]
     return files
 
@@ -64,12 +67,25 @@ def config_hash(config_path: Path, options: Mapping[str, object]) -> str:
     return _digest([json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()])
 
 
-def stamp(repo: Path, config_path: Path, options: Mapping[str, object], threads: int) -> Dict[str, object]:
-    """What a run about to start will be: commit, code hash, config hash, threads, torch version."""
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def stamp(repo: Path, config_path: Path, options: Mapping[str, object], threads: int,
+          code: Optional[str] = None) -> Dict[str, object]:
+    """What a run about to start will be: commit, code hash (``code`` if already computed), config
+    hash, threads, torch version, CPU model."""
     import torch
 
-    return dict(commit=git_commit(repo), code=code_hash(repo), config=config_hash(config_path, options),
-                threads=threads, torch=torch.__version__)
+    return dict(commit=git_commit(repo), code=code or code_hash(repo), config=config_hash(config_path, options),
+                threads=threads, torch=torch.__version__, cpu=cpu_model())
 
 
 def stale_fields(recorded: Mapping[str, object], current: Mapping[str, object]) -> List[str]:

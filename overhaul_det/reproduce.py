@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .engine.history import read_val_history
-from .provenance import git_commit, stamp, stale_fields
+from .provenance import code_hash, git_commit, stamp, stale_fields
 
 __all__ = ["TASKS", "METHODS", "ABLATIONS", "TASK_ABLATIONS", "main", "run_task"]
 
@@ -70,20 +70,22 @@ def _options(overrides: Dict, seed: int, epochs: Optional[int]) -> Dict[str, obj
     return options
 
 
-def _run(task: str, name: str, overrides: Dict, seed: int, threads: int, root: Path, epochs: Optional[int]) -> Dict:
-    """Train one (method, seed, threads); returns the recorded result (from disk while still current)."""
+def _run(task: str, name: str, overrides: Dict, seed: int, threads: int, root: Path, epochs: Optional[int],
+         code: str) -> Dict:
+    """Train one (method, seed, threads); returns the recorded result (from disk while still current).
+    ``code`` is the code hash, computed once for all runs."""
     spec = TASKS[task]
     work_dir = root / task / name.replace(" ", "_").replace("+", "_") / f"threads{threads}" / f"seed{seed}"
     result_file = work_dir / "result.json"
     options = _options(overrides, seed, epochs)
-    current = stamp(REPO, REPO / spec["config"], options, threads)
+    current = stamp(REPO, REPO / spec["config"], options, threads, code)
     if result_file.exists():
         result = json.loads(result_file.read_text())
         stale = stale_fields(result.get("provenance", {}), current)
         if not stale:
             return result
-        logger.info("%s / %s / seed %d / %d threads: rerun, the recorded %s differ", task, name, seed, threads,
-                    ", ".join(stale))
+        logger.info("%s / %s / seed %d / %d threads: rerun, the recorded run differs in %s", task, name, seed,
+                    threads, ", ".join(stale))
     work_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "overhaul_det.cli", "train", str(REPO / spec["config"]), "--work-dir",
                str(work_dir), "--cfg-options", *[f"{k}={v}" for k, v in options.items()]]
@@ -170,8 +172,9 @@ def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations
 
         threads = [torch.get_num_threads()]
     todo = [(name, overrides, seed, n) for n in threads for seed in range(seeds) for name, overrides in runs]
+    code = code_hash(REPO)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(lambda run: _run(task, *run, root, epochs), todo))
+        results = list(pool.map(lambda run: _run(task, *run, root, epochs, code), todo))
     return _report(task, results, seeds, epochs)
 
 
@@ -185,17 +188,20 @@ def collect_task(task: str, root: Path) -> Dict:
     return _report(task, results, max(r["seed"] for r in results) + 1, None)
 
 
+_ORIGIN = (("commit", "unrecorded"), ("code", "-"), ("torch", "-"), ("cpu", "unrecorded"))
+
+
 def _report(task: str, results: List[Dict], seeds: int, epochs: Optional[int]) -> Dict:
     spec = TASKS[task]
-    stamps = sorted({(r.get("provenance", {}).get("commit", "unrecorded"), r.get("provenance", {}).get("code", "-"),
-                      r.get("provenance", {}).get("torch", "-")) for r in results})
+    stamps = sorted({tuple(r.get("provenance", {}).get(key, default) for key, default in _ORIGIN) for r in results})
     return dict(task=task, config=spec["config"], metric=spec["metric"], seeds=seeds, epochs=epochs,
-                commit=git_commit(REPO), runs_from=[dict(commit=c, code=h, torch=t) for c, h, t in stamps],
+                commit=git_commit(REPO), runs_from=[dict(zip((k for k, _ in _ORIGIN), s)) for s in stamps],
                 results=results, summary=_summary(results))
 
 
 def _markdown(report: Dict, command: str, plot: str) -> str:
-    origins = "; ".join(f"commit `{o['commit']}` (code `{o['code']}`, torch {o['torch']})" for o in report["runs_from"])
+    origins = "; ".join(f"commit `{o['commit']}` (code `{o['code']}`, torch {o['torch']}, CPU {o.get('cpu', 'unrecorded')})"
+                        for o in report["runs_from"])
     lines = [f"## {report['task']}", "", f"Table written by `{command}` at commit `{report['commit']}` from runs "
              f"of `overhaul-det reproduce {report['task']}` on `{report['config']}` that ran at {origins} (each run's "
              f"options, history, wall time, thread count and stamp: `results_{report['task']}.json`); metric: test "
@@ -226,6 +232,13 @@ def _paired_lines(results: List[Dict], digits: int) -> List[str]:
     return lines
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a count; give 1 or more")
+    return value
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="overhaul-det reproduce", description=__doc__)
     parser.add_argument("task", choices=sorted(TASKS))
@@ -233,9 +246,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     parser.add_argument("--ablations", action="store_true", help="also the task's ablations (classification: the paper's four; detection: a smaller alpha)")
     parser.add_argument("--methods", nargs="+", help="a subset of the task's methods (runs can go in parallel)")
-    parser.add_argument("--threads", type=int, nargs="+", default=[],
+    parser.add_argument("--threads", type=_positive, nargs="+", default=[],
                         help="torch threads per run; several values run each (default: torch's own count)")
-    parser.add_argument("--jobs", type=int, default=1, help="trainings at a time (each with --threads threads)")
+    parser.add_argument("--jobs", type=_positive, default=1, help="trainings at a time (each with --threads threads)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; report every finished run in the work dir (methods may differ in seeds)")
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/reproduce"))

@@ -13,8 +13,14 @@ def test_code_hash_follows_the_code_only(tmp_path):
     (tmp_path / "overhaul_det" / "__pycache__").mkdir()
     (tmp_path / "overhaul_det" / "__pycache__" / "ofd.cpython-311.pyc").write_bytes(b"\0")
     assert code_hash(tmp_path) == before
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "README.md").write_text("how the teacher was trained\n")
+    assert code_hash(tmp_path) == before
+    (tmp_path / "checkpoints" / "teacher.safetensors").write_bytes(b"weights")
+    with_teacher = code_hash(tmp_path)
+    assert with_teacher != before
     (tmp_path / "overhaul_det" / "ofd.py").write_text("alpha = 2\n")
-    assert code_hash(tmp_path) != before
+    assert code_hash(tmp_path) not in (before, with_teacher)
 
 
 def test_config_hash_sees_bases_and_options(tmp_path):
@@ -29,7 +35,8 @@ def test_config_hash_sees_bases_and_options(tmp_path):
 
 
 def test_stale_fields_name_what_changed():
-    recorded = dict(commit="a", code="x", config="y", threads=1, torch="2.14")
+    recorded = dict(commit="a", code="x", config="y", threads=1, torch="2.14", cpu="CPU A")
     assert stale_fields(recorded, dict(recorded, commit="b")) == []  # a docs-only commit reruns nothing
     assert stale_fields(recorded, dict(recorded, threads=2, torch="2.15")) == ["threads", "torch"]
-    assert stale_fields({}, recorded) == ["code", "config", "threads", "torch"]
+    assert stale_fields(recorded, dict(recorded, cpu="CPU B")) == ["cpu"]  # another CPU rounds differently
+    assert stale_fields({}, recorded) == ["code", "config", "threads", "torch", "cpu"]

@@ -14,7 +14,7 @@ def _fake_run(root, method, seed, final, threads=1):
     folder.mkdir(parents=True)
     result = dict(task="classification", method=method, seed=seed, threads=threads, metric="accuracy/top1",
                   final=final, history=[final - 10, final], seconds=10.0 + seed, overrides={},
-                  provenance=dict(commit="abc1234", code="c0de", torch="2.x"))
+                  provenance=dict(commit="abc1234", code="c0de", torch="2.x", cpu="Some CPU"))
     (folder / "result.json").write_text(json.dumps(result))
 
 
@@ -31,7 +31,7 @@ def test_report_from_finished_runs(tmp_path):
     table = reproduce._markdown(report, "overhaul-det reproduce classification", "plot.png")
     assert "| ofd | 82.00 ± 1.00 | 82.00 (s0/1t), 81.00 (s1/1t), 83.00 (s2/1t) | 11 |" in table
     assert "| 1 | 1 | 76.00 | 81.00 | +5.00 |" in table  # baseline and OFD run by run
-    assert "commit `abc1234` (code `c0de`, torch 2.x)" in table
+    assert "commit `abc1234` (code `c0de`, torch 2.x, CPU Some CPU)" in table
     plot = tmp_path / "plot.png"
     reproduce._plot("classification", report["results"], report["metric"], plot)
     assert plot.stat().st_size > 1000
@@ -61,22 +61,22 @@ def _fake_training(calls):
 def test_a_run_is_reused_only_while_its_stamp_holds(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(reproduce, "_train", _fake_training(calls))
-    first = reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1)
+    first = reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de")
     assert calls[0][1] == "1" and first["threads"] == 1 and first["final"] == 71.0
-    assert set(first["provenance"]) == {"commit", "code", "config", "threads", "torch"}
-    assert reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1) == first  # reused
+    assert set(first["provenance"]) == {"commit", "code", "config", "threads", "torch", "cpu"}
+    assert reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de") == first  # reused
     assert len(calls) == 1
 
     result_file = tmp_path / "classification" / "ofd" / "threads1" / "seed0" / "result.json"
     recorded = json.loads(result_file.read_text())
-    recorded["provenance"]["code"] = "older"
+    recorded["provenance"]["cpu"] = "another CPU"
     result_file.write_text(json.dumps(recorded))
-    again = reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1)  # the code changed: rerun
+    again = reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de")  # another CPU: rerun
     assert len(calls) == 2 and again["final"] == 72.0
 
-    reproduce._run("classification", "ofd", {}, 0, 2, tmp_path, epochs=1)  # another thread count: its own run
+    reproduce._run("classification", "ofd", {}, 0, 2, tmp_path, epochs=1, code="c0de")  # another thread count: its own run
     assert len(calls) == 3 and calls[-1][1] == "2"
-    reproduce._run("classification", "ofd", {"model.ofd.alpha": 0.1}, 0, 1, tmp_path, epochs=1)  # other config
+    reproduce._run("classification", "ofd", {"model.ofd.alpha": 0.1}, 0, 1, tmp_path, epochs=1, code="c0de")  # other config
     assert len(calls) == 4
 
 
@@ -85,3 +85,10 @@ def test_a_training_gets_its_thread_count(tmp_path):
     code = "import torch; print(torch.get_num_threads())"
     reproduce._train([reproduce.sys.executable, "-c", code], log, threads=1)
     assert log.read_text().strip() == "1"
+
+
+@pytest.mark.parametrize("flag", [["--threads", "0"], ["--jobs", "0"]])
+def test_zero_threads_or_jobs_is_refused(flag, capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["classification", *flag])
+    assert "is not a count; give 1 or more" in capsys.readouterr().err
