@@ -97,18 +97,10 @@ class BenchConfig:
 
 
 def build_model(name: str) -> nn.Module:
-    """A randomly initialised model: torchvision.models.get_model first, then timm.create_model."""
-    import torchvision
+    """A randomly initialised model by name (``timm/x``, ``torchvision/x`` or bare: torchvision's if it has one)."""
+    from .models.zoo import create_model
 
-    try:
-        return torchvision.models.get_model(name)
-    except ValueError:
-        pass
-    import timm
-
-    if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}: neither torchvision.models.get_model nor timm knows it")
-    return timm.create_model(name, pretrained=False)
+    return create_model(name)
 
 
 def resolve_device(name: str, amp: str) -> torch.device:
@@ -609,7 +601,7 @@ def _checks(median: Dict[str, float], memory: Optional[Dict[str, Any]], sizes: D
 
 
 def _known_model(name: str, task: str) -> bool:
-    import torchvision
+    from .models.zoo import resolve_model_name
 
     if task == "detection":
         from .models.detection import TORCHVISION_DETECTORS as presets
@@ -617,13 +609,13 @@ def _known_model(name: str, task: str) -> bool:
         from .models.segmentation import TORCHVISION_SEGMENTERS as presets
     else:
         presets = ()
-    if name in presets or name in torchvision.models.list_models():
+    if name.removeprefix("torchvision/") in presets:
         return True
     try:
-        import timm
-    except ImportError:
+        resolve_model_name(name)
+    except ValueError:
         return False
-    return timm.is_model(name)
+    return True
 
 
 def validate(cfg: BenchConfig) -> None:

@@ -65,7 +65,7 @@ def test_head_taps_found_by_find_taps_on_torchvision_deeplab_head(randomized):
 
 
 def test_deeplabv3plus_taps_are_stage_ends_aspp_and_decoder(randomized):
-    model = randomized(build_segmenter("resnet18", 5, decoder=True, channels=16).eval())
+    model = randomized(build_segmenter("timm/resnet18", 5, decoder=True, channels=16).eval())
     taps = segmenter_taps(model, (3, SIZE, SIZE))
     assert [t.stride for t in taps] == [4, 8, 16, 16, 16, 4]
     assert [t.norm for t in taps] == [f"backbone.layer{i}.1.bn2" for i in range(1, 5)] + [
@@ -109,10 +109,10 @@ def test_torchvision_deeplabv3_keeps_its_keys_and_outputs():
 
 
 def test_build_segmenter_errors_name_the_fix():
-    with pytest.raises(ValueError, match="zoo='timm'"):
-        build_segmenter("resnet18", zoo="torchvision")
+    with pytest.raises(ValueError, match="use timm/resnet18"):
+        build_segmenter("resnet18")
     with pytest.raises(ValueError, match="output_stride"):
-        build_segmenter("resnet18", output_stride=4)
+        build_segmenter("timm/resnet18", output_stride=4)
     with pytest.raises(ValueError, match=r"\['decoder'\]"):
         build_segmenter("deeplabv3_resnet50", decoder=True)
     with pytest.raises(ValueError, match="did you mean"):
@@ -128,7 +128,7 @@ def distiller():
     from conftest import randomize_bn
 
     torch.manual_seed(0)
-    teacher = randomize_bn(build_segmenter("resnet18", 4, decoder=True, channels=32))
+    teacher = randomize_bn(build_segmenter("timm/resnet18", 4, decoder=True, channels=32))
     student = dict(backbone="mobilenetv2_050", decoder=True, channels=16, aux_loss=True)
     return SegmentationDistiller(teacher, student, num_classes=4, ofd=dict(input_size=(3, SIZE, SIZE)))
 
@@ -164,7 +164,7 @@ def test_predict_crops_padding_to_each_label(distiller):
 
 
 def test_alpha_zero_is_the_baseline():
-    model = SegmentationDistiller(dict(backbone="resnet18"), dict(backbone="resnet18", channels=16),
+    model = SegmentationDistiller(dict(backbone="timm/resnet18"), dict(backbone="timm/resnet18", channels=16),
                                   num_classes=3, ofd=dict(alpha=0)).train()
     assert model.teacher is None and model.student_prefix == "student_model."
     losses = model(**model.data_preprocessor(_batch(3), True), mode="loss")
@@ -212,7 +212,7 @@ def test_runner_trains_and_evaluates_on_generated_scenes(tmp_path):
         default_scope="overhaul_det",
         work_dir=str(tmp_path / "work"),
         model=dict(type="SegmentationDistiller", num_classes=11, ofd=dict(input_size=(3, SIZE, SIZE)),
-                   teacher=dict(backbone="resnet18", decoder=True, channels=16),
+                   teacher=dict(backbone="timm/resnet18", decoder=True, channels=16),
                    student=dict(backbone="mobilenetv2_050", decoder=True, channels=16, aux_loss=True)),
         train_dataloader=loader("train", True),
         val_dataloader=loader("val", False),

@@ -1,6 +1,7 @@
 """RegressorWarmupHook: only the regressors learn at first; the student (weights and BN stats) stays put."""
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -39,8 +40,8 @@ def test_hook_needs_exactly_one_length():
 
 
 def test_warmup_freezes_student_then_releases_it(randomized):
-    teacher = randomized(build_segmenter("resnet18", 3, channels=16))
-    model = SegmentationDistiller(teacher, dict(backbone="resnet18", channels=16, aux_loss=True), num_classes=3,
+    teacher = randomized(build_segmenter("timm/resnet18", 3, channels=16))
+    model = SegmentationDistiller(teacher, dict(backbone="timm/resnet18", channels=16, aux_loss=True), num_classes=3,
                                   ofd=dict(input_size=(3, SIZE, SIZE), alpha=1e-2))
     optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4))
     runner = SimpleNamespace(model=model, iter=0, train_dataloader=[None] * 3, logger=MMLogger.get_current_instance())
@@ -68,13 +69,25 @@ def test_warmup_freezes_student_then_releases_it(randomized):
     assert any(k.endswith("running_mean") for k in moved) and any(k.endswith("weight") for k in moved)
 
 
-def test_warmup_released_when_training_ends_early():
-    model = SegmentationDistiller(dict(backbone="resnet18", channels=16), dict(backbone="resnet18", channels=16),
-                                  num_classes=3, ofd=dict(input_size=(3, SIZE, SIZE)))
-    runner = SimpleNamespace(model=model, iter=0, train_dataloader=[], logger=MMLogger.get_current_instance())
-    hook = RegressorWarmupHook(iters=10)
-    hook.before_train(runner)
-    hook.before_train_iter(runner, 0)
-    assert not any(p.requires_grad for p in model.student.parameters())
-    hook.after_train(runner)
+def test_warmup_longer_than_training_says_the_student_never_trained(caplog):
+    """A 1-epoch run of 8 iterations under a 50-iteration warm-up: the log says the warm-up was cut short."""
+    spec = dict(backbone="timm/resnet18", channels=16)
+    model = SegmentationDistiller(spec, dict(spec), num_classes=3, ofd=dict(input_size=(3, SIZE, SIZE)))
+    runner = SimpleNamespace(model=model, iter=0, max_iters=8, train_dataloader=[None] * 8,
+                             logger=logging.getLogger("test_warmup"))
+    hook = RegressorWarmupHook(iters=50)
+    with caplog.at_level(logging.INFO, logger="test_warmup"):
+        hook.before_train(runner)
+        for iteration in range(8):
+            runner.iter = iteration
+            hook.before_train_iter(runner, iteration)
+            assert not any(p.requires_grad for p in model.student.parameters())
+        runner.iter = 8
+        hook.after_train(runner)
     assert all(p.requires_grad for p in model.student.parameters())
+    messages = [r.getMessage() for r in caplog.records if r.name == "test_warmup"]
+    assert not any("the student trains" in m for m in messages), messages
+    assert any(m.startswith("RegressorWarmupHook: the warm-up (50 iterations) lasts the whole training (8 iterations)")
+               for m in messages), messages
+    assert messages[-1].startswith("regressor warm-up cut short: training ended at iteration 8 of the 50 warm-up "
+                                   "iterations, so the student never trained")

@@ -39,14 +39,12 @@ def list_architectures(zoos: Iterable[str]) -> List[Tuple[str, str]]:
 
 
 def _build(zoo: str, name: str, device: Optional[str] = None):
-    import timm
     import torch
-    import torchvision
+
+    from overhaul_det.models.zoo import create_model
 
     with torch.device(device) if device else _null():
-        if zoo == "torchvision":
-            return torchvision.models.get_model(name, weights=None)
-        return timm.create_model(name, pretrained=False)
+        return create_model(f"{zoo}/{name}")
 
 
 class _null:

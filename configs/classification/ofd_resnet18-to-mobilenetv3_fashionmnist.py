@@ -24,7 +24,7 @@ default_hooks = dict(checkpoint=dict(interval=max_epochs))
 model = dict(
     type='ClassificationDistiller',
     teacher=dict(name='resnet18', checkpoint='checkpoints/fashionmnist_resnet18_teacher.safetensors'),
-    student=dict(name='mobilenetv3_small_050'),
+    student=dict(name='timm/mobilenetv3_small_050'),
     num_classes=10,
     ofd=dict(alpha=1e-2, margin='auto', teacher_bn='train', input_size=(3, image_size, image_size)),
     kd_weight=0.0,

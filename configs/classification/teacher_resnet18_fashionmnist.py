@@ -1,4 +1,5 @@
-# The demo's teacher: timm resnet18 trained alone on Fashion-MNIST (all 60k images, 32 px).
+# The demo's teacher: torchvision resnet18 (a bare name both zoos have is torchvision's) trained alone on
+# Fashion-MNIST (all 60k images, 32 px).
 _base_ = [
     '../_base_/datasets/fashion_mnist.py',
     '../_base_/schedules/fashion_mnist_short.py',

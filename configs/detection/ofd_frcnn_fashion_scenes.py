@@ -24,7 +24,7 @@ model = dict(
         image_std=[0.353, 0.353, 0.353],
     ),
     student=dict(
-        name='mobilenetv3_small_050',
+        name='timm/mobilenetv3_small_050',
         fpn_channels=64,
         anchor_sizes=((16,), (32,), (64,), (128,), (256,)),
         rpn_pre_nms_top_n_train=1000,

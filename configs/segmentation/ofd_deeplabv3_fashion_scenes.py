@@ -13,9 +13,9 @@ image_size = 128
 
 model = dict(
     type='SegmentationDistiller',
-    teacher=dict(backbone='resnet18', output_stride=16, channels=128, atrous_rates=(2, 4, 6),
+    teacher=dict(backbone='timm/resnet18', output_stride=16, channels=128, atrous_rates=(2, 4, 6),
                  checkpoint='checkpoints/fashion_scenes_deeplabv3_resnet18_teacher.safetensors'),
-    student=dict(backbone='mobilenetv2_050', output_stride=16, channels=64, atrous_rates=(2, 4, 6)),
+    student=dict(backbone='timm/mobilenetv2_050', output_stride=16, channels=64, atrous_rates=(2, 4, 6)),
     num_classes={{_base_.num_classes}},
     ofd=dict(alpha=1e-3, margin='auto', teacher_bn='train', input_size=(3, image_size, image_size)),
     data_preprocessor={{_base_.data_preprocessor}},

@@ -3,4 +3,4 @@
 # the first block of the next stage (before its ReLU6), and the last linear bottleneck's output.
 _base_ = ['./ofd_deeplabv3plus_r101-to-r18_voc.py']
 
-model = dict(student=dict(backbone='mobilenetv2_100', decoder=True, output_stride=16, pretrained_backbone=True))
+model = dict(student=dict(backbone='timm/mobilenetv2_100', decoder=True, output_stride=16, pretrained_backbone=True))

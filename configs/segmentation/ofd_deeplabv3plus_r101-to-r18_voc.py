@@ -11,9 +11,9 @@ _base_ = [
 
 model = dict(
     type='SegmentationDistiller',
-    teacher=dict(backbone='resnet101', decoder=True, output_stride=16,
+    teacher=dict(backbone='timm/resnet101', decoder=True, output_stride=16,
                  checkpoint='checkpoints/voc_deeplabv3plus_resnet101_teacher.safetensors'),
-    student=dict(backbone='resnet18', decoder=True, output_stride=16, pretrained_backbone=True),
+    student=dict(backbone='timm/resnet18', decoder=True, output_stride=16, pretrained_backbone=True),
     num_classes={{_base_.num_classes}},
     ofd=dict(alpha=1e-5, weights=[1 / 8, 1 / 4, 1 / 2, 1, 1, 1 / 16], margin='auto', teacher_bn='train'),
     data_preprocessor={{_base_.data_preprocessor}},

@@ -19,7 +19,7 @@ model = dict(
     type='SegmentationDistiller',
     teacher=None,
     student=dict(
-        backbone='resnet18', output_stride=16, channels=128, atrous_rates=(2, 4, 6),
+        backbone='timm/resnet18', output_stride=16, channels=128, atrous_rates=(2, 4, 6),
         pretrained_backbone=True,
         pretrained_cfg_overlay=dict(file='checkpoints/fashionmnist_resnet18_teacher.safetensors', num_classes=10),
     ),

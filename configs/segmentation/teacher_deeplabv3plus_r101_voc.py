@@ -11,7 +11,7 @@ _base_ = [
 model = dict(
     type='SegmentationDistiller',
     teacher=None,
-    student=dict(backbone='resnet101', decoder=True, output_stride=16, pretrained_backbone=True),
+    student=dict(backbone='timm/resnet101', decoder=True, output_stride=16, pretrained_backbone=True),
     num_classes={{_base_.num_classes}},
     ofd=dict(alpha=0),
     data_preprocessor={{_base_.data_preprocessor}},

@@ -44,6 +44,11 @@ class RegressorWarmupHook(Hook):
         self._distiller = find_distiller(runner.model)
         if self._distiller is None and self._end > 0:
             runner.logger.warning("RegressorWarmupHook: the model has no FeatureDistiller (ofd.alpha=0?); no warm-up")
+        max_iters = getattr(runner, "max_iters", None)
+        if self._distiller is not None and max_iters is not None and self._end >= max_iters > 0:
+            runner.logger.warning(f"RegressorWarmupHook: the warm-up ({self._end} iterations) lasts the whole "
+                                  f"training ({max_iters} iterations), so the student will not train; "
+                                  "give fewer iters/epochs")
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         if self._distiller is None:
@@ -51,11 +56,15 @@ class RegressorWarmupHook(Hook):
         if runner.iter < self._end:
             self._freeze(runner)
         elif self._frozen:
-            self._thaw(runner)
+            self._thaw()
+            runner.logger.info(f"regressor warm-up done at iteration {runner.iter}: the student trains")
 
     def after_train(self, runner) -> None:
         if self._frozen:
-            self._thaw(runner)
+            self._thaw()
+            runner.logger.warning(f"regressor warm-up cut short: training ended at iteration {runner.iter} of the "
+                                  f"{self._end} warm-up iterations, so the student never trained (only the "
+                                  "regressors did)")
 
     def _freeze(self, runner) -> None:
         student = self._distiller.student
@@ -66,9 +75,8 @@ class RegressorWarmupHook(Hook):
                 parameter.requires_grad_(False)
             runner.logger.info(f"regressor warm-up: student frozen until iteration {self._end}")
 
-    def _thaw(self, runner) -> None:
+    def _thaw(self) -> None:
         for parameter in self._frozen:
             parameter.requires_grad_(True)
         self._frozen = []
         self._distiller.student.train(self._distiller.training)
-        runner.logger.info(f"regressor warm-up done at iteration {runner.iter}: the student trains")

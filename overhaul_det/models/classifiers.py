@@ -1,31 +1,17 @@
 """Build a classifier by name from torchvision or timm; random init, hub weights, or a local file."""
 from __future__ import annotations
 
-import difflib
 import logging
 from typing import Optional
 
-import timm
-import torchvision
 from torch import nn
 
 from ..engine.checkpoint import load_weights_into
+from .zoo import create_model, resolve_model_name
 
-__all__ = ["build_classifier", "model_zoo"]
+__all__ = ["build_classifier"]
 
 logger = logging.getLogger(__name__)
-
-
-def model_zoo(name: str) -> str:
-    """'torchvision' or 'timm': which zoo builds ``name`` (torchvision first); ValueError if neither."""
-    if name in torchvision.models.list_models(module=torchvision.models):
-        return "torchvision"
-    if timm.is_model(name):
-        return "timm"
-    candidates = list(dict.fromkeys(torchvision.models.list_models(module=torchvision.models) + timm.list_models()))
-    close = difflib.get_close_matches(name, candidates, n=5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown model name '{name}': not a torchvision classification model nor a timm model{hint}")
 
 
 def build_classifier(
@@ -36,21 +22,17 @@ def build_classifier(
     checkpoint_prefix: Optional[str] = None,
     **kwargs,
 ) -> nn.Module:
-    """A torchvision or timm classifier with ``num_classes`` outputs.
+    """A torchvision or timm classifier with ``num_classes`` outputs; ``name`` as ``resolve_model_name`` reads it.
 
     ``pretrained`` asks the zoo for its weights (needs internet); ``checkpoint`` loads a local
     .pth/.safetensors state_dict (weights_only) strictly, after stripping ``checkpoint_prefix``.
     """
-    zoo = model_zoo(name)
-    if zoo == "torchvision":
-        weights = "DEFAULT" if pretrained else None
-        if pretrained and num_classes != 1000:
-            model = torchvision.models.get_model(name, weights=weights, **kwargs)
-            _replace_head(model, num_classes)
-        else:
-            model = torchvision.models.get_model(name, weights=weights, num_classes=num_classes, **kwargs)
+    zoo, _ = resolve_model_name(name)
+    if zoo == "torchvision" and pretrained and num_classes != 1000:
+        model = create_model(name, pretrained=True, **kwargs)
+        _replace_head(model, num_classes)
     else:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        model = create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     if checkpoint:
         load_weights_into(model, checkpoint, checkpoint_prefix, name,
                           "check the model name and num_classes, or set checkpoint_prefix")

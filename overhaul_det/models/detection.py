@@ -1,12 +1,14 @@
 """Faster R-CNN with an FPN over a timm or torchvision backbone; local weights only, no downloads.
 
 Names are torchvision's detector builders (fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2,
-fasterrcnn_mobilenet_v3_large_fpn) or a backbone: a torchvision ResNet/MobileNet-style classifier
-or any timm model with ``features_only``, put under torchvision's FeaturePyramidNetwork. As in
+fasterrcnn_mobilenet_v3_large_fpn) or a backbone name as ``models.zoo`` resolves it (``timm/x``,
+``torchvision/x``, or bare: torchvision's if it has one): a torchvision ResNet/MobileNet-style
+classifier or any timm model with ``features_only``, put under torchvision's FeaturePyramidNetwork. As in
 torchvision, loaded weights imply frozen BatchNorm and 3 trainable stages; random init trains all.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import OrderedDict
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -18,11 +20,12 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from ..engine.checkpoint import load_state_dict_file, load_weights_into
-from .classifiers import model_zoo
+from .zoo import create_model, resolve_model_name
 
 __all__ = [
     "TORCHVISION_DETECTORS",
@@ -38,6 +41,9 @@ TORCHVISION_DETECTORS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2"
 DEFAULT_STRIDES = (4, 8, 16, 32)
 _PROBE_SIZE = 128
 _Shapes = Dict[str, Tuple[int, int, int]]
+# FasterRCNN passes unknown kwargs to its transform, which ignores them: a misspelt one would be lost.
+_FASTER_RCNN_KWARGS = frozenset(inspect.signature(FasterRCNN.__init__).parameters) | frozenset(
+    inspect.signature(GeneralizedRCNNTransform.__init__).parameters)
 
 
 class FeaturePyramidBackbone(nn.Module):
@@ -124,12 +130,12 @@ def resolution_stages(body: nn.Module) -> List[List[nn.Parameter]]:
 
 
 def _torchvision_backbone(name: str, strides: Sequence[int], fpn_channels: int) -> BackboneWithFPN:
-    classifier = torchvision.models.get_model(name, weights=None)
+    classifier = create_model(name)
     trunk = classifier if hasattr(classifier, "layer4") else getattr(classifier, "features", None)
     if not isinstance(trunk, nn.Module):
         raise ValueError(
             f"backbone '{name}': torchvision classifiers with layer1..layer4 (ResNets) or a 'features' sequence "
-            "(MobileNets, EfficientNets) are supported; use a timm name for other architectures"
+            "(MobileNets, EfficientNets) are supported; use a timm/ name for other architectures"
         )
     shapes, _ = _probe(classifier, dict(trunk.named_children()))
     last = {stride: (child, channels) for child, (_, stride, channels) in shapes.items()}
@@ -143,7 +149,7 @@ def _torchvision_backbone(name: str, strides: Sequence[int], fpn_channels: int) 
 
 
 def _timm_backbone(name: str, strides: Sequence[int], fpn_channels: int) -> FeaturePyramidBackbone:
-    body = timm.create_model(name, features_only=True, pretrained=False)
+    body = create_model(name, features_only=True)
     reductions, channels = body.feature_info.reduction(), body.feature_info.channels()
     missing = [s for s in strides if s not in reductions]
     if missing:
@@ -154,11 +160,13 @@ def _timm_backbone(name: str, strides: Sequence[int], fpn_channels: int) -> Feat
 
 
 def build_fpn_backbone(name: str, strides: Sequence[int] = DEFAULT_STRIDES, fpn_channels: int = 256) -> nn.Module:
-    """A random-init backbone (torchvision or timm, by name) with an FPN over its ``strides``.
+    """A random-init backbone (``timm/x``, ``torchvision/x`` or a bare name, torchvision's if it has one)
+    with an FPN over its ``strides``.
 
     The result has ``body`` (FX-traceable), ``fpn`` and ``out_channels``; FPN levels are '0', '1', ... and 'pool'.
     """
-    if model_zoo(name) == "torchvision":
+    zoo, _ = resolve_model_name(name)
+    if zoo == "torchvision":
         return _torchvision_backbone(name, strides, fpn_channels)
     return _timm_backbone(name, strides, fpn_channels)
 
@@ -224,6 +232,14 @@ def _anchor_generator(sizes: Sequence[Sequence[int]], aspect_ratios: Sequence[fl
     return AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
 
 
+def _check_detector_kwargs(kwargs: dict) -> None:
+    """A TypeError for a kwarg neither FasterRCNN nor its transform takes (the transform would drop it)."""
+    unknown = sorted(set(kwargs) - _FASTER_RCNN_KWARGS - {"self", "backbone", "kwargs"})
+    if unknown:
+        raise TypeError(f"build_detector() got an unexpected keyword argument '{unknown[0]}' "
+                        "(FasterRCNN and its transform do not take it either)")
+
+
 def build_detector(
     name: Union[str, dict],
     num_classes: int = 91,
@@ -258,8 +274,10 @@ def build_detector(
         spec.setdefault("min_size", min_size)
         spec.setdefault("max_size", max_size)
         return build_detector(**spec)
+    _check_detector_kwargs(kwargs)
     options = dict(num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
-    if name in TORCHVISION_DETECTORS:
+    if name.removeprefix("torchvision/") in TORCHVISION_DETECTORS:
+        name = name.removeprefix("torchvision/")
         if strides is not None or fpn_channels is not None:
             raise ValueError(f"strides and fpn_channels shape the generic FPN; {name} has its own, remove them")
         if anchor_sizes is not None:

@@ -6,11 +6,9 @@ end before its activation, the ASPP projection's BN output and the head's last c
 """
 from __future__ import annotations
 
-import difflib
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import timm
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -22,6 +20,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 from ..engine.checkpoint import load_weights_into
 from ..taps import (ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES, PASSTHROUGH_MODULES, Tap, find_taps,
                     qualified_name, trace)
+from .zoo import create_model, resolve_model_name
 
 __all__ = [
     "Segmenter",
@@ -39,7 +38,7 @@ logger = logging.getLogger(__name__)
 TORCHVISION_SEGMENTERS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large")
 _BASE_RATES = (6, 12, 18)
 _OUTPUT_STRIDES = (8, 16, 32)
-_TORCHVISION_FIXED = dict(decoder=False, output_stride=None, channels=256, atrous_rates=None, zoo=None)
+_TORCHVISION_FIXED = dict(decoder=False, output_stride=None, channels=256, atrous_rates=None)
 
 
 class DeepLabV3Head(nn.Sequential):
@@ -153,26 +152,13 @@ def _torchvision_segmenter(name: str, num_classes: int, aux_loss: bool, pretrain
     return Segmenter(backbone, model.classifier, range(len(return_layers)), model.aux_classifier, aux_stage)
 
 
-def _resolve_zoo(backbone: str, zoo: Optional[str]) -> str:
-    if zoo not in (None, "timm", "torchvision"):
-        raise ValueError(f"zoo={zoo!r}; choose 'timm', 'torchvision' or None (timm first)")
-    if zoo == "timm" or zoo is None and timm.is_model(backbone):
-        return "timm"
-    if backbone in torchvision.models.list_models(module=torchvision.models):
-        return "torchvision"
-    close = difflib.get_close_matches(backbone, timm.list_models() + list(TORCHVISION_SEGMENTERS), n=5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown backbone '{backbone}': not a timm model, a torchvision classifier "
-                     f"nor one of {TORCHVISION_SEGMENTERS}{hint}")
-
-
 def _timm_backbone(name: str, output_stride: int, pretrained: bool, kwargs: dict) -> Tuple[nn.Module, List[int]]:
     if output_stride != 32:
         kwargs = {**kwargs, "output_stride": output_stride}
     try:
-        body = timm.create_model(name, features_only=True, pretrained=pretrained, **kwargs)
+        body = create_model(name, pretrained=pretrained, features_only=True, **kwargs)
     except TypeError as error:
-        if "output_stride" not in str(error):
+        if "'output_stride'" not in str(error):
             raise
         raise ValueError(f"timm model {name} cannot dilate to output_stride={output_stride} ({error}); "
                          "use output_stride=32 or another backbone") from None
@@ -183,14 +169,16 @@ def _timm_backbone(name: str, output_stride: int, pretrained: bool, kwargs: dict
 def _torchvision_backbone(name: str, output_stride: int, pretrained: bool, kwargs: dict) -> Tuple[nn.Module, List[int]]:
     dilate = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[output_stride]
     try:
-        model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None,
-                                             replace_stride_with_dilation=dilate, **kwargs)
+        model = create_model(name, pretrained=pretrained, replace_stride_with_dilation=dilate, **kwargs)
     except NotImplementedError as error:
+        timm_name = "timm/" + name.rpartition("/")[2]
         raise ValueError(f"torchvision {name} cannot dilate to output_stride={output_stride} ({error}); "
-                         f"use zoo='timm' (timm's {name} takes output_stride) or output_stride=32") from None
+                         f"use {timm_name} (timm's takes output_stride) or output_stride=32") from None
     except TypeError as error:
+        if "replace_stride_with_dilation" not in str(error):
+            raise
         raise ValueError(f"torchvision backbone {name} is not a ResNet ({error}); only torchvision ResNets "
-                         "(resnet*, resnext*, wide_resnet*) are supported, use zoo='timm' for others") from None
+                         "(resnet*, resnext*, wide_resnet*) are supported, use a timm/ name for others") from None
     return IntermediateLayerGetter(model, {f"layer{i}": str(i - 1) for i in range(1, 5)}), [0, 1, 2, 3]
 
 
@@ -210,7 +198,6 @@ def build_segmenter(
     aux_loss: bool = False,
     channels: int = 256,
     atrous_rates: Optional[Sequence[int]] = None,
-    zoo: Optional[str] = None,
     pretrained_backbone: bool = False,
     checkpoint: Optional[str] = None,
     checkpoint_prefix: Optional[str] = None,
@@ -219,24 +206,26 @@ def build_segmenter(
     """A DeepLabV3 (``decoder=False``) or DeepLabV3+ segmenter; random init unless weights are asked for.
 
     ``backbone`` is one of ``TORCHVISION_SEGMENTERS`` (torchvision's model and heads, as they are) or a
-    timm (``features_only``) or torchvision ResNet name, dilated to ``output_stride`` (default 16).
+    timm (``features_only``) or torchvision ResNet name as ``resolve_model_name`` reads it (``timm/x``,
+    ``torchvision/x``, or bare: torchvision's if it has one), dilated to ``output_stride`` (default 16).
     ``atrous_rates`` default to (6, 12, 18) scaled to the output stride; ``channels`` is the head width.
     ``aux_loss`` adds an FCN head on the second-deepest stage. ``checkpoint`` loads a local file strictly.
     """
-    if backbone in TORCHVISION_SEGMENTERS:
-        options = dict(decoder=decoder, output_stride=output_stride, channels=channels, atrous_rates=atrous_rates,
-                       zoo=zoo)
+    if backbone.removeprefix("torchvision/") in TORCHVISION_SEGMENTERS:
+        backbone = backbone.removeprefix("torchvision/")
+        options = dict(decoder=decoder, output_stride=output_stride, channels=channels, atrous_rates=atrous_rates)
         given = sorted(key for key, value in options.items() if value != _TORCHVISION_FIXED[key])
         given += sorted(backbone_kwargs)
         if given:
             raise ValueError(f"{backbone} is torchvision's model as it is, so {given} cannot be set; give its "
-                             "backbone name instead (e.g. backbone='resnet50', zoo='torchvision', decoder=True)")
+                             "backbone name instead (e.g. backbone='resnet50', decoder=True)")
         model = _torchvision_segmenter(backbone, num_classes, aux_loss, pretrained_backbone)
     else:
         output_stride = 16 if output_stride is None else output_stride
         if output_stride not in _OUTPUT_STRIDES:
             raise ValueError(f"output_stride={output_stride}; choose one of {_OUTPUT_STRIDES}")
-        build = _timm_backbone if _resolve_zoo(backbone, zoo) == "timm" else _torchvision_backbone
+        zoo, _ = resolve_model_name(backbone)
+        build = _timm_backbone if zoo == "timm" else _torchvision_backbone
         body, stages = build(backbone, output_stride, pretrained_backbone, backbone_kwargs)
         widths = _stage_channels(body, stages)
         rates = tuple(atrous_rates) if atrous_rates is not None else _atrous_rates(output_stride)

@@ -9,12 +9,12 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from .base import DistillationModel, build_from_spec
 from torch import Tensor, nn
 
 from ..distiller import FeatureDistiller
 from ..models.classifiers import build_classifier
 from ..registry import MODELS
+from .base import DistillationModel, build_from_spec, warn_if_random_teacher
 
 __all__ = ["ClassificationDistiller", "kd_loss"]
 
@@ -29,8 +29,9 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     return F.kl_div(log_p, q, reduction="batchmean") * (t * t)
 
 
-def _build(spec: ModelSpec, num_classes: int) -> nn.Module:
-    return build_from_spec(spec, num_classes, build_classifier, "name", "a timm or torchvision model name")
+def _build(spec: ModelSpec, num_classes: int, role: str) -> nn.Module:
+    return build_from_spec(spec, build_classifier, f"model.{role}", "name",
+                           "timm/NAME, torchvision/NAME or a bare name", num_classes=num_classes)
 
 
 @MODELS.register_module()
@@ -64,10 +65,12 @@ class ClassificationDistiller(DistillationModel):
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
         self.cls_weight = cls_weight
-        student_model = _build(student, num_classes)
-        teacher_model = _build(teacher, num_classes) if teacher is not None else None
+        student_model = _build(student, num_classes, "student")
+        teacher_model = _build(teacher, num_classes, "teacher") if teacher is not None else None
         if (self.ofd_enabled or kd_weight > 0) and teacher_model is None:
             raise ValueError("OFD or KD needs a teacher; set teacher=dict(name=...) or ofd.alpha=0 and kd_weight=0")
+        if self.ofd_enabled or kd_weight > 0:
+            warn_if_random_teacher(teacher, build_classifier, "name")
         if self.ofd_enabled:
             self.distiller = FeatureDistiller(teacher_model, student_model, **ofd)
         else:
@@ -99,9 +102,10 @@ class ClassificationDistiller(DistillationModel):
         raise ValueError(f"mode={mode!r}; expected 'loss', 'predict' or 'tensor'")
 
     def loss(self, inputs: Tensor, data_samples: Sequence) -> Dict[str, Tensor]:
+        """The training losses; in eval mode without ``loss_ofd`` (see ``DistillationModel.ofd_active``)."""
         labels = _labels(data_samples, inputs.device)
         losses: Dict[str, Tensor] = {}
-        if self.ofd_enabled:
+        if self.ofd_active:
             logits, ofd_losses = self.distiller(inputs)
             losses.update(ofd_losses)
         else:

@@ -15,7 +15,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from ..distiller import FeatureDistiller
 from ..models.detection import build_detector
 from ..registry import MODELS
-from .base import DistillationModel
+from .base import DistillationModel, build_from_spec, warn_if_random_teacher
 
 __all__ = ["DetectionDistiller"]
 
@@ -23,11 +23,11 @@ ModelSpec = Union[str, dict, nn.Module]
 _SHARED_BODY = "distiller.student."
 
 
-def _build(spec: ModelSpec, num_classes: int, min_size, max_size: int) -> nn.Module:
-    if isinstance(spec, nn.Module):
-        return spec
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    return build_detector(spec, num_classes=num_classes, min_size=min_size, max_size=max_size)
+def _build(spec: ModelSpec, role: str, **defaults) -> nn.Module:
+    spec = {"name": spec} if isinstance(spec, str) else spec
+    return build_from_spec(spec, build_detector, f"model.{role}", "name",
+                           "a torchvision detector or a backbone: timm/NAME, torchvision/NAME or a bare name",
+                           **defaults)
 
 
 def _normalisation(model: nn.Module) -> Tuple[Tensor, Tensor]:
@@ -118,7 +118,8 @@ class DetectionDistiller(DistillationModel):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         ofd = dict(ofd or {})
         self.ofd_enabled = ofd.get("alpha", 1.0) > 0
-        self.student_model = _build(student, num_classes, min_size, max_size)
+        sizes = dict(num_classes=num_classes, min_size=min_size, max_size=max_size)
+        self.student_model = _build(student, "student", **sizes)
         if not isinstance(self.student_model, GeneralizedRCNN):
             raise TypeError(f"student is a {type(self.student_model).__name__}; give a detector spec "
                             "dict(name=...) or a torchvision GeneralizedRCNN")
@@ -126,7 +127,8 @@ class DetectionDistiller(DistillationModel):
             return
         if teacher is None:
             raise ValueError("OFD needs a teacher; set teacher=dict(name=..., checkpoint=...) or ofd.alpha=0")
-        teacher_model = _build(teacher, num_classes, min_size, max_size)
+        teacher_model = _build(teacher, "teacher", **sizes)
+        warn_if_random_teacher(teacher, build_detector, "name")
         student_mean, student_std = _normalisation(self.student_model)
         if isinstance(teacher_model, GeneralizedRCNN):
             teacher_mean, teacher_std = _normalisation(teacher_model)

@@ -17,7 +17,7 @@ from ..distiller import FeatureDistiller, default_tap_weights
 from ..models.segmentation import build_segmenter, segmenter_taps
 from ..registry import MODELS
 from ..taps import Tap, find_taps
-from .base import DistillationModel, build_from_spec
+from .base import DistillationModel, build_from_spec, warn_if_random_teacher
 
 __all__ = ["SegmentationDistiller", "segmentation_tap_weights"]
 
@@ -34,9 +34,9 @@ def segmentation_tap_weights(num_backbone_taps: int) -> List[float]:
     return default_tap_weights(num_backbone_taps) + [1.0, 1.0 / 16]
 
 
-def _build(spec: ModelSpec, num_classes: int) -> nn.Module:
-    return build_from_spec(spec, num_classes, build_segmenter, "backbone",
-                           "a timm/torchvision backbone or deeplabv3_* name")
+def _build(spec: ModelSpec, num_classes: int, role: str) -> nn.Module:
+    return build_from_spec(spec, build_segmenter, f"model.{role}", "backbone",
+                           "timm/NAME, torchvision/NAME, a bare name or a deeplabv3_* name", num_classes=num_classes)
 
 
 def _resolve_taps(model: nn.Module, spec: TapSpec, input_size: Sequence[int],
@@ -119,7 +119,7 @@ class SegmentationDistiller(DistillationModel):
         self.ofd_enabled = ofd.get("alpha", DEFAULT_ALPHA) > 0
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
-        student_model = _build(student, num_classes)
+        student_model = _build(student, num_classes, "student")
         if not self.ofd_enabled:
             if teacher is not None:
                 logger.info("ofd.alpha=0: the teacher is not built (baseline run)")
@@ -127,7 +127,9 @@ class SegmentationDistiller(DistillationModel):
             return
         if teacher is None:
             raise ValueError("OFD needs a teacher; set teacher=dict(backbone=..., checkpoint=...) or ofd.alpha=0")
-        self.distiller = _build_distiller(_build(teacher, num_classes), student_model, ofd)
+        teacher_model = _build(teacher, num_classes, "teacher")
+        warn_if_random_teacher(teacher, build_segmenter, "backbone")
+        self.distiller = _build_distiller(teacher_model, student_model, ofd)
 
     @property
     def teacher(self) -> Optional[nn.Module]:
@@ -144,10 +146,11 @@ class SegmentationDistiller(DistillationModel):
         raise ValueError(f"mode={mode!r}; expected 'loss', 'predict' or 'tensor'")
 
     def loss(self, inputs: Tensor, data_samples: Sequence) -> Dict[str, Tensor]:
+        """The training losses; in eval mode without ``loss_ofd`` (see ``DistillationModel.ofd_active``)."""
         labels = [sample["gt_seg"] for sample in _samples(data_samples)]
         target = _stack_labels(labels, inputs.shape[-2:], self.ignore_index, inputs.device)
         losses: Dict[str, Tensor] = {}
-        if self.ofd_enabled:
+        if self.ofd_active:
             outputs, ofd_losses = self.distiller(inputs)
             losses.update(ofd_losses)
         else:
