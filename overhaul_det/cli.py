@@ -8,22 +8,23 @@ from typing import List, Optional
 
 __all__ = ["main"]
 
+DATA_ROOT_HELP = "the dataset folder: the config's top-level data_root, which every dataset and evaluator takes"
+
 
 def _train(args: argparse.Namespace) -> int:
     from .engine.runner import build_runner, load_config
 
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options, args.data_root)
     runner = build_runner(cfg, args.config, args.work_dir, args.resume, args.amp, args.launcher)
     runner.train()
     return 0
 
 
 def _test(args: argparse.Namespace) -> int:
-    from .engine.runner import build_runner, load_config
+    from .engine.runner import build_test_runner, load_config
 
-    cfg = load_config(args.config, args.cfg_options)
-    cfg.load_from = args.checkpoint
-    runner = build_runner(cfg, args.config, args.work_dir, launcher=args.launcher)
+    cfg = load_config(args.config, args.cfg_options, args.data_root)
+    runner = build_test_runner(cfg, args.config, args.checkpoint, args.work_dir, args.launcher)
     metrics = runner.test()
     for key, value in metrics.items():
         sys.stdout.write(f"{key}: {value}\n")
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config")
     train.add_argument("--work-dir")
     train.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys: a.b=1")
+    train.add_argument("--data-root", help=DATA_ROOT_HELP)
     train.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
     train.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast on CPU)")
     train.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("checkpoint")
     test.add_argument("--work-dir")
     test.add_argument("--cfg-options", nargs="+", action=DictAction)
+    test.add_argument("--data-root", help=DATA_ROOT_HELP)
     test.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     test.set_defaults(func=_test)
 

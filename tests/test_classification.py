@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from overhaul_det.cli import main as cli_main
 from overhaul_det.engine.checkpoint import load_checkpoint_file
 from overhaul_det.engine.runner import build_runner, load_config, validate_config
 from overhaul_det.export import export_student, student_state_dict
+from overhaul_det.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
@@ -151,3 +153,41 @@ def test_validate_config_accepts_helper_variables():
     assert validate_config(Config(helpers)) is None
     with pytest.raises(ValueError, match="'val_evalutor'; did you mean 'val_evaluator'"):
         validate_config(Config(dict(helpers, val_evalutor=dict(type="Accuracy"))))
+
+
+IMAGENET_CONFIG = REPO / "configs/classification/ofd_resnet50-to-mobilenetv3_imagenet.py"
+
+
+def _splits(root: Path, train: list, val: list) -> Path:
+    """``root/{train,val}/<class>/x.jpg`` (never decoded: building a dataset only lists files)."""
+    for split, classes in (("train", train), ("val", val)):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            (root / split / name / "x.jpg").write_bytes(b"")
+    return root
+
+
+@pytest.mark.parametrize("val, problem", [(["cat", "eel"], r"\(missing \['dog'\]\); .*add the missing folders to "),
+                                          (["cat", "dog", "eel", "fox"], r"\(extra \['fox'\]\); .*rename the extra "
+                                                                         r"folders in ")],
+                         ids=["missing", "extra"])
+def test_val_split_with_other_class_folders_is_refused(tmp_path, val, problem):
+    """A val split sorted on its own would shift every label after a missing folder; it is refused instead."""
+    root = _splits(tmp_path / "data", ["cat", "dog", "eel"], val)
+    cfg = load_config(str(IMAGENET_CONFIG), data_root=str(root))
+    DATASETS.build(cfg.train_dataloader.dataset)
+    for key in ("val_dataloader", "test_dataloader"):
+        here = re.escape(str(root))
+        with pytest.raises(ValueError, match=rf"ImageFolder {here}/val does not have the class folders of the train "
+                                             rf"split {here}/train {problem}{here}/val"):
+            DATASETS.build(cfg[key].dataset)
+
+
+def test_val_labels_follow_train_class_names(tmp_path):
+    root = _splits(tmp_path / "data", ["cat", "dog", "eel"], ["eel", "cat", "dog"])
+    cfg = load_config(str(IMAGENET_CONFIG), data_root=str(root))
+    train, val = (DATASETS.build(cfg[key].dataset) for key in ("train_dataloader", "val_dataloader"))
+    assert val.metainfo["classes"] == train.metainfo["classes"] == ("cat", "dog", "eel")
+    assert sorted((Path(p).parent.name, y) for p, y in val.samples) == [("cat", 0), ("dog", 1), ("eel", 2)]
+    named = DATASETS.build(dict(cfg.val_dataloader.dataset, classes=["eel", "dog", "cat"]))
+    assert sorted((Path(p).parent.name, y) for p, y in named.samples) == [("cat", 2), ("dog", 1), ("eel", 0)]

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
-__all__ = ["SAFE_GLOBALS", "load_checkpoint_file", "load_state_dict_file", "load_weights_into", "UnsafeCheckpointError"]
+__all__ = ["SAFE_GLOBALS", "load_checkpoint_file", "load_state_dict_file", "load_weights_into", "load_state_into",
+           "UnsafeCheckpointError"]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
@@ -103,12 +104,17 @@ def load_weights_into(model: torch.nn.Module, path: Union[str, os.PathLike], pre
                       hint: str, ignore_missing: tuple = ()) -> None:
     """Load a weights file into ``model``; any shape or key mismatch is one ValueError naming
     the file, ``what`` it was meant for, an example key and ``hint`` (the fix)."""
-    state = load_state_dict_file(path, prefix)
+    load_state_into(model, load_state_dict_file(path, prefix), f"checkpoint {path}", what, hint, ignore_missing)
+
+
+def load_state_into(model: torch.nn.Module, state: Dict[str, torch.Tensor], source: str, what: str, hint: str,
+                    ignore_missing: tuple = ()) -> None:
+    """``load_weights_into`` for a state_dict already read from ``source``."""
     own = model.state_dict()
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if wrong:
         raise ValueError(
-            f"checkpoint {path} does not match {what}: {len(wrong)} tensors have other shapes "
+            f"{source} does not match {what}: {len(wrong)} tensors have other shapes "
             f"(e.g. {wrong[0]}: {tuple(state[wrong[0]].shape)} in the file, {tuple(own[wrong[0]].shape)} in the "
             f"model); {hint}"
         )
@@ -116,7 +122,7 @@ def load_weights_into(model: torch.nn.Module, path: Union[str, os.PathLike], pre
     missing = [k for k in result.missing_keys if not k.endswith(ignore_missing)]
     if missing or result.unexpected_keys:
         raise ValueError(
-            f"checkpoint {path} does not match {what}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{source} does not match {what}: {len(missing)} missing keys (e.g. {missing[:3]}), "
             f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]}); {hint}"
         )
 

@@ -9,16 +9,22 @@ from typing import Optional, Sequence
 
 import torch
 from mmengine.config import Config, DictAction
+from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
+from torch import nn
 
 import overhaul_det.datasets  # noqa: F401  (registers datasets)
 import overhaul_det.engine  # noqa: F401  (safe loader, hooks, optim wrappers)
 import overhaul_det.evaluation  # noqa: F401  (registers metrics)
 import overhaul_det.tasks  # noqa: F401  (registers task models)
+from overhaul_det.datasets.classification import share_train_classes
+from overhaul_det.engine.checkpoint import load_checkpoint_file, load_state_into
+from overhaul_det.engine.paths import DATALOADERS, fill_data_root, resolve_repo_paths
 from overhaul_det.engine.reliability import prepare_distributed
 from overhaul_det.engine.resume import prepare_resume
+from overhaul_det.export import student_state_dict
 
-__all__ = ["load_config", "validate_config", "build_runner", "DictAction"]
+__all__ = ["load_config", "validate_config", "build_runner", "build_test_runner", "DictAction"]
 
 _KNOWN_KEYS = set(inspect.signature(Runner.__init__).parameters) | {
     "_base_", "default_scope", "launcher", "randomness", "env_cfg", "log_level", "log_processor",
@@ -39,15 +45,30 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         raise ValueError(f"{source}: no 'model' key; a config needs model=dict(type=...)")
 
 
-def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    """Read a config file, apply ``--cfg-options`` overrides and validate it."""
+def load_config(path: str, cfg_options: Optional[dict] = None, data_root: Optional[str] = None) -> Config:
+    """Read a config file, apply ``--cfg-options`` and ``--data-root``, validate it, and make its paths
+    and dataloaders work from any folder and with any worker count."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"config {path} does not exist")
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    if data_root is not None:
+        cfg.data_root = data_root
     validate_config(cfg, path)
+    fill_data_root(cfg, required=data_root is not None)
+    resolve_repo_paths(cfg, path)
+    _fit_workers(cfg)
+    share_train_classes(cfg)
     return cfg
+
+
+def _fit_workers(cfg: Config) -> None:
+    """Keep ``persistent_workers`` only where there are workers: torch refuses it with num_workers=0."""
+    for key in DATALOADERS:
+        loader = cfg.get(key)
+        if isinstance(loader, dict) and not loader.get("num_workers", 0):
+            loader.pop("persistent_workers", None)
 
 
 def _set_amp(cfg: Config) -> None:
@@ -78,3 +99,30 @@ def build_runner(
     prepare_resume(cfg)
     prepare_distributed(cfg, launcher)
     return Runner.from_cfg(cfg)
+
+
+def _student_only(model: dict) -> dict:
+    """The model config with OFD and KD off and no teacher, so no teacher file is read."""
+    model = dict(model, teacher=None, ofd=dict(model.get("ofd") or {}, alpha=0))
+    if "kd_weight" in model:
+        model["kd_weight"] = 0.0
+    return model
+
+
+def _load_student(model: nn.Module, checkpoint: str) -> None:
+    """Load the student's weights strictly from a checkpoint of any method (``distiller.student.``
+    or ``student_model.`` keys)."""
+    state = student_state_dict(load_checkpoint_file(checkpoint))
+    load_state_into(model.student, state, f"checkpoint {checkpoint}", "the config's student",
+                    "test with the config the checkpoint was trained with")
+
+
+def build_test_runner(cfg: Config, config_path: str, checkpoint: str, work_dir: Optional[str] = None,
+                      launcher: str = "none") -> Runner:
+    """A Runner that evaluates the student of ``checkpoint``; testing needs no teacher, so none is built."""
+    cfg.model = _student_only(cfg.model)
+    cfg.load_from = None
+    cfg.resume = False
+    runner = build_runner(cfg, config_path, work_dir, launcher=launcher)
+    _load_student(runner.model.module if is_model_wrapper(runner.model) else runner.model, checkpoint)
+    return runner

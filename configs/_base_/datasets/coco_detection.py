@@ -1,18 +1,18 @@
 # COCO 2017 boxes: data/coco/{train2017,val2017}/ and data/coco/annotations/instances_{train,val}2017.json.
 # The 80 categories become labels 1..80 (sorted ids); num_classes counts the background. Images keep
-# their size here: the detector's own transform resizes them (min_size/max_size of the model).
+# their size here: the detector's own transform resizes them (min_size/max_size of the model). data_root reaches
+# every dataset (load_config fills it in; set it with --data-root), and the metric reads its dataset's ann_file.
 data_root = 'data/coco'
 num_classes = 81
 
 train_dataloader = dict(
     batch_size=2,
     num_workers=2,
-    persistent_workers=True,
+    persistent_workers=True,  # load_config drops it where num_workers=0
     sampler=dict(type='DefaultSampler', shuffle=True),
     collate_fn=dict(type='pseudo_collate'),
     dataset=dict(
         type='CocoDetection',
-        data_root=data_root,
         ann_file='annotations/instances_train2017.json',
         img_prefix='train2017',
         train=True,
@@ -29,7 +29,6 @@ val_dataloader = dict(
     collate_fn=dict(type='pseudo_collate'),
     dataset=dict(
         type='CocoDetection',
-        data_root=data_root,
         ann_file='annotations/instances_val2017.json',
         img_prefix='val2017',
         train=False,
@@ -37,5 +36,5 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(type='CocoDetectionMetric', ann_file=data_root + '/annotations/instances_val2017.json')
+val_evaluator = dict(type='CocoDetectionMetric')
 test_evaluator = val_evaluator

@@ -2,6 +2,8 @@
 # Make them first:
 #   overhaul-det make-scenes data/fashion_scenes --split train --num-images 2000 --format coco
 #   overhaul-det make-scenes data/fashion_scenes --split val --num-images 500 --format coco
+# data_root reaches every dataset (load_config fills it in; set it with --data-root); the metric reads its dataset's
+# ann_file.
 data_root = 'data/fashion_scenes'
 num_classes = 11
 
@@ -12,7 +14,6 @@ train_dataloader = dict(
     collate_fn=dict(type='pseudo_collate'),
     dataset=dict(
         type='CocoDetection',
-        data_root=data_root,
         ann_file='annotations/instances_train.json',
         img_prefix='images/train',
         train=True,
@@ -28,7 +29,6 @@ val_dataloader = dict(
     collate_fn=dict(type='pseudo_collate'),
     dataset=dict(
         type='CocoDetection',
-        data_root=data_root,
         ann_file='annotations/instances_val.json',
         img_prefix='images/val',
         train=False,
@@ -36,5 +36,5 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(type='CocoDetectionMetric', ann_file=data_root + '/annotations/instances_val.json')
+val_evaluator = dict(type='CocoDetectionMetric')
 test_evaluator = val_evaluator

@@ -2,6 +2,7 @@
 # The paper trains on the SBD-augmented set (10,582 images): put its labels in SegmentationClassAug and its
 # list in ImageSets/Segmentation/trainaug.txt, then set train_dataloader.dataset split='trainaug',
 # ann_dir='SegmentationClassAug'. Items arrive normalised (ImageNet mean/std); the preprocessor stacks them.
+# data_root reaches every dataset (load_config fills it in; set it with --data-root).
 data_root = 'data/VOCdevkit/VOC2012'
 num_classes = 21
 crop_size = (513, 513)
@@ -10,10 +11,10 @@ data_preprocessor = dict(type='ImgDataPreprocessor')
 train_dataloader = dict(
     batch_size=16,
     num_workers=8,
-    persistent_workers=True,
+    persistent_workers=True,  # load_config drops it where num_workers=0
     sampler=dict(type='DefaultSampler', shuffle=True),
     collate_fn=dict(type='pseudo_collate'),
-    dataset=dict(type='VOCSegmentation', data_root=data_root, split='train', train=True, crop_size=crop_size,
+    dataset=dict(type='VOCSegmentation', split='train', train=True, crop_size=crop_size,
                  scale_range=(0.5, 2.0)),
 )
 val_dataloader = dict(
@@ -22,7 +23,7 @@ val_dataloader = dict(
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
     collate_fn=dict(type='pseudo_collate'),
-    dataset=dict(type='VOCSegmentation', data_root=data_root, split='val', train=False, crop_size=crop_size),
+    dataset=dict(type='VOCSegmentation', split='val', train=False, crop_size=crop_size),
 )
 test_dataloader = val_dataloader
 val_evaluator = dict(type='SegmentationMetric', num_classes=num_classes)

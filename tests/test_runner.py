@@ -1,0 +1,68 @@
+"""Config loading and runner building: `test` without the teacher file, dataloaders for any worker count."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from overhaul_det.cli import main as cli_main
+from overhaul_det.engine.runner import load_config
+from overhaul_det.registry import MODELS
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
+LOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+
+
+def _ofd_checkpoint(path: Path) -> dict:
+    """An OFD run's checkpoint (student keys ``distiller.student.``), its student moved off its initialisation."""
+    cfg = Config.fromfile(str(DEMO_CONFIG))
+    model = MODELS.build(dict(cfg.model, teacher=dict(name="resnet18")))
+    with torch.no_grad():
+        for value in model.distiller.student.state_dict().values():
+            if value.is_floating_point():
+                value.add_(torch.rand_like(value))
+    state = model.state_dict()
+    torch.save(dict(meta=dict(iter=1), state_dict=state), path)
+    return {k[len("distiller.student."):]: v for k, v in state.items() if k.startswith("distiller.student.")}
+
+
+@pytest.mark.usefixtures("fashion_data")
+def test_test_command_needs_no_teacher_file(tmp_path, monkeypatch, capsys):
+    student = _ofd_checkpoint(tmp_path / "ofd.pth")
+    config = tmp_path / "config.py"
+    config.write_text(f"""
+_base_ = [{str(DEMO_CONFIG)!r}]
+model = dict(teacher=dict(checkpoint={str(tmp_path / 'gone.safetensors')!r}))
+test_dataloader = dict(batch_size=8, dataset=dict(num_samples=16))
+experiment_name = {tmp_path.name!r}
+""")
+    tested = []
+    run_test = Runner.test
+    monkeypatch.setattr(Runner, "test", lambda runner: tested.append(runner) or run_test(runner))
+
+    code = cli_main(["test", str(config), str(tmp_path / "ofd.pth"), "--work-dir", str(tmp_path / "work")])
+    assert code == 0, capsys.readouterr().err[-500:]
+    assert "accuracy/top1: " in capsys.readouterr().out
+    model = tested[0].model
+    assert model.teacher is None
+    loaded = model.student.state_dict()
+    assert loaded.keys() == student.keys() and all(torch.equal(loaded[k], v) for k, v in student.items())
+
+
+BASES = ["imagenet.py", "coco_detection.py", "voc_segmentation.py"]
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_base_dataset_configs_build_dataloaders_without_workers(tmp_path, base):
+    config = tmp_path / "config.py"
+    config.write_text(f"_base_ = [{str(REPO / 'configs/_base_/datasets' / base)!r}]\nmodel = dict(type='x')\n")
+    assert all(load_config(str(config))[key].persistent_workers for key in LOADERS), "kept where there are workers"
+    cfg = load_config(str(config), {f"{key}.num_workers": 0 for key in LOADERS})
+    for key in LOADERS:
+        loader = Runner.build_dataloader(dict(cfg[key], dataset=list(range(4))))
+        assert loader.num_workers == 0 and not loader.persistent_workers
+        assert next(iter(loader))
