@@ -1,0 +1,38 @@
+"""Find OFD tap points (pre-activation stage ends) in a model's FX graph, and capture them.
+
+``find_taps`` (discover.py) traces a model (trace.py), propagates a sample input to learn every
+tensor's shape, and picks, for each stride, the last node through which the whole computation
+passes (a cut node, predicates.py); if that node is an activation, the tap is its input.
+``attach_taps`` (capture.py) binds a regenerated forward to the original module; outputs,
+parameter names and numerics are unchanged. ``TapExtractor`` (extract.py) runs a model only as
+far as its last tap.
+"""
+from .capture import attach_taps, capture_taps, detach_taps
+from .discover import REFERENCE_SIZE, Tap, find_taps, graph_node_names, smallest_input_size
+from .extract import TapExtractor
+from .predicates import (ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES, PASSTHROUGH_MODULES,
+                         activation_name, is_norm, is_passthrough)
+from .trace import TRACER_KEYS, SampleRunError, qualified_name, trace
+
+__all__ = [
+    "Tap",
+    "find_taps",
+    "attach_taps",
+    "detach_taps",
+    "capture_taps",
+    "TapExtractor",
+    "graph_node_names",
+    "qualified_name",
+    "smallest_input_size",
+    "trace",
+    "SampleRunError",
+    "REFERENCE_SIZE",
+    "TRACER_KEYS",
+    "ACTIVATION_FUNCTIONS",
+    "ACTIVATION_METHODS",
+    "ACTIVATION_MODULES",
+    "PASSTHROUGH_MODULES",
+    "activation_name",
+    "is_norm",
+    "is_passthrough",
+]
