@@ -514,3 +514,23 @@ def test_last_stage_at_1x1_is_not_the_global_pool(name):
     assert [t.stride for t in taps] == [4, 8, 16, 32]
     assert all(t.norm is not None and t.activation is not None for t in taps)
     assert "pool" not in taps[-1].name and "head" not in taps[-1].name
+
+
+def test_each_model_is_traced_once_per_mode(make_model, monkeypatch):
+    counts = {}
+    original = torch.fx.Tracer.trace
+
+    def counting(self, root, *args, **kwargs):
+        counts[type(root).__name__] = counts.get(type(root).__name__, 0) + 1
+        return original(self, root, *args, **kwargs)
+
+    monkeypatch.setattr(torch.fx.Tracer, "trace", counting)
+    FeatureDistiller(make_model("tv", "resnet50"), make_model("tv", "mobilenet_v3_large"), input_size=SIZE)
+    assert counts == {"ResNet": 1, "MobileNetV3": 2}  # teacher: eval only; student: eval and train
+
+
+def test_a_changed_module_tree_is_traced_again(make_model):
+    model = make_model("tv", "resnet18")
+    assert "layer4.1.add" in graph_node_names(model)[1]
+    model.layer4 = nn.Identity()
+    assert not any(name.startswith("layer4.1") for name in graph_node_names(model)[1])

@@ -10,6 +10,7 @@ import inspect
 import io
 import math
 import re
+import weakref
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -138,18 +139,40 @@ def _concrete_defaults(model: nn.Module) -> Dict[str, Any]:
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+_GRAPHS: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, fx.Graph]]" = weakref.WeakKeyDictionary()
+
+
+def _cache_key(model: nn.Module, training: bool, tracer_kwargs: Optional[Dict[str, Sequence[Any]]]) -> tuple:
+    """What a graph depends on: the mode, the tracer options, and the model's module tree."""
+    options = tuple(sorted((key, tuple(map(str, values))) for key, values in (tracer_kwargs or {}).items()))
+    modules = tuple((name, type(module)) for name, module in model.named_modules())
+    return training, options, type(model), modules
+
+
+def _copy(graph: fx.Graph) -> fx.Graph:
+    """A copy whose nodes (and their meta dicts) the caller may change."""
+    copy = fx.Graph()
+    copy.output(copy.graph_copy(graph, {}))
+    return copy
+
+
 def trace(model: nn.Module, training: bool = False, tracer_kwargs: Optional[Dict[str, Sequence[Any]]] = None
           ) -> fx.Graph:
-    """Trace ``model``'s original forward in the given mode; nodes carry their module path."""
+    """``model``'s original forward traced in the given mode; nodes carry their module path and
+    qualified name. Traced once per model, mode and tracer options; each call gets its own copy."""
+    key = _cache_key(model, training, tracer_kwargs)
+    cached = _GRAPHS.get(model, {})
+    if key not in cached:
+        cached[key] = _trace(model, training, _PathTracer(tracer_kwargs))
+        _GRAPHS[model] = cached
+    return _copy(cached[key])
+
+
+def _trace(model: nn.Module, training: bool, tracer: fx.Tracer) -> fx.Graph:
     was_training = model.training
     model.train()
     model.eval()
     model.train(training)
-    try:
-        tracer = _PathTracer(tracer_kwargs)
-    except ValueError:
-        model.train(was_training)
-        raise
     try:
         return tracer.trace(model, concrete_args=_concrete_defaults(model) or None)
     except Exception as error:
