@@ -362,7 +362,7 @@ def activation_sizes(distiller: FeatureDistiller, student_x: Tensor, teacher_x: 
             teacher = distiller.teacher_features(teacher_x)
         with _OutputBytes(student_x.shape[0]) as regressor_ops:
             for regressor, feature, target, pair in zip(distiller.regressors, student, teacher, distiller.pairs):
-                distiller._align(regressor(feature), target, pair)
+                distiller.match_size(regressor(feature), target, pair)
     return {
         "teacher_largest_activation_bytes": max(teacher_ops.sizes),
         "teacher_tap_bytes": sum(t.numel() * t.element_size() for t in teacher),

@@ -274,7 +274,8 @@ class FeatureDistiller(nn.Module):
         self.margins_calibrated.fill_(True)
         logger.info("OFD data margins estimated from the first batch; call calibrate_margins() for more batches")
 
-    def _align(self, s: Tensor, t: Tensor, pair: Tuple[Tap, Tap]) -> Tensor:
+    def match_size(self, s: Tensor, t: Tensor, pair: Tuple[Tap, Tap]) -> Tensor:
+        """A regressed student map ``s`` at teacher map ``t``'s spatial size (per ``align``)."""
         same = s.shape[:-1] == t.shape[:-1] if pair[1].channel_last else s.shape[2:] == t.shape[2:]
         if same:
             return s
@@ -337,7 +338,7 @@ class FeatureDistiller(nn.Module):
 
         def term(feature: Tensor) -> Tensor:
             t = teacher.pop()
-            r = self._align(regressor(feature), t, pair)
+            r = self.match_size(regressor(feature), t, pair)
             if self.distance == "l2":
                 return (r - margin_relu(t.detach(), self.margins[i], channel_dim)).pow(2).sum()
             # The regressor's output, read by nothing else, holds the kept difference.
@@ -351,7 +352,7 @@ class FeatureDistiller(nn.Module):
         """ofd_loss(r_i(s_i), t_i, m_i) as OFD.md writes it, on the step's autograd graph."""
         pair = self.pairs[i]
         channel_dim = -1 if pair[1].channel_last else 1
-        r = self._align(self.regressors[i](student_feat), teacher_feat, pair)
+        r = self.match_size(self.regressors[i](student_feat), teacher_feat, pair)
         if self.distance == "l2":
             return (r - margin_relu(teacher_feat.detach(), self.margins[i], channel_dim)).pow(2).sum()
         return ofd_loss_reference(r, teacher_feat.to(r.dtype), self.margins[i], channel_dim)
