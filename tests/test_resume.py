@@ -16,6 +16,7 @@ from mmengine.fileio import get_file_backend
 
 from overhaul_det.cli import main as cli_main
 from overhaul_det.engine.checkpoint import load_checkpoint_file
+from overhaul_det.engine import install
 from overhaul_det.engine.fileio import AtomicLocalBackend
 from overhaul_det.engine.resume import checkpoint_candidates, find_resume_checkpoint
 
@@ -163,7 +164,8 @@ def test_resume_with_nothing_to_resume_starts_over(tmp_path):
 WRITER = """
 import sys
 from mmengine.fileio import get_file_backend
-import overhaul_det.engine.fileio
+from overhaul_det.engine import install
+install()
 path, size = sys.argv[1], int(sys.argv[2])
 backend = get_file_backend(path)
 print(type(backend).__name__, flush=True)
@@ -174,6 +176,7 @@ while True:
 
 
 def test_checkpoint_writes_go_through_the_atomic_backend(tmp_path):
+    install()
     assert isinstance(get_file_backend(str(tmp_path / "iter_1.pth")), AtomicLocalBackend)
 
 

@@ -18,6 +18,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 from safetensors.torch import save_file
 
+from overhaul_det.engine import install
 from overhaul_det.engine.checkpoint import UnsafeCheckpointError, load_checkpoint_file, load_state_dict_file
 from overhaul_det.engine.runner import build_runner
 from overhaul_det.export import export_student
@@ -61,7 +62,7 @@ LOADERS = {
     "load_checkpoint_file": lambda p: load_checkpoint_file(p),
     "load_state_dict_file": lambda p: load_state_dict_file(p),
     "teacher_checkpoint": lambda p: build_classifier("resnet18", num_classes=10, checkpoint=str(p)),
-    "mmengine_loader": lambda p: CheckpointLoader.load_checkpoint(str(p), map_location="cpu"),
+    "mmengine_loader": lambda p: (install(), CheckpointLoader.load_checkpoint(str(p), map_location="cpu")),
     "export": lambda p: export_student(p, p.with_name("student.safetensors")),
 }
 

@@ -2,7 +2,8 @@
 
 mmengine saves checkpoints through the file backend of the path (``LocalBackend.put`` for local
 paths), which opens the target and writes into it; a kill mid-write leaves a truncated file. The
-backend registered here writes a temporary file in the same folder, fsyncs it, then renames it.
+backend ``install`` registers (when a Runner is built) writes a temporary file in the same folder,
+fsyncs it, then renames it.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Union
 
 from mmengine.fileio import LocalBackend, register_backend
 
-__all__ = ["AtomicLocalBackend", "atomic_write_bytes"]
+__all__ = ["AtomicLocalBackend", "atomic_write_bytes", "install"]
 
 
 def atomic_write_bytes(data: bytes, path: Union[str, os.PathLike]) -> Path:
@@ -60,4 +61,6 @@ class AtomicLocalBackend(LocalBackend):
         atomic_write_bytes(obj.encode(encoding), filepath)
 
 
-register_backend("local", AtomicLocalBackend, force=True, prefixes="")
+def install() -> None:
+    """Make mmengine write local files through ``AtomicLocalBackend``."""
+    register_backend("local", AtomicLocalBackend, force=True, prefixes="")

@@ -18,6 +18,7 @@ import overhaul_det.engine  # noqa: F401  (safe loader, hooks, optim wrappers)
 import overhaul_det.evaluation  # noqa: F401  (registers metrics)
 import overhaul_det.tasks  # noqa: F401  (registers task models)
 from overhaul_det.datasets.classification import share_train_classes
+from overhaul_det.engine import install
 from overhaul_det.engine.checkpoint import load_checkpoint_file, load_state_into
 from overhaul_det.engine.paths import DATALOADERS, fill_data_root, resolve_repo_paths
 from overhaul_det.engine.reliability import prepare_distributed
@@ -89,7 +90,9 @@ def build_runner(
     amp: bool = False,
     launcher: str = "none",
 ) -> Runner:
-    """A Runner from a loaded config with the CLI's overrides applied."""
+    """A Runner from a loaded config with the CLI's overrides applied (mmengine's local file backend
+    and checkpoint loader replaced by the safe ones: ``engine.install``)."""
+    install()
     cfg.work_dir = work_dir or cfg.get("work_dir") or os.path.join("work_dirs", Path(config_path).stem)
     cfg.launcher = launcher
     if resume:

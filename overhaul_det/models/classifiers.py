@@ -6,7 +6,7 @@ from typing import Optional
 
 from torch import nn
 
-from ..engine.checkpoint import load_weights_into
+from .weights import load_weights_into
 from .zoo import create_model, resolve_model_name
 
 __all__ = ["build_classifier"]

@@ -24,7 +24,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from ..engine.checkpoint import load_state_dict_file, load_weights_into
+from .weights import load_state_dict_file, load_weights_into
 from .zoo import create_model, resolve_model_name
 
 __all__ = [

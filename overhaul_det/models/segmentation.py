@@ -17,7 +17,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.models.segmentation.fcn import FCNHead
 
-from ..engine.checkpoint import load_weights_into
+from .weights import load_weights_into
 from ..taps import (ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES, PASSTHROUGH_MODULES, Tap, find_taps,
                     qualified_name, trace)
 from .zoo import create_model, resolve_model_name
