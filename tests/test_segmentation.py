@@ -64,6 +64,28 @@ def test_head_taps_found_by_find_taps_on_torchvision_deeplab_head(randomized):
         assert feats[tap.name].min() < 0, f"{tap.name} lost its negative half"
 
 
+def _swap(module: torch.nn.Module, kind: type, make) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, kind):
+            setattr(module, name, make(child))
+        else:
+            _swap(child, kind, make)
+
+
+def test_head_taps_see_timm_activations_and_frozen_batch_norm():
+    """The head's taps use the one set of graph predicates: timm's activation layers and
+    torchvision's FrozenBatchNorm2d count as activations and norms, as in find_taps."""
+    from timm.layers.activations import GELU
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    head = DeepLabHead(32, 5).eval()
+    _swap(head, torch.nn.ReLU, lambda relu: GELU())
+    _swap(head, torch.nn.BatchNorm2d, lambda bn: FrozenBatchNorm2d(bn.num_features))
+    taps = find_taps(head, input_size=(32, 8, 8), nodes=head_tap_nodes(head))
+    assert [t.norm for t in taps] == ["0.project.1", "2"]
+    assert [t.activation for t in taps] == ["GELU", "GELU"]
+
+
 def test_deeplabv3plus_taps_are_stage_ends_aspp_and_decoder(randomized):
     model = randomized(build_segmenter("timm/resnet18", 5, decoder=True, channels=16).eval())
     taps = segmenter_taps(model, (3, SIZE, SIZE))

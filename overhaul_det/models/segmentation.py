@@ -18,8 +18,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.models.segmentation.fcn import FCNHead
 
 from .weights import load_weights_into
-from ..taps import (ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES, PASSTHROUGH_MODULES, Tap, find_taps,
-                    qualified_name, trace)
+from ..taps import Tap, activation_name, applies_norm, find_taps, is_passthrough, qualified_name, trace
 from .zoo import create_model, resolve_model_name
 
 __all__ = [
@@ -253,28 +252,11 @@ def _stage_channels(body: nn.Module, stages: Sequence[int]) -> List[int]:
 # Taps
 
 
-def _is_activation(root: nn.Module, node: fx.Node) -> bool:
-    if node.op == "call_module":
-        return isinstance(root.get_submodule(node.target), ACTIVATION_MODULES)
-    if node.op == "call_function":
-        return node.target in ACTIVATION_FUNCTIONS
-    return node.op == "call_method" and node.target in ACTIVATION_METHODS
-
-
-def _is_norm(root: nn.Module, node: fx.Node) -> bool:
-    if node.op == "call_module":
-        return isinstance(root.get_submodule(node.target), nn.modules.batchnorm._BatchNorm)
-    return node.op == "call_function" and node.target is F.batch_norm
-
-
 def _consumers(root: nn.Module, node: fx.Node) -> List[fx.Node]:
     """The nodes that use ``node``'s value, looking through identity/dropout."""
     found = []
     for user in node.users:
-        if user.op == "call_module" and isinstance(root.get_submodule(user.target), PASSTHROUGH_MODULES):
-            found += _consumers(root, user)
-        else:
-            found.append(user)
+        found += _consumers(root, user) if is_passthrough(root, user) else [user]
     return found
 
 
@@ -290,9 +272,9 @@ def _expansion_norm(root: nn.Module, node: fx.Node) -> Optional[fx.Node]:
         module = root.get_submodule(conv.target)
         if not (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1):
             continue
-        for norm in (user for user in conv.users if _is_norm(root, user)):
+        for norm in (user for user in conv.users if applies_norm(root, user)):
             after = _consumers(root, norm)
-            if len(after) == 1 and _is_activation(root, after[0]):
+            if len(after) == 1 and activation_name(root, after[0]) is not None:
                 return after[0].args[0]
     return None
 
@@ -300,9 +282,9 @@ def _expansion_norm(root: nn.Module, node: fx.Node) -> Optional[fx.Node]:
 def _stage_tap(root: nn.Module, node: fx.Node) -> fx.Node:
     """OFD's position for a stage output: the input of the activation that closes the stage; for a
     linear bottleneck, the next block's expansion conv + BN output (before its activation), if any."""
-    while node.op == "call_module" and isinstance(root.get_submodule(node.target), PASSTHROUGH_MODULES):
+    while is_passthrough(root, node):
         node = node.args[0]
-    if _is_activation(root, node):
+    if activation_name(root, node) is not None:
         return node.args[0]
     return _expansion_norm(root, node) or node
 
@@ -343,7 +325,7 @@ def head_tap_nodes(head: nn.Module, graph: Optional[fx.Graph] = None, path: str 
     if len(aspps) != 1:
         raise ValueError(f"expected one torchvision ASPP under '{path or type(head).__name__}', found {aspps}; "
                          "pick the head's tap nodes by hand with ofd.student_taps / ofd.teacher_taps")
-    activations = [n for n in graph.nodes if _is_activation(head, n) and _under(n, path)]
+    activations = [n for n in graph.nodes if activation_name(head, n) is not None and _under(n, path)]
     project = [n for n in activations if _under(n, f"{aspps[0]}.project")]
     if not project:
         raise ValueError(f"no activation in {aspps[0]}.project; pick the head's tap nodes by hand")

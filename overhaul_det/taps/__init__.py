@@ -11,7 +11,7 @@ from .capture import attach_taps, capture_taps, detach_taps
 from .discover import REFERENCE_SIZE, Tap, find_taps, graph_node_names, smallest_input_size
 from .extract import TapExtractor
 from .predicates import (ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES, PASSTHROUGH_MODULES,
-                         activation_name, is_norm, is_passthrough)
+                         activation_name, applies_norm, is_norm, is_passthrough)
 from .trace import TRACER_KEYS, SampleRunError, qualified_name, trace
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "ACTIVATION_MODULES",
     "PASSTHROUGH_MODULES",
     "activation_name",
+    "applies_norm",
     "is_norm",
     "is_passthrough",
 ]

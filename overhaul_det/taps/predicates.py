@@ -73,6 +73,11 @@ def is_norm(module: Optional[nn.Module]) -> bool:
     return isinstance(module, (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d))
 
 
+def applies_norm(root: nn.Module, node: fx.Node) -> bool:
+    """Whether ``node`` applies a BatchNorm: a BatchNorm or FrozenBatchNorm2d module, or F.batch_norm."""
+    return is_norm(module_of(root, node)) or (node.op == "call_function" and node.target is F.batch_norm)
+
+
 def feeding_norm(root: nn.Module, node: fx.Node, depth: int = 0) -> Optional[str]:
     """Module path of the BatchNorm whose output feeds ``node`` (through an add, dropout)."""
     if depth > 4:
