@@ -14,7 +14,7 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from overhaul_det.engine.runner import load_config
 from overhaul_det.models.segmentation import build_segmenter, head_tap_nodes, segmenter_taps
-from overhaul_det.taps import attach_taps, capture_taps, find_taps
+from overhaul_det.taps import attach_taps, capture_taps, find_taps, qualified_name, trace
 from overhaul_det.tasks.segmentation import SegmentationDistiller, segmentation_tap_weights
 
 SIZE = 64
@@ -83,7 +83,32 @@ def test_head_taps_see_timm_activations_and_frozen_batch_norm():
     _swap(head, torch.nn.BatchNorm2d, lambda bn: FrozenBatchNorm2d(bn.num_features))
     taps = find_taps(head, input_size=(32, 8, 8), nodes=head_tap_nodes(head))
     assert [t.norm for t in taps] == ["0.project.1", "2"]
-    assert [t.activation for t in taps] == ["GELU", "GELU"]
+    assert [t.activation for t in taps] == ["gelu", "gelu"]
+
+
+class _LinearBottleneckPair(torch.nn.Module):
+    """A block ending without activation, then the next block's 1x1 expansion + FrozenBatchNorm2d + ReLU6."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.ops.misc import FrozenBatchNorm2d
+
+        self.project = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.expand = torch.nn.Conv2d(8, 16, 1)
+        self.bn = FrozenBatchNorm2d(16)
+        self.act = torch.nn.ReLU6()
+
+    def forward(self, x):
+        return self.act(self.bn(self.expand(self.project(x))))
+
+
+def test_linear_bottleneck_stage_tap_is_the_frozen_expansion_norm():
+    from overhaul_det.models.segmentation import _stage_tap
+
+    model = _LinearBottleneckPair()
+    graph = trace(model)
+    block_output = next(n for n in graph.nodes if n.target == "project")
+    assert qualified_name(_stage_tap(model, block_output)) == "bn"
 
 
 def test_deeplabv3plus_taps_are_stage_ends_aspp_and_decoder(randomized):
