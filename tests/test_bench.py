@@ -9,19 +9,10 @@ import pytest
 import torch
 
 from overhaul_det import FeatureDistiller, ofd_loss, ofd_loss_reference
-from overhaul_det.bench import (
-    TASK_DEFAULTS,
-    TIMED,
-    BenchConfig,
-    _config,
-    _parser,
-    build_model,
-    format_table,
-    main,
-    measure_memory_subprocess,
-    run_benchmark,
-    validate,
-)
+from overhaul_det.bench import BenchConfig, build_model, format_table, main, run_benchmark
+from overhaul_det.bench.cli import build_parser, config_from_args
+from overhaul_det.bench.config import TASK_DEFAULTS, TIMED, validate
+from overhaul_det.bench.memory import measure_memory_subprocess
 
 TINY = dict(teacher="resnet18", student="mobilenet_v3_small", batch_size=2, input_size=64, repeats=1, warmup=0,
             loss_shape=(2, 16, 8, 8), rewrite_model="resnet18", measure_memory=False)
@@ -146,9 +137,9 @@ def test_task_pair_is_timed_and_reported_like_classification(task):
 
 @pytest.mark.parametrize("task", ["detection", "segmentation"])
 def test_task_defaults_apply_unless_given(task):
-    cfg = _config(_parser().parse_args(["--task", task]))
+    cfg = config_from_args(build_parser().parse_args(["--task", task]))
     assert {name: getattr(cfg, name) for name in TASK_DEFAULTS[task]} == TASK_DEFAULTS[task]
-    assert _config(_parser().parse_args(["--task", task, "--batch-size", "3"])).batch_size == 3
+    assert config_from_args(build_parser().parse_args(["--task", task, "--batch-size", "3"])).batch_size == 3
     assert BenchConfig().batch_size == 8 and BenchConfig().teacher == "resnet50"
 
 

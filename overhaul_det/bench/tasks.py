@@ -7,17 +7,16 @@ Weights are random; detection targets are valid boxes, segmentation labels rando
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .distiller import FeatureDistiller
-from .tasks.detection import DetectionDistiller
-from .tasks.segmentation import SegmentationDistiller
-
-if TYPE_CHECKING:
-    from .bench import BenchConfig, _Runtime
+from ..distiller import FeatureDistiller
+from ..tasks.detection import DetectionDistiller
+from ..tasks.segmentation import SegmentationDistiller
+from .config import BenchConfig
+from .runtime import Runtime
 
 __all__ = ["TaskModel", "build_task_model"]
 
@@ -40,7 +39,7 @@ class TaskModel:
     teacher_input: Optional[Tensor] = None
 
 
-def build_task_model(cfg: "BenchConfig", rt: "_Runtime", ofd: bool) -> TaskModel:
+def build_task_model(cfg: BenchConfig, rt: Runtime, ofd: bool) -> TaskModel:
     """The baseline (``ofd=False``) or OFD model of ``cfg.task`` on ``rt``'s device, with its batch."""
     builders = {"detection": _detection, "segmentation": _segmentation}
     if cfg.task not in builders:
@@ -48,7 +47,7 @@ def build_task_model(cfg: "BenchConfig", rt: "_Runtime", ofd: bool) -> TaskModel
     return builders[cfg.task](cfg, rt, ofd)
 
 
-def _ofd_options(cfg: "BenchConfig", ofd: bool) -> dict:
+def _ofd_options(cfg: BenchConfig, ofd: bool) -> dict:
     return dict(alpha=cfg.alpha if ofd else 0, input_size=(3, cfg.input_size, cfg.input_size))
 
 
@@ -56,7 +55,7 @@ def _trainable(model: nn.Module) -> List[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _detection(cfg: "BenchConfig", rt: "_Runtime", ofd: bool) -> TaskModel:
+def _detection(cfg: BenchConfig, rt: Runtime, ofd: bool) -> TaskModel:
     torch.manual_seed(cfg.seed)
     model = DetectionDistiller(teacher=dict(name=cfg.teacher), student=dict(name=cfg.student),
                                num_classes=NUM_CLASSES["detection"], min_size=cfg.input_size,
@@ -68,11 +67,11 @@ def _detection(cfg: "BenchConfig", rt: "_Runtime", ofd: bool) -> TaskModel:
         with torch.no_grad():
             batch, _ = model.student_model.transform(images)
         task.distiller, task.student_input = model.distiller, batch.tensors
-        task.teacher_input = model._teacher_input(batch.tensors)
+        task.teacher_input = model.teacher_input(batch.tensors)
     return task
 
 
-def _detection_batch(cfg: "BenchConfig", device: torch.device) -> Tuple[List[Tensor], List[Dict[str, Tensor]]]:
+def _detection_batch(cfg: BenchConfig, device: torch.device) -> Tuple[List[Tensor], List[Dict[str, Tensor]]]:
     """Images in [0, 1] and per image a few boxes (xyxy, sides 10-50 % of the image) with labels 1..90."""
     generator = torch.Generator().manual_seed(cfg.seed + 2)
     size = cfg.input_size
@@ -86,7 +85,7 @@ def _detection_batch(cfg: "BenchConfig", device: torch.device) -> Tuple[List[Ten
     return images, samples
 
 
-def _segmentation(cfg: "BenchConfig", rt: "_Runtime", ofd: bool) -> TaskModel:
+def _segmentation(cfg: BenchConfig, rt: Runtime, ofd: bool) -> TaskModel:
     torch.manual_seed(cfg.seed)
     model = SegmentationDistiller(teacher=dict(backbone=cfg.teacher), student=dict(backbone=cfg.student),
                                   num_classes=NUM_CLASSES["segmentation"], ofd=_ofd_options(cfg, ofd))

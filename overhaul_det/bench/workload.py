@@ -1,0 +1,154 @@
+"""What one configuration runs: its models, data and timed steps, and the single step a memory measurement runs."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..distiller import FeatureDistiller
+from ..ofd import ofd_loss, ofd_loss_reference
+from ..taps import attach_taps, find_taps
+from .config import BenchConfig, build_model
+from .runtime import (Runtime, Step, forward_step, loss_step, ofd_step, optimizer, regressor_step, student_step,
+                      task_step, teacher_step)
+
+__all__ = ["Workload", "build_workload", "memory_step"]
+
+
+@dataclass
+class Workload:
+    """The timed steps in the order they run, and the distiller and inputs the activation sizes are taken from."""
+
+    steps: Dict[str, Step]
+    distiller: FeatureDistiller
+    student_input: Tensor
+    teacher_input: Tensor
+
+
+def build_workload(cfg: BenchConfig, rt: Runtime) -> Workload:
+    """Models, data and the timed steps (eight for classification, else (a)-(d)), in the order they are run."""
+    if cfg.task != "classification":
+        return _task_workload(cfg, rt)
+    student = _build_student(cfg)
+    plain_student = rt.place(copy.deepcopy(student))
+    distiller = _build_distiller(cfg, rt, student)
+    x, y = _batch(cfg, rt, _num_classes(plain_student, cfg, rt))
+    loss_tensors = _loss_tensors(cfg, rt)
+    plain, rewritten = _rewrite_models(cfg, rt)
+    steps = {
+        "student_step": student_step(plain_student, optimizer(list(plain_student.parameters()), cfg), x, y, rt),
+        "teacher_forward": teacher_step(distiller, x, rt),
+        "regressor_step": regressor_step(distiller, optimizer(list(distiller.regressors.parameters()), cfg), x, x,
+                                         rt),
+        "ofd_step": ofd_step(distiller, optimizer(_ofd_params(distiller), cfg), x, y, rt),
+        "loss_naive": loss_step(ofd_loss_reference, *loss_tensors),
+        "loss_fast": loss_step(ofd_loss, *loss_tensors),
+        "plain_forward": forward_step(plain, x, rt, capture=False),
+        "rewritten_forward": forward_step(rewritten, x, rt, capture=True),
+    }
+    return Workload(steps=steps, distiller=distiller, student_input=x, teacher_input=x)
+
+
+def memory_step(kind: str, cfg: BenchConfig, rt: Runtime) -> Step:
+    """Build only what the timed step ``kind`` needs and return that step."""
+    if cfg.task != "classification":
+        if kind not in ("student_step", "ofd_step"):
+            raise ValueError(f"unknown memory measurement {kind!r} for task {cfg.task!r}")
+        from .tasks import build_task_model  # here: only task pairs need the adapters (and mmengine)
+
+        task = build_task_model(cfg, rt, ofd=kind == "ofd_step")
+        return task_step(task.loss, optimizer(task.params, cfg), rt)
+    if kind in ("loss_naive", "loss_fast"):
+        student, teacher, margin = _loss_tensors(cfg, rt)
+        return loss_step(ofd_loss_reference if kind == "loss_naive" else ofd_loss, student, teacher, margin)
+    student = _build_student(cfg)
+    if kind == "student_step":
+        student = rt.place(student)
+        x, y = _batch(cfg, rt, _num_classes(student, cfg, rt))
+        return student_step(student, optimizer(list(student.parameters()), cfg), x, y, rt)
+    if kind == "ofd_step":
+        distiller = _build_distiller(cfg, rt, student)
+        x, y = _batch(cfg, rt, _num_classes(distiller.student, cfg, rt))
+        return ofd_step(distiller, optimizer(_ofd_params(distiller), cfg), x, y, rt)
+    raise ValueError(f"unknown memory measurement {kind!r}")
+
+
+def _task_workload(cfg: BenchConfig, rt: Runtime) -> Workload:
+    """(a)-(d) of a detection or segmentation pair: baseline and OFD adapters on the same batch."""
+    from .tasks import build_task_model  # here: only task pairs need the adapters (and mmengine)
+
+    plain, ofd = build_task_model(cfg, rt, ofd=False), build_task_model(cfg, rt, ofd=True)
+    distiller, student_x, teacher_x = ofd.distiller, ofd.student_input, ofd.teacher_input
+    regressor_opt = optimizer(list(distiller.regressors.parameters()), cfg)
+    steps = {
+        "student_step": task_step(plain.loss, optimizer(plain.params, cfg), rt),
+        "teacher_forward": teacher_step(distiller, teacher_x, rt),
+        "regressor_step": regressor_step(distiller, regressor_opt, student_x, teacher_x, rt),
+        "ofd_step": task_step(ofd.loss, optimizer(ofd.params, cfg), rt),
+    }
+    return Workload(steps=steps, distiller=distiller, student_input=student_x, teacher_input=teacher_x)
+
+
+def _ofd_params(distiller: FeatureDistiller) -> List[nn.Parameter]:
+    return list(distiller.student.parameters()) + list(distiller.regressors.parameters())
+
+
+def _batch(cfg: BenchConfig, rt: Runtime, num_classes: int) -> Tuple[Tensor, Tensor]:
+    x = torch.randn(cfg.batch_size, 3, cfg.input_size, cfg.input_size, device=rt.device)
+    y = torch.randint(0, num_classes, (cfg.batch_size,), device=rt.device)
+    return x.contiguous(memory_format=rt.memory_format), y
+
+
+@torch.no_grad()
+def _num_classes(model: nn.Module, cfg: BenchConfig, rt: Runtime) -> int:
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, 3, cfg.input_size, cfg.input_size, device=rt.device)
+    out = model(x.contiguous(memory_format=rt.memory_format))
+    model.train(was_training)
+    return out.shape[-1]
+
+
+def _build_student(cfg: BenchConfig) -> nn.Module:
+    """The student on the CPU (taps are found there), in train mode."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.student).train()
+
+
+def _build_distiller(cfg: BenchConfig, rt: Runtime, student: nn.Module) -> FeatureDistiller:
+    """Teacher + ``student`` (a CPU model, given its taps here) as a distiller placed on the device."""
+    torch.manual_seed(cfg.seed + 1)
+    teacher = build_model(cfg.teacher)
+    size = (cfg.input_size, cfg.input_size)
+    distiller = FeatureDistiller(teacher, student, alpha=cfg.alpha, input_size=size)
+    return rt.place(distiller).train()
+
+
+def _loss_tensors(cfg: BenchConfig, rt: Runtime) -> Tuple[Tensor, Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(cfg.seed + 2)
+    dtype = rt.dtype or torch.float32
+    shape = tuple(cfg.loss_shape)
+
+    def make(*size: int) -> Tensor:
+        return torch.randn(*size, generator=generator).to(rt.device, dtype)
+
+    student = make(*shape).contiguous(memory_format=_format_for(shape, rt)).requires_grad_(True)
+    teacher = make(*shape).contiguous(memory_format=_format_for(shape, rt))
+    margin = -make(shape[1]).abs()
+    return student, teacher, margin
+
+
+def _format_for(shape: Sequence[int], rt: Runtime) -> torch.memory_format:
+    return rt.memory_format if len(shape) == 4 else torch.contiguous_format
+
+
+def _rewrite_models(cfg: BenchConfig, rt: Runtime) -> Tuple[nn.Module, nn.Module]:
+    """The plain model and an identical copy with its taps attached, both in eval mode."""
+    torch.manual_seed(cfg.seed + 3)
+    plain = build_model(cfg.rewrite_model).eval()
+    rewritten = copy.deepcopy(plain)
+    attach_taps(rewritten, find_taps(rewritten, input_size=(cfg.input_size, cfg.input_size)))
+    return rt.place(plain), rt.place(rewritten)
