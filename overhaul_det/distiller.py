@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -23,6 +24,9 @@ __all__ = ["FeatureDistiller", "pair_taps", "default_tap_weights"]
 logger = logging.getLogger(__name__)
 
 TapSpec = Union[None, Sequence[Tap], Sequence[str]]
+# alpha='auto' sets the OFD term to this many times the task loss at the first iteration: at the
+# paper's own alphas it starts 17-68x the cross-entropy (tools/auto_alpha_ratio.py); the low end.
+AUTO_ALPHA_RATIO = 16.0
 MARGIN_MODES = ("auto", "bn", "data", "none")
 DISTANCES = ("partial_l2", "l2")
 
@@ -126,7 +130,8 @@ class FeatureDistiller(nn.Module):
         student_taps: TapSpec = None,
         pairs: Optional[Sequence[Tuple[str, str]]] = None,
         weights: Optional[Sequence[float]] = None,
-        alpha: float = 1.0,
+        alpha: Union[float, str] = 1.0,
+        alpha_ratio: float = AUTO_ALPHA_RATIO,
         margin: str = "auto",
         align: str = "interpolate",
         teacher_bn: str = "train",
@@ -150,6 +155,8 @@ class FeatureDistiller(nn.Module):
             raise ValueError(f"alpha_warmup={alpha_warmup!r}; give a number of training iterations (0 for none)")
         if teacher_bn not in ("train", "eval"):
             raise ValueError(f"teacher_bn={teacher_bn!r}; choose 'train' (batch statistics) or 'eval'")
+        if isinstance(alpha, str) and alpha != "auto":
+            raise ValueError(f"alpha={alpha!r}; give a number or 'auto'")
         t_taps = _resolve_taps(teacher, teacher_taps, teacher_input_size or input_size, min_stride, position,
                                tracer_kwargs)
         s_taps = _resolve_taps(student, student_taps, input_size, min_stride, position, tracer_kwargs)
@@ -159,6 +166,9 @@ class FeatureDistiller(nn.Module):
             raise ValueError(f"weights has {len(weights)} entries for {n} tap pairs")
         self.weights = list(weights) if weights is not None else default_tap_weights(n)
         self.alpha = alpha
+        self.alpha_ratio = alpha_ratio
+        if alpha == "auto":
+            self.register_buffer("alpha_auto", torch.tensor(0.0, dtype=torch.float64))
         self.align = align
         self.margin_mode = margin
         self.distance = distance
@@ -203,10 +213,43 @@ class FeatureDistiller(nn.Module):
 
     @property
     def effective_alpha(self) -> float:
-        """alpha, scaled by the warm-up ramp while it lasts."""
+        """alpha, scaled by the warm-up ramp while it lasts; with alpha='auto' the ramp alone (the
+        weight is applied by ``scale_to_task``, which knows the task loss)."""
+        alpha = 1.0 if self.alpha == "auto" else self.alpha
         if self.alpha_warmup <= 0:
-            return self.alpha
-        return self.alpha * min(1.0, (int(self.warmup_step) + 1) / self.alpha_warmup)
+            return alpha
+        return alpha * min(1.0, (int(self.warmup_step) + 1) / self.alpha_warmup)
+
+    def scale_to_task(self, loss_ofd: Tensor, task_loss: Tensor) -> Tensor:
+        """``loss_ofd`` weighted by alpha='auto': at the first training iteration alpha is set so that
+        the OFD term is ``alpha_ratio`` times the task loss (averaged over DDP ranks), then held fixed
+        (a buffer: checkpointed and resumed). Other alphas are already applied: returned as is."""
+        if self.alpha != "auto":
+            return loss_ofd
+        if float(self.alpha_auto) == 0.0:
+            if not self.training:
+                raise RuntimeError("alpha='auto' is set by the first training iteration; train before evaluating")
+            self._set_auto_alpha(loss_ofd.detach() / self._ramp(), task_loss.detach())
+        return loss_ofd * float(self.alpha_auto)
+
+    def _ramp(self) -> float:
+        """The warm-up factor the last forward applied (its step counter has advanced since)."""
+        if self.alpha_warmup <= 0:
+            return 1.0
+        return min(1.0, int(self.warmup_step) / self.alpha_warmup)
+
+    def _set_auto_alpha(self, ofd: Tensor, task: Tensor) -> None:
+        both = torch.stack([ofd.double(), task.double()])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(both)
+        ofd_sum, task_sum = (float(v) for v in both)
+        if not (ofd_sum > 0 and math.isfinite(ofd_sum) and math.isfinite(task_sum)):
+            raise FloatingPointError(f"alpha='auto' cannot be set: OFD loss {ofd_sum}, task loss {task_sum} at the "
+                                     "first iteration; give alpha a number")
+        self.alpha_auto.fill_(self.alpha_ratio * task_sum / ofd_sum)
+        logger.info("alpha='auto': alpha = %.4g, so that the OFD term (%.4g before weighting) is %g x the task loss "
+                    "(%.4g) at the first iteration; held fixed from here", float(self.alpha_auto), ofd_sum,
+                    self.alpha_ratio, task_sum)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:

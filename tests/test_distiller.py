@@ -357,3 +357,46 @@ def test_batch_below_the_deepest_tap_stride_is_refused(pair):
         distiller(torch.randn(2, 3, 16, 16))
     with pytest.raises(ValueError, match=r"the teacher .* got a batch of 16x16 px"):
         distiller.teacher_features(torch.randn(2, 3, 16, 16))
+
+
+def _auto_step(distiller: FeatureDistiller, x: torch.Tensor, labels: torch.Tensor):
+    out, losses = distiller(x)
+    task = F.cross_entropy(out, labels)
+    return distiller.scale_to_task(losses["loss_ofd"], task), task
+
+
+@pytest.mark.parametrize("warmup", [0, 4])
+def test_auto_alpha_sets_the_ofd_term_to_the_ratio_at_the_first_iteration(pair, warmup):
+    teacher, student = pair
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, alpha="auto", alpha_warmup=warmup).train()
+    x, labels = _x(4), torch.tensor([0, 1, 2, 3])
+    first, task = _auto_step(distiller, x, labels)
+    ramp = 1 / warmup if warmup else 1.0
+    assert float(first) == pytest.approx(16.0 * float(task) * ramp, rel=1e-6)
+    alpha = float(distiller.alpha_auto)
+    second, _ = _auto_step(distiller, x, labels)
+    assert float(distiller.alpha_auto) == alpha  # held fixed
+    out, losses = distiller(x)
+    assert float(distiller.scale_to_task(losses["loss_ofd"], torch.tensor(100.0))) == pytest.approx(
+        float(losses["loss_ofd"]) * alpha)
+
+
+def test_auto_alpha_resumes_from_its_buffer(make_model, pair):
+    teacher, student = pair
+    first = FeatureDistiller(teacher, student, input_size=SIZE, alpha="auto").train()
+    _auto_step(first, _x(4), torch.tensor([0, 1, 2, 3]))
+    resumed = FeatureDistiller(copy.deepcopy(teacher), make_model("tv", "mobilenet_v3_large"), input_size=SIZE,
+                               alpha="auto").train()
+    resumed.load_state_dict(first.state_dict())
+    _auto_step(resumed, _x(4), torch.tensor([3, 2, 1, 0]))
+    assert float(resumed.alpha_auto) == float(first.alpha_auto) > 0
+
+
+def test_a_numeric_alpha_has_no_auto_state(pair):
+    teacher, student = pair
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, alpha=1e-3).train()
+    assert not any("alpha_auto" in key for key in distiller.state_dict())  # older checkpoints keep loading
+    out, losses = distiller(_x())
+    assert distiller.scale_to_task(losses["loss_ofd"], torch.tensor(5.0)) is losses["loss_ofd"]
+    with pytest.raises(ValueError, match="alpha='aut'; give a number or 'auto'"):
+        FeatureDistiller(teacher, student, input_size=SIZE, alpha="aut")
