@@ -96,8 +96,18 @@ def _run(task: str, name: str, overrides: Dict, seed: int, threads: int, root: P
     result = dict(task=task, method=name, seed=seed, threads=threads, metric=spec["metric"], final=history[-1],
                   history=history, seconds=round(time.perf_counter() - start, 1), overrides=overrides,
                   provenance=current)
+    if overrides.get("model.ofd.alpha") == "auto":
+        result["alpha_auto"] = _auto_alpha(work_dir)
     result_file.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _auto_alpha(work_dir: Path) -> float:
+    """The alpha that alpha='auto' chose, from the run's last checkpoint."""
+    from .engine.checkpoint import load_checkpoint_file
+
+    checkpoint = (work_dir / "last_checkpoint").read_text().strip()
+    return float(load_checkpoint_file(checkpoint)["state_dict"]["distiller.alpha_auto"])
 
 
 def _train(command: List[str], log_path: Path, threads: int) -> None:
@@ -124,7 +134,7 @@ def _plot(task: str, results: List[Dict], metric: str, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    methods = list(dict.fromkeys(r["method"] for r in results))
+    methods = [m for m in dict.fromkeys(r["method"] for r in results) if not m.startswith("alpha ")]
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     ablations = [m for m in methods if m.startswith("ofd, ")]
     panels = [("methods", [m for m in methods if m not in ablations])]
@@ -145,6 +155,39 @@ def _plot(task: str, results: List[Dict], metric: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_alpha(task: str, results: List[Dict], metric: str, own_alpha: float, path: Path) -> None:
+    """Final test metric against alpha (log scale), mean ± std over runs, the baseline as a band,
+    alpha='auto' drawn at the alphas it chose."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = _summary(results)
+    grid = sorted((float(m.split()[1]), m) for m in summary if m.startswith("alpha ") and m != "alpha auto")
+    grid = sorted(grid + [(own_alpha, "ofd")] * ("ofd" in summary))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar([a for a, _ in grid], [summary[m]["mean"] for _, m in grid], [summary[m]["std"] for _, m in grid],
+                marker="o", capsize=3, label="OFD at a fixed alpha")
+    if "baseline" in summary:
+        base = summary["baseline"]
+        ax.axhspan(base["mean"] - base["std"], base["mean"] + base["std"], color="grey", alpha=0.25,
+                   label=f"baseline {base['mean']:.2f} ± {base['std']:.2f}")
+    auto = [r for r in results if r["method"] == "alpha auto" and "alpha_auto" in r]
+    if auto:
+        ax.scatter([r["alpha_auto"] for r in auto], [r["final"] for r in auto], marker="*", s=120, color="C3",
+                   zorder=3, label=f"alpha='auto' (mean {summary['alpha auto']['mean']:.2f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel(f"final test {metric}")
+    ax.set_title(f"{task}: OFD against alpha, mean ± std over runs", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _plot_method(ax, method: str, curves: List[List[float]], color: str) -> None:
     import numpy as np
 
@@ -156,10 +199,25 @@ def _plot_method(ax, method: str, curves: List[List[float]], color: str) -> None
     ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
 
 
+def _alpha_runs(task: str, alphas: Sequence[str]) -> List:
+    """('alpha A', overrides) per alpha in ``alphas`` ('auto' or a number); the config's own alpha is
+    the 'ofd' method's run, so it is not trained twice."""
+    from mmengine.config import Config
+
+    own = Config.fromfile(str(REPO / TASKS[task]["config"])).model.ofd.alpha
+    runs = []
+    for text in alphas:
+        value = text if text == "auto" else float(text)
+        if value != own:
+            runs.append((f"alpha {text}", {"model.ofd.alpha": value}))
+    return runs
+
+
 def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations: bool,
-             methods: Optional[List[str]] = None, threads: Sequence[int] = (), jobs: int = 1) -> Dict:
-    """All methods (and, with ``ablations``, the task's ablations) over ``seeds`` seeds at each
-    thread count (default: torch's), ``jobs`` trainings at a time."""
+             methods: Optional[List[str]] = None, threads: Sequence[int] = (), jobs: int = 1,
+             alphas: Sequence[str] = ()) -> Dict:
+    """All methods (and, with ``ablations``, the task's ablations; with ``alphas``, OFD at each
+    alpha) over ``seeds`` seeds at each thread count (default: torch's), ``jobs`` trainings at a time."""
     spec = TASKS[task]
     unknown = sorted(set(methods or []) - set(spec["methods"]))
     if unknown:
@@ -167,6 +225,7 @@ def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations
     runs = [(m, METHODS[m]) for m in (methods or spec["methods"])]
     if ablations:
         runs += [(f"ofd, {name}", o) for name, o in TASK_ABLATIONS[task].items()]
+    runs += _alpha_runs(task, alphas)
     if not threads:
         import torch
 
@@ -178,13 +237,21 @@ def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations
     return _report(task, results, seeds, epochs)
 
 
+def _alpha_order(method: str) -> float:
+    """Runs of the alpha sweep by alpha, 'auto' last; 0 for every other method."""
+    if not method.startswith("alpha "):
+        return 0.0
+    value = method.split(" ", 1)[1]
+    return float("inf") if value == "auto" else float(value)
+
+
 def collect_task(task: str, root: Path) -> Dict:
     """The report of every finished run of ``task`` under ``root``, whatever methods and seeds ran."""
     order = {m: i for i, m in enumerate(list(METHODS) + [f"ofd, {a}" for a in TASK_ABLATIONS[task]])}
     results = [json.loads(p.read_text()) for p in (root / task).glob("*/threads*/seed*/result.json")]
     if not results:
         raise FileNotFoundError(f"no finished run under {root / task}; run `overhaul-det reproduce {task}` first")
-    results.sort(key=lambda r: (order.get(r["method"], len(order)), r["threads"], r["seed"]))
+    results.sort(key=lambda r: (order.get(r["method"], len(order)), _alpha_order(r["method"]), r["threads"], r["seed"]))
     return _report(task, results, max(r["seed"] for r in results) + 1, None)
 
 
@@ -214,7 +281,13 @@ def _markdown(report: Dict, command: str, plot: str) -> str:
         seconds = statistics.mean(r["seconds"] for r in mine)
         lines.append(f"| {method} | {s['mean']:.{digits}f} ± {s['std']:.{digits}f} | {runs} | {seconds:.0f} |")
     lines += _paired_lines(report["results"], digits)
+    chosen = [f"{r['alpha_auto']:.3g} (s{r['seed']}/{r.get('threads', '?')}t)" for r in report["results"]
+              if "alpha_auto" in r]
+    if chosen:
+        lines += ["", "alpha='auto' chose: " + ", ".join(chosen) + "."]
     lines += ["", f"![{report['task']}]({plot})", ""]
+    if any(r["method"].startswith("alpha ") for r in report["results"]):
+        lines += [f"![{report['task']} against alpha](results_{report['task']}_alpha.png)", ""]
     return "\n".join(lines)
 
 
@@ -249,6 +322,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", type=_positive, nargs="+", default=[],
                         help="torch threads per run; several values run each (default: torch's own count)")
     parser.add_argument("--jobs", type=_positive, default=1, help="trainings at a time (each with --threads threads)")
+    parser.add_argument("--alphas", nargs="+", default=[],
+                        help="also OFD at each alpha (numbers, or auto); the config's own alpha is the ofd run")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; report every finished run in the work dir (methods may differ in seeds)")
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/reproduce"))
@@ -259,10 +334,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         report = collect_task(args.task, args.work_dir)
     else:
         report = run_task(args.task, args.seeds, args.work_dir, args.epochs, args.ablations, args.methods,
-                          args.threads, args.jobs)
+                          args.threads, args.jobs, args.alphas)
     args.out.mkdir(parents=True, exist_ok=True)
     plot = args.out / f"results_{args.task}.png"
     _plot(args.task, report["results"], report["metric"], plot)
+    if any(r["method"].startswith("alpha ") for r in report["results"]):
+        from mmengine.config import Config
+
+        own_alpha = Config.fromfile(str(REPO / TASKS[args.task]["config"])).model.ofd.alpha
+        _plot_alpha(args.task, report["results"], report["metric"], own_alpha,
+                    args.out / f"results_{args.task}_alpha.png")
     (args.out / f"results_{args.task}.json").write_text(json.dumps(report, indent=2))
     command = "overhaul-det reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
     section = args.out / f"results_{args.task}.md"

@@ -92,3 +92,23 @@ def test_zero_threads_or_jobs_is_refused(flag, capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["classification", *flag])
     assert "is not a count; give 1 or more" in capsys.readouterr().err
+
+
+def test_alpha_sweep_skips_the_configs_own_alpha_and_plots_auto(tmp_path):
+    runs = reproduce._alpha_runs("classification", ["1e-3", "1e-2", "auto"])
+    assert runs == [("alpha 1e-3", {"model.ofd.alpha": 1e-3}), ("alpha auto", {"model.ofd.alpha": "auto"})]
+    for seed in range(2):
+        _fake_run(tmp_path, "baseline", seed, 75.0 + seed)
+        _fake_run(tmp_path, "ofd", seed, 81.0 + seed)
+        _fake_run(tmp_path, "alpha auto", seed, 80.0 + seed)
+        _fake_run(tmp_path, "alpha 1e-3", seed, 77.0 + seed)
+        result_file = tmp_path / "classification" / "alpha_auto" / "threads1" / f"seed{seed}" / "result.json"
+        result_file.write_text(json.dumps(dict(json.loads(result_file.read_text()), alpha_auto=0.004 + seed / 1000)))
+    report = reproduce.collect_task("classification", tmp_path)
+    assert list(report["summary"]) == ["baseline", "ofd", "alpha 1e-3", "alpha auto"]
+    table = reproduce._markdown(report, "overhaul-det reproduce classification", "plot.png")
+    assert "alpha='auto' chose: 0.004 (s0/1t), 0.005 (s1/1t)." in table
+    assert "results_classification_alpha.png" in table
+    plot = tmp_path / "alpha.png"
+    reproduce._plot_alpha("classification", report["results"], report["metric"], 1e-2, plot)
+    assert plot.stat().st_size > 1000
