@@ -1,8 +1,6 @@
 """Classification through mmengine's Runner: the four methods, resume, export, CLI errors."""
 from __future__ import annotations
 
-import copy
-import os
 import re
 from pathlib import Path
 

@@ -210,6 +210,23 @@ def test_predict_crops_padding_to_each_label(distiller):
     assert [r["img_path"] for r in results] == ["0.jpg", "1.jpg"]
 
 
+def test_taps_given_by_name_are_the_default_taps(distiller):
+    """ofd.teacher_taps / student_taps as node names reach the distiller's own tap resolution and pair in order."""
+    pairs = distiller.distiller.pairs
+    named = SegmentationDistiller(copy.deepcopy(distiller.teacher), dict(backbone="mobilenetv2_050", decoder=True, channels=16),
+                                  num_classes=4, ofd=dict(input_size=(3, SIZE, SIZE),
+                                                          student_taps=[s.name for s, _ in pairs],
+                                                          teacher_taps=[t.name for _, t in pairs]))
+    assert named.distiller.pairs == pairs
+
+
+def test_an_input_that_collapses_the_backbone_stages_is_refused():
+    with pytest.raises(ValueError, match=r"input size 8 px is smaller than the deepest stage stride \(16\) of "
+                                         r"Segmenter's backbone.*at least 16x16"):
+        SegmentationDistiller(dict(backbone="timm/resnet18", channels=16), dict(backbone="timm/resnet18", channels=16),
+                              num_classes=3, ofd=dict(input_size=(3, 8, 8)))
+
+
 def test_alpha_zero_is_the_baseline():
     model = SegmentationDistiller(dict(backbone="timm/resnet18"), dict(backbone="timm/resnet18", channels=16),
                                   num_classes=3, ofd=dict(alpha=0)).train()

@@ -1,7 +1,9 @@
 """What every task adapter shares: built or loaded weights survive mmengine's start-up init; a teacher
-without weights is warned about; eval mode computes no OFD term; a misspelt spec key is named."""
+without weights is warned about, a missing one refused; eval mode computes no OFD term; a misspelt spec
+key is named; forward, loss and predict take mmengine's (inputs, data_samples)."""
 from __future__ import annotations
 
+import inspect
 import logging
 
 import pytest
@@ -9,6 +11,7 @@ import timm
 import torch
 
 from overhaul_det.registry import MODELS
+from overhaul_det.tasks.base import DistillationModel
 from overhaul_det.tasks.classification import ClassificationDistiller
 from overhaul_det.tasks.detection import DetectionDistiller
 from overhaul_det.tasks.segmentation import SegmentationDistiller
@@ -55,7 +58,6 @@ def test_detection_and_segmentation_runner_init_keep_weights():
         before = snapshot_state(model)
         model.init_weights()
         assert_same_state(model, before)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,3 +164,97 @@ def test_eval_mode_runs_no_teacher_and_returns_no_ofd_loss(ofd_models, task):
 def test_a_misspelt_spec_key_is_named_with_the_nearest_valid_one(build, message):
     with pytest.raises(TypeError, match=message):
         build()
+
+
+# ---------------------------------------------------------------------------------------------
+# The teacher guard
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: ClassificationDistiller(None, "timm/resnet10t", num_classes=3, ofd=dict(alpha=0), kd_weight=1.0),
+     r"OFD or KD needs a teacher; set teacher=dict\(name=\.\.\., checkpoint=\.\.\.\) or ofd\.alpha=0 and kd_weight=0"),
+    (lambda: DetectionDistiller(None, dict(name="timm/resnet10t", fpn_channels=32), num_classes=3, min_size=64,
+                                max_size=64),
+     r"OFD needs a teacher; set teacher=dict\(name=\.\.\., checkpoint=\.\.\.\) or ofd\.alpha=0"),
+    (lambda: SegmentationDistiller(None, dict(backbone="timm/resnet10t", channels=16), num_classes=3),
+     r"OFD needs a teacher; set teacher=dict\(backbone=\.\.\., checkpoint=\.\.\.\) or ofd\.alpha=0"),
+], ids=["classification", "detection", "segmentation"])
+def test_a_missing_teacher_is_refused_naming_the_fix(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_an_unused_teacher_is_built_by_classification_only(caplog):
+    """Classification builds and freezes a teacher no term uses (its initialisation draws from the RNG the
+    published baselines were trained after); detection and segmentation leave it out and say so.
+    Specs may be bare names."""
+    classifier = ClassificationDistiller("timm/resnet18d", "timm/resnet10t", num_classes=3, ofd=dict(alpha=0))
+    assert isinstance(classifier.teacher, timm.models.ResNet) and not classifier.teacher.training
+    assert not any(p.requires_grad for p in classifier.teacher.parameters())
+    with caplog.at_level(logging.INFO, logger="overhaul_det.tasks.base"):
+        detector = DetectionDistiller("timm/resnet18d", "timm/resnet10t", num_classes=3, min_size=64, max_size=64,
+                                      ofd=dict(alpha=0))
+        segmenter = SegmentationDistiller("timm/resnet18d", "timm/resnet10t", num_classes=3, ofd=dict(alpha=0))
+    assert detector.teacher is None and segmenter.teacher is None
+    assert not any(key.startswith(("teacher", "distiller")) for model in (detector, segmenter)
+                   for key in model.state_dict())
+    assert [r.getMessage() for r in caplog.records].count("ofd.alpha=0: the teacher is not built (baseline run)") == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# mmengine's (inputs, data_samples) convention
+
+ADAPTERS = (ClassificationDistiller, DetectionDistiller, SegmentationDistiller)
+PREDICTED = dict(classification="pred_score", detection="boxes", segmentation="pred_seg")
+
+
+def _baseline(task):
+    """A baseline adapter of ``task`` and a two-image batch as its dataset and collate give it."""
+    torch.manual_seed(0)
+    if task == "classification":
+        model = ClassificationDistiller(None, "timm/resnet10t", num_classes=3, ofd=dict(alpha=0))
+        return model, dict(inputs=torch.randn(2, 3, 32, 32), data_samples=[dict(gt_label=0), dict(gt_label=2)])
+    if task == "detection":
+        model = DetectionDistiller(None, dict(name="timm/resnet10t", fpn_channels=32, box_score_thresh=0.0),
+                                   num_classes=3, min_size=64, max_size=64, ofd=dict(alpha=0))
+        samples = [dict(image_id=i + 1, orig_size=(64, 64), flipped=False) for i in range(2)]
+        return model, dict(inputs=[torch.rand(3, 64, 64) for _ in range(2)], data_samples=samples)
+    model = SegmentationDistiller(None, dict(backbone="timm/resnet10t", channels=16), num_classes=3, ofd=dict(alpha=0))
+    samples = [dict(gt_seg=torch.randint(0, 3, (64, 64)), img_path=f"{i}.png") for i in range(2)]
+    return model, dict(inputs=[torch.randn(3, 64, 64) for _ in range(2)], data_samples=samples)
+
+
+def _assert_same_results(expected, got):
+    assert len(got) == len(expected)
+    for a, b in zip(expected, got):
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            assert torch.equal(value, b[key]) if isinstance(value, torch.Tensor) else value == b[key], key
+
+
+@pytest.mark.parametrize("cls", ADAPTERS, ids=lambda cls: cls.__name__)
+def test_the_adapters_share_forward_and_take_inputs_then_data_samples(cls):
+    assert cls.forward is DistillationModel.forward
+    for method in (cls.loss, cls.predict):
+        assert list(inspect.signature(method).parameters) == ["self", "inputs", "data_samples"], method
+    assert inspect.signature(cls.predict).parameters["data_samples"].default is None
+
+
+@pytest.mark.parametrize("task", sorted(PREDICTED))
+def test_predict_takes_the_batch_as_forward_and_val_step_do(task):
+    """predict(inputs, data_samples) is what mode='predict' and mmengine's val_step return; without
+    samples it predicts the same for each image; an unknown mode is named."""
+    model, batch = _baseline(task)
+    model.eval()
+    data = model.data_preprocessor(batch, False)
+    with torch.no_grad():
+        direct = model.predict(data["inputs"], data["data_samples"])
+        bare = model.predict(data["inputs"])
+        _assert_same_results(direct, model(**data, mode="predict"))
+    _assert_same_results(direct, model.val_step(batch))
+    assert len(direct) == len(bare) == 2
+    key = PREDICTED[task]
+    assert all(torch.equal(a[key], b[key]) for a, b in zip(direct, bare))
+    assert all(len(result[key]) for result in direct)
+    with pytest.raises(ValueError, match="mode='logits'; expected 'loss', 'predict' or 'tensor'"):
+        model(**data, mode="logits")

@@ -1,13 +1,15 @@
-"""What every task adapter shares: model specs built with errors that name the config key, a warning
-for a teacher without weights, and non-finite loss detection naming the term and iteration."""
+"""What every task adapter shares: model specs built with errors that name the config key, the teacher
+guard (refused when missing, warned about without weights), OFD on/off, mmengine's three modes with
+``predict(inputs, data_samples)``, and non-finite loss detection naming the term and iteration."""
 from __future__ import annotations
 
+import abc
 import difflib
 import inspect
 import logging
 import math
 import re
-from typing import Callable, Dict, List, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.logging import MessageHub
@@ -73,20 +75,98 @@ def warn_if_random_teacher(spec: Union[str, dict, nn.Module, None], builder: Cal
 
 
 class DistillationModel(BaseModel):
-    """mmengine BaseModel holding a student (in ``distiller`` with OFD on, else ``student_model``)
-    whose loss parsing stops on the first NaN/Inf loss term.
+    """mmengine BaseModel holding a student (in ``distiller`` with OFD on, else ``student_model``) and,
+    where a loss term uses one, a frozen teacher; its loss parsing stops on the first NaN/Inf loss term.
 
-    The error names the term and the iteration, before the optimizer can step, so the last
+    A task sets ``builder`` (its model builder), ``spec_key`` (the key a spec must set) and ``spec_help``,
+    and implements ``loss``, ``predict`` and ``_forward``, each taking ``(inputs, data_samples)``.
+    The non-finite error names the term and the iteration, before the optimizer can step, so the last
     checkpoint written stays the last good one.
     """
 
-    ofd_enabled: bool = False
+    builder: Callable[..., nn.Module]
+    spec_key: str = "name"
+    spec_help: str = "timm/NAME, torchvision/NAME or a bare name"
+    default_alpha: float = 1.0
+    teacher_terms: str = "OFD"
+    teacher_off: str = "ofd.alpha=0"
+
+    def __init__(self, ofd: Optional[dict] = None, data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.ofd_enabled = dict(ofd or {}).get("alpha", self.default_alpha) > 0
 
     def init_weights(self) -> None:
         """Keep every weight as built. The zoo builders initialise their models and checkpoints load
         at build time; mmengine's default, which the Runner calls at start, would call the
         ``init_weights`` of timm models (ResNet, ViT, ...) again and wipe a loaded teacher or a
         pretrained student."""
+
+    def build_spec(self, spec: Union[str, dict, nn.Module], role: str, **defaults) -> nn.Module:
+        """``model.<role>`` built by the task's builder; a string stands for ``{spec_key: string}``."""
+        spec = {self.spec_key: spec} if isinstance(spec, str) else spec
+        return build_from_spec(spec, self.builder, f"model.{role}", self.spec_key, self.spec_help, **defaults)
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether a loss term needs the teacher (OFD here; classification adds logit KD)."""
+        return self.ofd_enabled
+
+    def build_teacher(self, spec: Union[None, str, dict, nn.Module], build_unused: bool = False,
+                      **defaults) -> Optional[nn.Module]:
+        """The teacher, or None where no loss term uses it (built all the same with ``build_unused``).
+
+        A teacher that a term needs but the config leaves out is refused; one given without weights
+        is warned about (see ``warn_if_random_teacher``).
+        """
+        if spec is None:
+            if self.uses_teacher:
+                raise ValueError(f"{self.teacher_terms} needs a teacher; set teacher=dict({self.spec_key}=..., "
+                                 f"checkpoint=...) or {self.teacher_off}")
+            return None
+        if not (self.uses_teacher or build_unused):
+            logger.info("%s: the teacher is not built (baseline run)", self.teacher_off)
+            return None
+        teacher = self.build_spec(spec, "teacher", **defaults)
+        if self.uses_teacher:
+            warn_if_random_teacher(spec, self.builder, self.spec_key)
+        return teacher
+
+    @property
+    def teacher(self) -> Optional[nn.Module]:
+        """The frozen teacher the loss terms use (the distiller's, or ``teacher_model`` for KD alone); else None."""
+        if self.ofd_enabled:
+            return self.distiller.teacher
+        return getattr(self, "teacher_model", None)
+
+    def train(self, mode: bool = True) -> "DistillationModel":
+        """Switch the student (and regressors) to ``mode``; the teacher stays in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def forward(self, inputs: Any, data_samples: Optional[Sequence] = None, mode: str = "tensor") -> Any:
+        """mmengine's modes: ``loss`` (dict of losses), ``predict`` (one result per image), ``tensor`` (raw output)."""
+        if mode == "loss":
+            return self.loss(inputs, data_samples)
+        if mode == "predict":
+            return self.predict(inputs, data_samples)
+        if mode == "tensor":
+            return self._forward(inputs, data_samples)
+        raise ValueError(f"mode={mode!r}; expected 'loss', 'predict' or 'tensor'")
+
+    @abc.abstractmethod
+    def loss(self, inputs: Any, data_samples: Optional[Sequence]) -> Dict[str, torch.Tensor]:
+        """The training losses of a batch (the task's own terms plus ``loss_ofd``)."""
+
+    @abc.abstractmethod
+    def predict(self, inputs: Any, data_samples: Optional[Sequence] = None) -> List[dict]:
+        """One result dict per image of ``inputs``, from the student alone (what the task's metric takes)."""
+
+    @abc.abstractmethod
+    def _forward(self, inputs: Any, data_samples: Optional[Sequence] = None) -> Any:
+        """The student's raw output for ``inputs`` (``mode='tensor'``)."""
 
     @property
     def student(self) -> nn.Module:

@@ -14,11 +14,11 @@ from torch import Tensor, nn
 from ..distiller import FeatureDistiller
 from ..models.classifiers import build_classifier
 from ..registry import MODELS
-from .base import DistillationModel, build_from_spec, warn_if_random_teacher
+from .base import DistillationModel
 
 __all__ = ["ClassificationDistiller", "kd_loss"]
 
-ModelSpec = Union[dict, nn.Module]
+ModelSpec = Union[str, dict, nn.Module]
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
@@ -29,23 +29,22 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     return F.kl_div(log_p, q, reduction="batchmean") * (t * t)
 
 
-def _build(spec: ModelSpec, num_classes: int, role: str) -> nn.Module:
-    return build_from_spec(spec, build_classifier, f"model.{role}", "name",
-                           "timm/NAME, torchvision/NAME or a bare name", num_classes=num_classes)
-
-
 @MODELS.register_module()
 class ClassificationDistiller(DistillationModel):
     """Teacher and student classifiers with OFD (and optional logit KD) on the student's features.
 
     Args:
-        teacher, student: ``dict(name=..., checkpoint=..., pretrained=...)`` or modules.
+        teacher, student: ``dict(name=..., checkpoint=..., pretrained=...)``, a name, or modules.
         num_classes: classes of both heads (unless a spec sets its own).
         ofd: FeatureDistiller options (alpha, weights, margin, teacher_bn, input_size, ...);
             ``alpha=0`` turns OFD off (the teacher's features are then never computed).
         kd_weight, kd_temperature: Hinton KD on the logits; 0 turns it off.
         cls_weight: weight of the student's cross-entropy.
     """
+
+    builder = staticmethod(build_classifier)
+    teacher_terms = "OFD or KD"
+    teacher_off = "ofd.alpha=0 and kd_weight=0"
 
     def __init__(
         self,
@@ -59,20 +58,16 @@ class ClassificationDistiller(DistillationModel):
         data_preprocessor: Optional[dict] = None,
         init_cfg: Optional[dict] = None,
     ) -> None:
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        ofd = dict(ofd or {})
-        self.ofd_enabled = ofd.get("alpha", 1.0) > 0
+        super().__init__(ofd, data_preprocessor, init_cfg)
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
         self.cls_weight = cls_weight
-        student_model = _build(student, num_classes, "student")
-        teacher_model = _build(teacher, num_classes, "teacher") if teacher is not None else None
-        if (self.ofd_enabled or kd_weight > 0) and teacher_model is None:
-            raise ValueError("OFD or KD needs a teacher; set teacher=dict(name=...) or ofd.alpha=0 and kd_weight=0")
-        if self.ofd_enabled or kd_weight > 0:
-            warn_if_random_teacher(teacher, build_classifier, "name")
+        student_model = self.build_spec(student, "student", num_classes=num_classes)
+        # An unused teacher is built all the same: its initialisation draws from the RNG, and the published
+        # baselines were trained after it.
+        teacher_model = self.build_teacher(teacher, build_unused=True, num_classes=num_classes)
         if self.ofd_enabled:
-            self.distiller = FeatureDistiller(teacher_model, student_model, **ofd)
+            self.distiller = FeatureDistiller(teacher_model, student_model, **dict(ofd or {}))
         else:
             self.student_model = student_model
             if teacher_model is not None:
@@ -80,26 +75,8 @@ class ClassificationDistiller(DistillationModel):
                 self.teacher_model = teacher_model.eval()
 
     @property
-    def teacher(self) -> Optional[nn.Module]:
-        if self.ofd_enabled:
-            return self.distiller.teacher
-        return getattr(self, "teacher_model", None)
-
-    def train(self, mode: bool = True) -> "ClassificationDistiller":
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()
-        return self
-
-    def forward(self, inputs: Tensor, data_samples: Optional[Sequence] = None, mode: str = "tensor"):
-        if mode == "loss":
-            return self.loss(inputs, data_samples)
-        logits = self.student(inputs)
-        if mode == "tensor":
-            return logits
-        if mode == "predict":
-            return self.predict(logits, data_samples)
-        raise ValueError(f"mode={mode!r}; expected 'loss', 'predict' or 'tensor'")
+    def uses_teacher(self) -> bool:
+        return self.ofd_enabled or self.kd_weight > 0
 
     def loss(self, inputs: Tensor, data_samples: Sequence) -> Dict[str, Tensor]:
         """The training losses; in eval mode without ``loss_ofd`` (see ``DistillationModel.ofd_active``)."""
@@ -118,11 +95,14 @@ class ClassificationDistiller(DistillationModel):
             losses["loss_kd"] = self.kd_weight * kd_loss(logits, teacher_logits, self.kd_temperature)
         return losses
 
-    @staticmethod
-    def predict(logits: Tensor, data_samples: Optional[Sequence]) -> List[dict]:
-        scores = logits.detach().float().softmax(dim=1)
+    def predict(self, inputs: Tensor, data_samples: Optional[Sequence] = None) -> List[dict]:
+        """Per image the student's class probabilities ``pred_score`` and its ``gt_label`` (None without samples)."""
+        scores = self._forward(inputs).detach().float().softmax(dim=1)
         labels = [None] * len(scores) if data_samples is None else _labels(data_samples, scores.device).tolist()
         return [dict(pred_score=s, gt_label=y) for s, y in zip(scores, labels)]
+
+    def _forward(self, inputs: Tensor, data_samples: Optional[Sequence] = None) -> Tensor:
+        return self.student(inputs)
 
 
 def _check_labels(labels: Tensor, num_classes: int) -> None:

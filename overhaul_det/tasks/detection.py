@@ -15,19 +15,12 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from ..distiller import FeatureDistiller
 from ..models.detection import build_detector
 from ..registry import MODELS
-from .base import DistillationModel, build_from_spec, warn_if_random_teacher
+from .base import DistillationModel
 
 __all__ = ["DetectionDistiller"]
 
 ModelSpec = Union[str, dict, nn.Module]
 _SHARED_BODY = "distiller.student."
-
-
-def _build(spec: ModelSpec, role: str, **defaults) -> nn.Module:
-    spec = {"name": spec} if isinstance(spec, str) else spec
-    return build_from_spec(spec, build_detector, f"model.{role}", "name",
-                           "a torchvision detector or a backbone: timm/NAME, torchvision/NAME or a bare name",
-                           **defaults)
 
 
 def _normalisation(model: nn.Module) -> Tuple[Tensor, Tensor]:
@@ -104,6 +97,9 @@ class DetectionDistiller(DistillationModel):
             backbone bodies; ``alpha=0`` trains the plain student and builds no teacher.
     """
 
+    builder = staticmethod(build_detector)
+    spec_help = "a torchvision detector or a backbone: timm/NAME, torchvision/NAME or a bare name"
+
     def __init__(
         self,
         teacher: Optional[ModelSpec],
@@ -115,20 +111,15 @@ class DetectionDistiller(DistillationModel):
         data_preprocessor: Optional[dict] = None,
         init_cfg: Optional[dict] = None,
     ) -> None:
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        ofd = dict(ofd or {})
-        self.ofd_enabled = ofd.get("alpha", 1.0) > 0
+        super().__init__(ofd, data_preprocessor, init_cfg)
         sizes = dict(num_classes=num_classes, min_size=min_size, max_size=max_size)
-        self.student_model = _build(student, "student", **sizes)
+        self.student_model = self.build_spec(student, "student", **sizes)
         if not isinstance(self.student_model, GeneralizedRCNN):
             raise TypeError(f"student is a {type(self.student_model).__name__}; give a detector spec "
                             "dict(name=...) or a torchvision GeneralizedRCNN")
-        if not self.ofd_enabled:
+        teacher_model = self.build_teacher(teacher, **sizes)
+        if teacher_model is None:
             return
-        if teacher is None:
-            raise ValueError("OFD needs a teacher; set teacher=dict(name=..., checkpoint=...) or ofd.alpha=0")
-        teacher_model = _build(teacher, "teacher", **sizes)
-        warn_if_random_teacher(teacher, build_detector, "name")
         student_mean, student_std = _normalisation(self.student_model)
         if isinstance(teacher_model, GeneralizedRCNN):
             teacher_mean, teacher_std = _normalisation(teacher_model)
@@ -138,14 +129,9 @@ class DetectionDistiller(DistillationModel):
         self.renormalise = not (torch.equal(teacher_mean, student_mean) and torch.equal(teacher_std, student_std))
         self.register_buffer("teacher_scale", student_std / teacher_std, persistent=False)
         self.register_buffer("teacher_shift", (student_mean - teacher_mean) / teacher_std, persistent=False)
-        self.distiller = FeatureDistiller(teacher_model, self.student_model.backbone.body, **ofd)
+        self.distiller = FeatureDistiller(teacher_model, self.student_model.backbone.body, **dict(ofd or {}))
         self.register_state_dict_post_hook(_drop_shared_body)
         self.register_load_state_dict_post_hook(_ignore_shared_body)
-
-    @property
-    def teacher(self) -> Optional[nn.Module]:
-        """The teacher's backbone body (None without OFD)."""
-        return self.distiller.teacher if self.ofd_enabled else None
 
     @property
     def student(self) -> nn.Module:
@@ -157,29 +143,18 @@ class DetectionDistiller(DistillationModel):
         """Prefix of the student detector's keys in this model's state_dict."""
         return "student_model."
 
-    def forward(self, inputs: Union[Tensor, Sequence[Tensor]], data_samples=None, mode: str = "tensor"):
-        images = list(inputs)
-        samples = _sample_dicts(data_samples, len(images))
-        if mode == "loss":
-            return self.loss(images, samples)
-        if mode == "predict":
-            return self.predict(images, samples)
-        if mode == "tensor":
-            batch, _ = self.student_model.transform(images)
-            return self.student_model.backbone(batch.tensors)
-        raise ValueError(f"mode={mode!r}; expected 'loss', 'predict' or 'tensor'")
-
-    def loss(self, images: List[Tensor], samples: Sequence[dict]) -> Dict[str, Tensor]:
+    def loss(self, inputs: Sequence[Tensor], data_samples: Union[None, Mapping, Sequence]) -> Dict[str, Tensor]:
         """torchvision's RPN and ROI-head losses of the student, plus loss_ofd on its backbone body."""
         if not self.training:
             raise RuntimeError("mode='loss' needs train mode (model.train()); torchvision's heads give no loss in eval")
+        images = list(inputs)
         student = self.student_model
-        batch, targets = student.transform(images, _targets(samples, images[0].device))
+        batch, targets = student.transform(images, _targets(_sample_dicts(data_samples, len(images)), images[0].device))
         losses: Dict[str, Tensor] = {}
         if self.ofd_enabled:
             with self.distiller.capture_student() as captured:
                 features = student.backbone(batch.tensors)
-            teacher_features = self.distiller.teacher_features(self._teacher_input(batch.tensors))
+            teacher_features = self.distiller.teacher_features(self.teacher_input(batch.tensors))
             losses["loss_ofd"] = self.distiller.distill_loss(captured, teacher_features)
         else:
             features = student.backbone(batch.tensors)
@@ -189,14 +164,22 @@ class DetectionDistiller(DistillationModel):
         _, roi_losses = student.roi_heads(features, proposals, batch.image_sizes, targets)
         return {**rpn_losses, **roi_losses, **losses}
 
-    def predict(self, images: List[Tensor], samples: Sequence[dict]) -> List[dict]:
+    def predict(self, inputs: Sequence[Tensor], data_samples: Union[None, Mapping, Sequence] = None) -> List[dict]:
         """Per image: image_id, boxes (xyxy, original image pixels), scores and labels (1..K)."""
         if self.training:
             raise RuntimeError("mode='predict' needs eval mode (model.eval())")
+        images = list(inputs)
         detections = self.student_model(images)
+        samples = _sample_dicts(data_samples, len(images))
         return [_to_original(d, image, sample) for d, image, sample in zip(detections, images, samples)]
 
-    def _teacher_input(self, tensors: Tensor) -> Tensor:
+    def _forward(self, inputs: Sequence[Tensor], data_samples: Union[None, Mapping, Sequence] = None):
+        """The student's FPN features of the transformed batch."""
+        batch, _ = self.student_model.transform(list(inputs))
+        return self.student_model.backbone(batch.tensors)
+
+    def teacher_input(self, tensors: Tensor) -> Tensor:
+        """The student's transformed batch in the teacher's normalisation: what the teacher's body is fed."""
         if not self.renormalise:
             return tensors
         return tensors * self.teacher_scale.to(tensors.dtype) + self.teacher_shift.to(tensors.dtype)

@@ -6,7 +6,6 @@ four backbone stage ends, the ASPP projection and the head's last conv+BN (paper
 """
 from __future__ import annotations
 
-import logging
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -16,14 +15,12 @@ from torch import Tensor, nn
 from ..distiller import FeatureDistiller, default_tap_weights
 from ..models.segmentation import build_segmenter, segmenter_taps
 from ..registry import MODELS
-from ..taps import Tap, find_taps
-from .base import DistillationModel, build_from_spec, warn_if_random_teacher
+from ..taps import REFERENCE_SIZE, Tap, smallest_input_size, trace
+from .base import DistillationModel
 
 __all__ = ["SegmentationDistiller", "segmentation_tap_weights"]
 
-logger = logging.getLogger(__name__)
-
-ModelSpec = Union[dict, nn.Module]
+ModelSpec = Union[str, dict, nn.Module]
 TapSpec = Union[None, Sequence[Tap], Sequence[str]]
 DEFAULT_ALPHA = 1e-5
 DEFAULT_INPUT_SIZE = (3, 128, 128)
@@ -34,38 +31,51 @@ def segmentation_tap_weights(num_backbone_taps: int) -> List[float]:
     return default_tap_weights(num_backbone_taps) + [1.0, 1.0 / 16]
 
 
-def _build(spec: ModelSpec, num_classes: int, role: str) -> nn.Module:
-    return build_from_spec(spec, build_segmenter, f"model.{role}", "backbone",
-                           "timm/NAME, torchvision/NAME, a bare name or a deeplabv3_* name", num_classes=num_classes)
+def _check_input_size(model: nn.Module, input_size: Sequence[int], tracer_kwargs: Optional[dict]) -> None:
+    """find_taps' small-input rule for the segmenter's backbone (its taps are picked by name, so find_taps
+    does not apply it): refuse a side below the backbone's deepest stage stride."""
+    side = min(input_size[-2:])
+    if side >= REFERENCE_SIZE:
+        return
+    smallest = smallest_input_size(model.backbone, trace(model.backbone, tracer_kwargs=tracer_kwargs))
+    if smallest is not None and side < smallest:
+        raise ValueError(f"input size {side} px is smaller than the deepest stage stride ({smallest}) of "
+                         f"{type(model).__name__}'s backbone: its last stages would collapse. Use an input of at least "
+                         f"{smallest}x{smallest} (ofd.input_size and the dataset's crop)")
 
 
-def _resolve_taps(model: nn.Module, spec: TapSpec, input_size: Sequence[int],
-                  tracer_kwargs: Optional[dict] = None) -> List[Tap]:
-    if spec is None:
-        return segmenter_taps(model, input_size, tracer_kwargs)
-    if all(isinstance(tap, Tap) for tap in spec):
-        return list(spec)
-    return find_taps(model, input_size=input_size, nodes=list(spec), tracer_kwargs=tracer_kwargs)
+def _default_taps(model: nn.Module, input_size: Sequence[int], tracer_kwargs: Optional[dict]) -> List[Tap]:
+    """The segmenter's six taps (``segmenter_taps``), measured at an input its stages do not collapse at."""
+    _check_input_size(model, input_size, tracer_kwargs)
+    return segmenter_taps(model, input_size, tracer_kwargs)
+
+
+def _in_order(student_taps: TapSpec, teacher_taps: TapSpec) -> List[Tuple[str, str]]:
+    """(student, teacher) tap names paired in order: several taps share a stride, so strides cannot pair them."""
+    s_names = [getattr(tap, "name", tap) for tap in student_taps]
+    t_names = [getattr(tap, "name", tap) for tap in teacher_taps]
+    if len(s_names) != len(t_names):
+        raise ValueError(f"the student has {len(s_names)} taps ({s_names}) and the teacher {len(t_names)} "
+                         f"({t_names}); give ofd.pairs=[(student_node, teacher_node), ...] or matching taps")
+    return list(zip(s_names, t_names))
 
 
 def _build_distiller(teacher: nn.Module, student: nn.Module, ofd: dict) -> FeatureDistiller:
     """A FeatureDistiller over the whole segmenters, taps paired in order (backbone stages, ASPP, decoder)."""
     ofd = dict(ofd)
-    input_size = ofd.pop("input_size", None) or DEFAULT_INPUT_SIZE
-    teacher_input_size = ofd.pop("teacher_input_size", None) or input_size
-    t_taps = _resolve_taps(teacher, ofd.pop("teacher_taps", None), teacher_input_size, ofd.get("tracer_kwargs"))
-    s_taps = _resolve_taps(student, ofd.pop("student_taps", None), input_size, ofd.get("tracer_kwargs"))
+    ofd["input_size"] = ofd.get("input_size") or DEFAULT_INPUT_SIZE
+    ofd["teacher_input_size"] = ofd.get("teacher_input_size") or ofd["input_size"]
+    tracer_kwargs = ofd.get("tracer_kwargs")
+    if ofd.get("teacher_taps") is None:
+        ofd["teacher_taps"] = _default_taps(teacher, ofd["teacher_input_size"], tracer_kwargs)
+    if ofd.get("student_taps") is None:
+        ofd["student_taps"] = _default_taps(student, ofd["input_size"], tracer_kwargs)
     if "pairs" not in ofd:
-        if len(s_taps) != len(t_taps):
-            raise ValueError(
-                f"the student has {len(s_taps)} taps ({[t.name for t in s_taps]}) and the teacher {len(t_taps)} "
-                f"({[t.name for t in t_taps]}); give ofd.pairs=[(student_node, teacher_node), ...] or matching taps"
-            )
-        ofd["pairs"] = [(s.name, t.name) for s, t in zip(s_taps, t_taps)]
+        ofd["pairs"] = _in_order(ofd["student_taps"], ofd["teacher_taps"])
     num_pairs = len(ofd["pairs"])
     ofd.setdefault("weights", segmentation_tap_weights(num_pairs - 2) if num_pairs > 2 else None)
     ofd.setdefault("alpha", DEFAULT_ALPHA)
-    return FeatureDistiller(teacher, student, teacher_taps=t_taps, student_taps=s_taps, **ofd)
+    return FeatureDistiller(teacher, student, **ofd)
 
 
 def _samples(data_samples) -> List[dict]:
@@ -103,6 +113,11 @@ class SegmentationDistiller(DistillationModel):
         ignore_index: label value left out of the loss (and of the metric).
     """
 
+    builder = staticmethod(build_segmenter)
+    spec_key = "backbone"
+    spec_help = "timm/NAME, torchvision/NAME, a bare name or a deeplabv3_* name"
+    default_alpha = DEFAULT_ALPHA
+
     def __init__(
         self,
         teacher: Optional[ModelSpec],
@@ -114,36 +129,15 @@ class SegmentationDistiller(DistillationModel):
         data_preprocessor: Optional[dict] = None,
         init_cfg: Optional[dict] = None,
     ) -> None:
-        super().__init__(data_preprocessor=data_preprocessor or dict(type="ImgDataPreprocessor"), init_cfg=init_cfg)
-        ofd = dict(ofd or {})
-        self.ofd_enabled = ofd.get("alpha", DEFAULT_ALPHA) > 0
+        super().__init__(ofd, data_preprocessor or dict(type="ImgDataPreprocessor"), init_cfg)
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
-        student_model = _build(student, num_classes, "student")
-        if not self.ofd_enabled:
-            if teacher is not None:
-                logger.info("ofd.alpha=0: the teacher is not built (baseline run)")
+        student_model = self.build_spec(student, "student", num_classes=num_classes)
+        teacher_model = self.build_teacher(teacher, num_classes=num_classes)
+        if teacher_model is None:
             self.student_model = student_model
-            return
-        if teacher is None:
-            raise ValueError("OFD needs a teacher; set teacher=dict(backbone=..., checkpoint=...) or ofd.alpha=0")
-        teacher_model = _build(teacher, num_classes, "teacher")
-        warn_if_random_teacher(teacher, build_segmenter, "backbone")
-        self.distiller = _build_distiller(teacher_model, student_model, ofd)
-
-    @property
-    def teacher(self) -> Optional[nn.Module]:
-        return self.distiller.teacher if self.ofd_enabled else None
-
-    def forward(self, inputs: Tensor, data_samples: Optional[Sequence] = None, mode: str = "tensor"):
-        if mode == "loss":
-            return self.loss(inputs, data_samples)
-        logits = self.student(inputs)["out"]
-        if mode == "tensor":
-            return logits
-        if mode == "predict":
-            return self.predict(logits, data_samples)
-        raise ValueError(f"mode={mode!r}; expected 'loss', 'predict' or 'tensor'")
+        else:
+            self.distiller = _build_distiller(teacher_model, student_model, ofd)
 
     def loss(self, inputs: Tensor, data_samples: Sequence) -> Dict[str, Tensor]:
         """The training losses; in eval mode without ``loss_ofd`` (see ``DistillationModel.ofd_active``)."""
@@ -161,9 +155,9 @@ class SegmentationDistiller(DistillationModel):
             losses["loss_aux"] = self.aux_weight * aux
         return losses
 
-    def predict(self, logits: Tensor, data_samples: Optional[Sequence]) -> List[dict]:
-        """Per image ``pred_seg`` (argmax at the label's size; padding cropped away) and ``gt_seg``."""
-        logits = logits.detach()
+    def predict(self, inputs: Tensor, data_samples: Optional[Sequence] = None) -> List[dict]:
+        """Per image ``pred_seg`` (argmax at the label's size; padding cropped away) and the sample's own keys."""
+        logits = self._forward(inputs).detach()
         if data_samples is None:
             return [dict(pred_seg=scores.argmax(0)) for scores in logits]
         results = []
@@ -175,3 +169,7 @@ class SegmentationDistiller(DistillationModel):
                 scores = F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
             results.append(dict(sample, pred_seg=scores.argmax(0)))
         return results
+
+    def _forward(self, inputs: Tensor, data_samples: Optional[Sequence] = None) -> Tensor:
+        """The student's logits at the input size."""
+        return self.student(inputs)["out"]
