@@ -18,6 +18,7 @@ from .eager_grad import eager_term
 from .ofd import (DataMarginEstimator, Regressor, TokenRegressor, bn_margin, margin_relu, ofd_loss,
                   ofd_loss_reference)
 from .taps import Tap, TapExtractor, attach_taps, capture_taps, find_taps
+from .teacher_mode import resolve_teacher_mode, teacher_autocast
 
 __all__ = ["FeatureDistiller", "pair_taps", "default_tap_weights"]
 
@@ -117,6 +118,10 @@ class FeatureDistiller(nn.Module):
     the OFD term of a random student is tens of times the task loss and can drive it to chance.
     ``tracer_kwargs`` reaches the FX tracer of both models (``leaf_modules``, ``autowrap_functions``,
     ``autowrap_modules``, as in torchvision's feature extraction) for code FX cannot trace through.
+    ``teacher_precision`` ('auto', 'float32', 'bfloat16', 'float16') and ``teacher_channels_last``
+    ('auto', True, False) set how the frozen teacher runs: 'auto' is bfloat16 (channels-last for conv
+    nets) where the device runs it fast (CPUs with AMX-BF16, CUDA with bfloat16), float32 elsewhere;
+    its tap tensors reach the loss in the student's dtype, margins stay float32.
     ``memory_saving=False`` computes the loss on the plain autograd graph (``ofd_loss_reference``,
     no eager differentiation, no memory reuse): the same training, for ruling the optimisations out.
     """
@@ -142,6 +147,8 @@ class FeatureDistiller(nn.Module):
         distance: str = "partial_l2",
         alpha_warmup: int = 0,
         memory_saving: bool = True,
+        teacher_precision: str = "auto",
+        teacher_channels_last: Union[str, bool] = "auto",
         tracer_kwargs: Optional[dict] = None,
     ) -> None:
         super().__init__()
@@ -157,6 +164,7 @@ class FeatureDistiller(nn.Module):
             raise ValueError(f"teacher_bn={teacher_bn!r}; choose 'train' (batch statistics) or 'eval'")
         if isinstance(alpha, str) and alpha != "auto":
             raise ValueError(f"alpha={alpha!r}; give a number or 'auto'")
+        resolve_teacher_mode(teacher_precision, teacher_channels_last, torch.device("cpu"), teacher)
         t_taps = _resolve_taps(teacher, teacher_taps, teacher_input_size or input_size, min_stride, position,
                                tracer_kwargs)
         s_taps = _resolve_taps(student, student_taps, input_size, min_stride, position, tracer_kwargs)
@@ -174,6 +182,9 @@ class FeatureDistiller(nn.Module):
         self.distance = distance
         self.alpha_warmup = alpha_warmup
         self.memory_saving = memory_saving
+        self.teacher_precision = teacher_precision
+        self.teacher_channels_last = teacher_channels_last
+        self._teacher_mode: Dict[torch.device, Tuple[torch.dtype, bool]] = {}
         self.register_buffer("warmup_step", torch.tensor(0, dtype=torch.long))
 
         teacher.requires_grad_(False)
@@ -277,11 +288,30 @@ class FeatureDistiller(nn.Module):
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def teacher_features(self, *args, **kwargs) -> List[Tensor]:
-        """Teacher tensors at the paired taps (no autograd, stops at the last tap)."""
-        if args and isinstance(args[0], Tensor):
-            _check_batch(args[0], self.teacher_taps, self.teacher, "teacher")
-        features = self._teacher_extractor(*args, **kwargs)
-        return [features[t.name] for _, t in self.pairs]
+        """Teacher tensors at the paired taps (no autograd, stops at the last tap), run in the
+        teacher's precision and memory format (``teacher_mode.py``), handed on in the student's dtype."""
+        x = args[0]
+        _check_batch(x, self.teacher_taps, self.teacher, "teacher")
+        dtype, channels_last = self._mode_on(x.device)
+        if channels_last:
+            args = (x.contiguous(memory_format=torch.channels_last), *args[1:])
+        with teacher_autocast(self.teacher_precision, dtype, x.device):
+            features = self._teacher_extractor(*args, **kwargs)
+        student_dtype = next(self.student.parameters()).dtype
+        return [features[t.name].to(student_dtype) for _, t in self.pairs]
+
+    def _mode_on(self, device: torch.device) -> Tuple[torch.dtype, bool]:
+        """The teacher's (dtype, channels_last) on ``device``, chosen and logged once per device."""
+        if device not in self._teacher_mode:
+            dtype, channels_last = resolve_teacher_mode(self.teacher_precision, self.teacher_channels_last, device,
+                                                        self.teacher)
+            if channels_last:
+                self.teacher.to(memory_format=torch.channels_last)
+            self._teacher_mode[device] = dtype, channels_last
+            logger.info("teacher %s on %s runs in %s%s (teacher_precision=%r)", type(self.teacher).__name__, device,
+                        str(dtype).replace("torch.", ""), ", channels-last" if channels_last else "",
+                        self.teacher_precision)
+        return self._teacher_mode[device]
 
     @contextlib.contextmanager
     def capture_student(self) -> Iterator[Dict[str, Tensor]]:
