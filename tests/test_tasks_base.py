@@ -258,3 +258,14 @@ def test_predict_takes_the_batch_as_forward_and_val_step_do(task):
     assert all(len(result[key]) for result in direct)
     with pytest.raises(ValueError, match="mode='logits'; expected 'loss', 'predict' or 'tensor'"):
         model(**data, mode="logits")
+
+
+def test_alpha_auto_weights_loss_ofd_against_the_task_losses():
+    model = ClassificationDistiller(teacher=dict(name="resnet18"), student=dict(name="timm/mobilenetv3_small_050"),
+                                    num_classes=10, ofd=dict(alpha="auto", input_size=(3, 32, 32))).train()
+    inputs = torch.randn(4, 3, 32, 32)
+    samples = [dict(gt_label=i) for i in range(4)]
+    losses = model.loss(inputs, samples)
+    _, log_vars = model.parse_losses(losses)
+    assert float(log_vars["loss_ofd"]) == pytest.approx(16.0 * float(log_vars["loss_cls"]), rel=1e-5)
+    assert float(model.distiller.alpha_auto) > 0

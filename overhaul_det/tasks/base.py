@@ -94,7 +94,8 @@ class DistillationModel(BaseModel):
     def __init__(self, ofd: Optional[dict] = None, data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.ofd_enabled = dict(ofd or {}).get("alpha", self.default_alpha) > 0
+        alpha = dict(ofd or {}).get("alpha", self.default_alpha)
+        self.ofd_enabled = alpha == "auto" or alpha > 0
 
     def init_weights(self) -> None:
         """Keep every weight as built. The zoo builders initialise their models and checkpoints load
@@ -186,6 +187,12 @@ class DistillationModel(BaseModel):
         return "distiller.student." if self.ofd_enabled else "student_model."
 
     def parse_losses(self, losses: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """mmengine's sum of the ``loss*`` terms, with ``loss_ofd`` weighted by alpha='auto' against the
+        other terms (``FeatureDistiller.scale_to_task``), and a stop on the first non-finite term."""
+        if self.ofd_active and "loss_ofd" in losses:
+            task = sum(value for key, value in losses.items()
+                       if "loss" in key and key != "loss_ofd" and isinstance(value, torch.Tensor))
+            losses = {**losses, "loss_ofd": self.distiller.scale_to_task(losses["loss_ofd"], task)}
         loss, log_vars = super().parse_losses(losses)
         bad = [name for name, value in log_vars.items()
                if name != "loss" and not math.isfinite(float(value.detach()))]
