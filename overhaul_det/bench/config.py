@@ -12,7 +12,8 @@ __all__ = ["TIMED", "AMP_DTYPES", "TASK_DEFAULTS", "TARGETS", "BenchConfig", "bu
 
 # The classification run's timed steps, in the order they run; task runs time the first four.
 TIMED = ("student_step", "teacher_forward", "regressor_step", "ofd_step",
-         "loss_naive", "loss_fast", "plain_forward", "rewritten_forward")
+         "loss_naive", "loss_fast", "plain_forward", "rewritten_forward",
+         "teacher_forward_bfloat16", "ofd_step_bfloat16", "reference_step")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TASK_DEFAULTS = {
     "classification": dict(teacher="resnet50", student="mobilenet_v3_large", batch_size=8, input_size=160,
@@ -22,7 +23,8 @@ TASK_DEFAULTS = {
     "segmentation": dict(teacher="deeplabv3_resnet50", student="deeplabv3_mobilenet_v3_large", batch_size=4,
                          input_size=256, alpha=1e-5),
 }
-TARGETS = {"overhead": 1.05, "loss_time_ratio": 0.6, "rewrite_added": 0.03, "teacher_activation_factor": 1.25}
+TARGETS = {"overhead": 1.05, "loss_time_ratio": 0.6, "rewrite_added": 0.03, "teacher_activation_factor": 1.25,
+           "reference_ratio": 0.70, "student_ratio": 2.3}
 
 
 @dataclass

@@ -26,6 +26,9 @@ def format_table(result: Dict[str, Any]) -> str:
         "loss_fast": "ofd_loss fwd+bwd (same tensors)",
         "plain_forward": f"{cfg['rewrite_model']} eval forward, plain",
         "rewritten_forward": f"{cfg['rewrite_model']} eval forward, taps attached",
+        "teacher_forward_bfloat16": "(b') teacher forward, bfloat16 teacher",
+        "ofd_step_bfloat16": "(d') full OFD step, bfloat16 teacher",
+        "reference_step": "(r) original OFD code's step (teacher train+autograd)",
     }
     task = "" if cfg["task"] == "classification" else f"{cfg['task']}: "
     lines = [f"{task}{cfg['teacher']} -> {cfg['student']}, batch {cfg['batch_size']}, {cfg['input_size']} px, "
@@ -36,12 +39,15 @@ def format_table(result: Dict[str, Any]) -> str:
     lines.append(f"{'check':<56} {'value':>12} {'target':>12}  result")
     ratio_rows = [("overhead d/(a+b+c)", "overhead", "{:.3f}", "<= {:.2f}"),
                   ("ofd_loss time / reference time", "loss_time_ratio", "{:.3f}", "<= {:.2f}"),
-                  ("taps-attached forward, added time", "rewrite_added", "{:+.1%}", "<= {:.0%}")]
+                  ("taps-attached forward, added time", "rewrite_added", "{:+.1%}", "<= {:.0%}"),
+                  ("OFD step / original OFD code's step (d/r)", "reference_ratio", "{:.3f}", "<= {:.2f}"),
+                  ("OFD step / student step (d/a)", "student_ratio", "{:.3f}", "<= {:.2f}"),
+                  ("teacher forward float32 / bfloat16 (b/b')", "bfloat16_teacher_speedup", "{:.3f}", "-")]
     for label, key, fmt, target in ratio_rows:
         if key not in checks:
             continue
         check = checks[key]
-        value, limit = fmt.format(check["value"]), target.format(check["limit"])
+        value, limit = fmt.format(check["value"]), "-" if check["limit"] is None else target.format(check["limit"])
         lines.append(f"{label:<56} {value:>12} {limit:>12}  {_verdict(check)}")
     lines += _memory_lines(result)
     return "\n".join(lines)

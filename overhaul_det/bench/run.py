@@ -48,7 +48,8 @@ def run_benchmark(cfg: BenchConfig) -> Dict[str, Any]:
         "order": list(work.steps),
         "times_s": times,
         "median_s": median,
-        **{key: checks[key]["value"] for key in ("overhead", "loss_time_ratio", "rewrite_added") if key in checks},
+        **{key: checks[key]["value"] for key in ("overhead", "loss_time_ratio", "rewrite_added", "reference_ratio",
+                                                 "student_ratio") if key in checks},
         "activations": sizes,
         "memory": memory,
         "checks": checks,
@@ -74,6 +75,11 @@ def _checks(median: Dict[str, float], memory: Optional[Dict[str, Any]], sizes: D
     checks = {"overhead": _check(median["ofd_step"] / separate, TARGETS["overhead"])}
     if "loss_fast" in median:
         checks["loss_time_ratio"] = _check(median["loss_fast"] / median["loss_naive"], TARGETS["loss_time_ratio"])
+    if "reference_step" in median:
+        checks["reference_ratio"] = _check(median["ofd_step"] / median["reference_step"], TARGETS["reference_ratio"])
+        checks["student_ratio"] = _check(median["ofd_step"] / median["student_step"], TARGETS["student_ratio"])
+        checks["bfloat16_teacher_speedup"] = _check(median["teacher_forward"] / median["teacher_forward_bfloat16"],
+                                                    None)
     if "rewritten_forward" in median:
         checks["rewrite_added"] = _check(median["rewritten_forward"] / median["plain_forward"] - 1,
                                          TARGETS["rewrite_added"])

@@ -15,7 +15,7 @@ from ..distiller import FeatureDistiller
 from ..taps import capture_taps
 from .config import AMP_DTYPES, BenchConfig, resolve_device
 
-__all__ = ["Step", "Runtime", "optimizer", "student_step", "ofd_step", "task_step", "teacher_step",
+__all__ = ["Step", "Runtime", "optimizer", "student_step", "ofd_step", "reference_loss", "reference_step", "task_step", "teacher_step",
            "captured_features", "regressor_step", "loss_step", "forward_step"]
 
 Step = Callable[[], None]
@@ -77,6 +77,38 @@ def ofd_step(distiller: FeatureDistiller, opt: torch.optim.Optimizer, x: Tensor,
         with rt.autocast():
             out, losses = distiller(x)
             loss = F.cross_entropy(out, y) + losses["loss_ofd"]
+        rt.backward_step(loss, opt)
+
+    return step
+
+
+def reference_loss(distiller: FeatureDistiller, teacher: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy plus OFD as the original OFD code computes it, on the same models and taps: the
+    teacher's whole forward in train mode with autograd on (taps attached to ``teacher``, a copy),
+    the connectors, and the loss through full-size temporaries (mse_loss(reduction='none') times a
+    float mask)."""
+    n = len(distiller.pairs)
+    with capture_taps(distiller.student) as student_feats:
+        out = distiller.student(x)
+    with capture_taps(teacher) as teacher_feats:
+        teacher(x)
+    loss = 0.0
+    for i, ((s_tap, t_tap), regressor) in enumerate(zip(distiller.pairs, distiller.regressors)):
+        source = regressor(student_feats[s_tap.name])
+        shape = (1, 1, -1) if t_tap.channel_last else (1, -1, 1, 1)
+        target = torch.max(teacher_feats[t_tap.name].detach(), distiller.margins[i].view(shape))
+        term = F.mse_loss(source, target, reduction="none") * ((source > target) | (target > 0)).float()
+        loss = loss + term.sum() / 2 ** (n - i - 1)
+    return F.cross_entropy(out, y) + distiller.alpha * loss / x.shape[0]
+
+
+def reference_step(distiller: FeatureDistiller, teacher: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                   rt: Runtime) -> Step:
+    """(r): one step of ``reference_loss``, what the original OFD code runs per step."""
+
+    def step() -> None:
+        with rt.autocast():
+            loss = reference_loss(distiller, teacher, x, y)
         rt.backward_step(loss, opt)
 
     return step

@@ -12,8 +12,8 @@ from ..distiller import FeatureDistiller
 from ..ofd import ofd_loss, ofd_loss_reference
 from ..taps import attach_taps, find_taps
 from .config import BenchConfig, build_model
-from .runtime import (Runtime, Step, forward_step, loss_step, ofd_step, optimizer, regressor_step, student_step,
-                      task_step, teacher_step)
+from .runtime import (Runtime, Step, forward_step, loss_step, ofd_step, optimizer, reference_step, regressor_step,
+                      student_step, task_step, teacher_step)
 
 __all__ = ["Workload", "build_workload", "memory_step"]
 
@@ -48,8 +48,22 @@ def build_workload(cfg: BenchConfig, rt: Runtime) -> Workload:
         "loss_fast": loss_step(ofd_loss, *loss_tensors),
         "plain_forward": forward_step(plain, x, rt, capture=False),
         "rewritten_forward": forward_step(rewritten, x, rt, capture=True),
+        **_precision_and_reference_steps(cfg, rt, x, y),
     }
     return Workload(steps=steps, distiller=distiller, student_input=x, teacher_input=x)
+
+
+def _precision_and_reference_steps(cfg: BenchConfig, rt: Runtime, x: Tensor, y: Tensor) -> Dict[str, Step]:
+    """The teacher forward and OFD step with a bfloat16 teacher, and the original OFD code's step, each
+    on its own copy of the models (a bfloat16 teacher may be made channels-last)."""
+    reduced = _build_distiller(cfg, rt, _build_student(cfg), teacher_precision="bfloat16")
+    reference = _build_distiller(cfg, rt, _build_student(cfg), teacher_precision="float32")
+    full_teacher = attach_taps(copy.deepcopy(reference.teacher), reference.teacher_taps).train().requires_grad_(True)
+    return {
+        "teacher_forward_bfloat16": teacher_step(reduced, x, rt),
+        "ofd_step_bfloat16": ofd_step(reduced, optimizer(_ofd_params(reduced), cfg), x, y, rt),
+        "reference_step": reference_step(reference, full_teacher, optimizer(_ofd_params(reference), cfg), x, y, rt),
+    }
 
 
 def memory_step(kind: str, cfg: BenchConfig, rt: Runtime) -> Step:
@@ -118,12 +132,14 @@ def _build_student(cfg: BenchConfig) -> nn.Module:
     return build_model(cfg.student).train()
 
 
-def _build_distiller(cfg: BenchConfig, rt: Runtime, student: nn.Module) -> FeatureDistiller:
+def _build_distiller(cfg: BenchConfig, rt: Runtime, student: nn.Module, teacher_precision: str = "auto"
+                     ) -> FeatureDistiller:
     """Teacher + ``student`` (a CPU model, given its taps here) as a distiller placed on the device."""
     torch.manual_seed(cfg.seed + 1)
     teacher = build_model(cfg.teacher)
     size = (cfg.input_size, cfg.input_size)
-    distiller = FeatureDistiller(teacher, student, alpha=cfg.alpha, input_size=size)
+    distiller = FeatureDistiller(teacher, student, alpha=cfg.alpha, input_size=size,
+                                 teacher_precision=teacher_precision)
     return rt.place(distiller).train()
 
 
