@@ -120,7 +120,8 @@ class FeatureDistiller(nn.Module):
     ``autowrap_modules``, as in torchvision's feature extraction) for code FX cannot trace through.
     ``teacher_precision`` ('auto', 'float32', 'bfloat16', 'float16') and ``teacher_channels_last``
     ('auto', True, False) set how the frozen teacher runs: 'auto' is bfloat16 (channels-last for conv
-    nets) where the device runs it fast (CPUs with AMX-BF16, CUDA with bfloat16), float32 elsewhere;
+    nets) where the device runs it natively (CPUs with AVX512-BF16 or AMX-BF16, CUDA with bfloat16),
+    float32 elsewhere;
     its tap tensors reach the loss in the student's dtype, margins stay float32.
     ``memory_saving=False`` computes the loss on the plain autograd graph (``ofd_loss_reference``,
     no eager differentiation, no memory reuse): the same training, for ruling the optimisations out.

@@ -16,11 +16,22 @@ SIZE = (3, 64, 64)
 BFLOAT16_LOSS_TOLERANCE = 0.02
 
 
-@pytest.mark.parametrize("amx, expected", [(True, torch.bfloat16), (False, torch.float32)])
-def test_auto_is_bfloat16_only_where_the_cpu_has_amx(make_model, monkeypatch, amx, expected):
-    monkeypatch.setattr(teacher_mode, "cpu_has_amx_bf16", lambda: amx)
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_is_bfloat16_only_where_the_cpu_runs_it_natively(make_model, monkeypatch, native, expected):
+    monkeypatch.setattr(teacher_mode, "cpu_has_native_bf16", lambda: native)
     dtype, channels_last = resolve_teacher_mode("auto", "auto", torch.device("cpu"), make_model("tv", "resnet18"))
-    assert dtype == expected and channels_last == amx  # channels-last for a conv net in reduced precision
+    assert dtype == expected and channels_last == native  # channels-last for a conv net in reduced precision
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(teacher_mode, "Path", lambda _: cpuinfo)
+    for flags, expected in (("fpu avx512f avx512_bf16 sse", True), ("fpu amx_bf16 amx_tile", True),
+                            ("fpu avx512f avx2", False)):
+        cpuinfo.write_text(f"processor : 0\nflags\t\t: {flags}\n")
+        teacher_mode.cpu_has_native_bf16.cache_clear()
+        assert teacher_mode.cpu_has_native_bf16() is expected
+    teacher_mode.cpu_has_native_bf16.cache_clear()
 
 
 def test_explicit_choices_and_bad_values(make_model):
