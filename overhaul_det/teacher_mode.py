@@ -44,13 +44,16 @@ def _auto_dtype(device: torch.device) -> torch.dtype:
 
 def resolve_teacher_mode(precision: str, channels_last: Union[str, bool], device: torch.device,
                          teacher: nn.Module) -> Tuple[torch.dtype, bool]:
-    """(dtype, channels_last) of the teacher's forward on ``device``: ``precision`` in PRECISIONS,
-    ``channels_last`` 'auto' (conv nets in reduced precision) or a bool."""
+    """(dtype, channels_last) of the teacher's forward on ``device``: ``precision`` in PRECISIONS
+    ('auto' leaves a teacher that is not float32, e.g. float64, as it is), ``channels_last`` 'auto'
+    (conv nets in reduced precision) or a bool."""
     if precision not in PRECISIONS:
         raise ValueError(f"teacher_precision={precision!r}; choose one of {PRECISIONS}")
     if channels_last not in ("auto", True, False):
         raise ValueError(f"teacher_channels_last={channels_last!r}; choose 'auto', True or False")
-    dtype = _auto_dtype(device) if precision == "auto" else getattr(torch, precision)
+    own = next((p.dtype for p in teacher.parameters()), torch.float32)
+    dtype = (_auto_dtype(device) if own == torch.float32 else torch.float32) if precision == "auto" \
+        else getattr(torch, precision)
     if channels_last == "auto":
         channels_last = dtype != torch.float32 and any(isinstance(m, nn.Conv2d) for m in teacher.modules())
     return dtype, bool(channels_last)

@@ -34,8 +34,10 @@ def test_result_has_every_measurement(tiny_result):
     assert tiny_result["overhead"] == pytest.approx(median["ofd_step"] / separate)
     assert tiny_result["loss_time_ratio"] == pytest.approx(median["loss_fast"] / median["loss_naive"])
     assert tiny_result["rewrite_added"] == pytest.approx(median["rewritten_forward"] / median["plain_forward"] - 1)
-    assert tiny_result["reference_ratio"] == pytest.approx(median["ofd_step"] / median["reference_step"])
-    assert tiny_result["student_ratio"] == pytest.approx(median["ofd_step"] / median["student_step"])
+    assert tiny_result["reference_ratio"] == pytest.approx(median["ofd_step_bfloat16"] / median["reference_step"])
+    assert tiny_result["student_ratio"] == pytest.approx(median["ofd_step_bfloat16"] / median["student_step"])
+    assert tiny_result["checks"]["float32_reference_ratio"]["value"] == pytest.approx(
+        median["ofd_step"] / median["reference_step"])
     assert tiny_result["checks"]["bfloat16_teacher_speedup"]["value"] == pytest.approx(
         median["teacher_forward"] / median["teacher_forward_bfloat16"])
     for key in ("overhead", "loss_time_ratio", "rewrite_added", "reference_ratio", "student_ratio"):
@@ -45,7 +47,7 @@ def test_result_has_every_measurement(tiny_result):
     assert sizes["teacher_tap_bytes"] > 0 and sizes["regressor_activation_bytes"] > 0
     assert tiny_result["memory"] is None
     assert set(tiny_result["checks"]) == {"overhead", "loss_time_ratio", "rewrite_added", "reference_ratio",
-                                          "student_ratio", "bfloat16_teacher_speedup"}
+                                          "student_ratio", "bfloat16_teacher_speedup", "float32_reference_ratio"}
     json.dumps(tiny_result)
 
 

@@ -85,7 +85,7 @@ def test_distill_loss_alone_reaches_student_features(pair):
 def test_distiller_loss_value(pair):
     teacher, student = pair
     alpha = 0.5
-    distiller = FeatureDistiller(teacher, student, input_size=SIZE, alpha=alpha).train()
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, alpha=alpha, teacher_precision="float32").train()
     x = _x()
     with distiller.capture_student() as captured:
         distiller.student(x)
@@ -104,7 +104,7 @@ def test_distiller_loss_value(pair):
 
 def test_distiller_teacher_features_use_batch_statistics(pair):
     teacher, student = pair
-    distiller = FeatureDistiller(teacher, student, input_size=SIZE)
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, teacher_precision="float32")
     x = _x()
     feats = distiller.teacher_features(x)
     expected = _teacher_train_features(teacher, distiller.teacher_taps, x)
@@ -148,7 +148,7 @@ def test_distiller_defaults_weights_and_bn_margins(pair):
 def test_distiller_data_margins_calibrate(pair):
     teacher, student = pair
     snapshot = snapshot_state(teacher)
-    distiller = FeatureDistiller(teacher, student, input_size=SIZE, margin="data")
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, margin="data", teacher_precision="float32")
     assert not bool(distiller.margins_calibrated)
     batches = [_x() for _ in range(3)]
     distiller.calibrate_margins(iter(batches))
@@ -165,7 +165,7 @@ def test_distiller_data_margins_calibrate(pair):
 
 def test_distiller_data_margins_from_first_batch(pair):
     teacher, student = pair
-    distiller = FeatureDistiller(teacher, student, input_size=SIZE, margin="data").train()
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, margin="data", teacher_precision="float32").train()
     x = _x()
     _, losses = distiller(x)
     assert bool(distiller.margins_calibrated) and torch.isfinite(losses["loss_ofd"])

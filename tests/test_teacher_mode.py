@@ -62,3 +62,9 @@ def test_bfloat16_teacher_loss_within_tolerance(make_model, randomized):
     assert all(f.dtype == torch.float32 for f in features)  # handed on in the student's dtype
     assert abs(reduced - reference) / reference < BFLOAT16_LOSS_TOLERANCE
     assert reduced != reference  # the teacher really ran in bfloat16
+
+
+def test_auto_leaves_a_float64_teacher_as_it_is(make_model, monkeypatch):
+    monkeypatch.setattr(teacher_mode, "cpu_has_native_bf16", lambda: True)
+    teacher = make_model("tv", "resnet18").double()
+    assert resolve_teacher_mode("auto", "auto", torch.device("cpu"), teacher) == (torch.float32, False)

@@ -19,9 +19,9 @@ def format_table(result: Dict[str, Any]) -> str:
     cfg, median, checks = result["config"], result["median_s"], result["checks"]
     labels = {
         "student_step": "(a) student train step",
-        "teacher_forward": "(b) teacher forward to last tap (no_grad)",
+        "teacher_forward": "(b) teacher forward to last tap (no_grad), float32",
         "regressor_step": "(c) regressors + loss fwd/bwd/step",
-        "ofd_step": "(d) full OFD step",
+        "ofd_step": "(d) full OFD step, float32 teacher",
         "loss_naive": f"ofd_loss_reference fwd+bwd {tuple(cfg['loss_shape'])}",
         "loss_fast": "ofd_loss fwd+bwd (same tensors)",
         "plain_forward": f"{cfg['rewrite_model']} eval forward, plain",
@@ -40,8 +40,9 @@ def format_table(result: Dict[str, Any]) -> str:
     ratio_rows = [("overhead d/(a+b+c)", "overhead", "{:.3f}", "<= {:.2f}"),
                   ("ofd_loss time / reference time", "loss_time_ratio", "{:.3f}", "<= {:.2f}"),
                   ("taps-attached forward, added time", "rewrite_added", "{:+.1%}", "<= {:.0%}"),
-                  ("OFD step / original OFD code's step (d/r)", "reference_ratio", "{:.3f}", "<= {:.2f}"),
-                  ("OFD step / student step (d/a)", "student_ratio", "{:.3f}", "<= {:.2f}"),
+                  ("OFD step, float32 teacher / original OFD step (d/r)", "float32_reference_ratio", "{:.3f}", "-"),
+                  ("OFD step, bfloat16 teacher / original OFD step (d'/r)", "reference_ratio", "{:.3f}", "<= {:.2f}"),
+                  ("OFD step, bfloat16 teacher / student step (d'/a)", "student_ratio", "{:.3f}", "<= {:.2f}"),
                   ("teacher forward float32 / bfloat16 (b/b')", "bfloat16_teacher_speedup", "{:.3f}", "-")]
     for label, key, fmt, target in ratio_rows:
         if key not in checks:

@@ -34,7 +34,7 @@ def build_workload(cfg: BenchConfig, rt: Runtime) -> Workload:
         return _task_workload(cfg, rt)
     student = _build_student(cfg)
     plain_student = rt.place(copy.deepcopy(student))
-    distiller = _build_distiller(cfg, rt, student)
+    distiller = _build_distiller(cfg, rt, student, teacher_precision="float32")
     x, y = _batch(cfg, rt, _num_classes(plain_student, cfg, rt))
     loss_tensors = _loss_tensors(cfg, rt)
     plain, rewritten = _rewrite_models(cfg, rt)
@@ -84,7 +84,7 @@ def memory_step(kind: str, cfg: BenchConfig, rt: Runtime) -> Step:
         x, y = _batch(cfg, rt, _num_classes(student, cfg, rt))
         return student_step(student, optimizer(list(student.parameters()), cfg), x, y, rt)
     if kind == "ofd_step":
-        distiller = _build_distiller(cfg, rt, student)
+        distiller = _build_distiller(cfg, rt, student, teacher_precision="float32")
         x, y = _batch(cfg, rt, _num_classes(distiller.student, cfg, rt))
         return ofd_step(distiller, optimizer(_ofd_params(distiller), cfg), x, y, rt)
     raise ValueError(f"unknown memory measurement {kind!r}")
@@ -132,7 +132,7 @@ def _build_student(cfg: BenchConfig) -> nn.Module:
     return build_model(cfg.student).train()
 
 
-def _build_distiller(cfg: BenchConfig, rt: Runtime, student: nn.Module, teacher_precision: str = "auto"
+def _build_distiller(cfg: BenchConfig, rt: Runtime, student: nn.Module, teacher_precision: str
                      ) -> FeatureDistiller:
     """Teacher + ``student`` (a CPU model, given its taps here) as a distiller placed on the device."""
     torch.manual_seed(cfg.seed + 1)
