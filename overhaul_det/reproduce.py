@@ -32,7 +32,7 @@ TASKS = {
     "classification": dict(
         config="configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py",
         metric="accuracy/top1", teacher_config="configs/classification/teacher_resnet18_fashionmnist.py",
-        methods=["baseline", "kd", "ofd", "ofd+kd"]),
+        methods=["baseline", "kd", "ofd", "ofd+kd", "ofd, float32 teacher"]),
     "detection": dict(
         config="configs/detection/ofd_frcnn_fashion_scenes.py", metric="coco/bbox_mAP", methods=["baseline", "ofd"]),
     "segmentation": dict(
@@ -44,6 +44,8 @@ METHODS: Dict[str, Dict] = {
     "kd": {"model.ofd.alpha": 0, "model.kd_weight": 1.0},
     "ofd": {},
     "ofd+kd": {"model.kd_weight": 1.0},
+    # the teacher as it was before teacher_precision='auto' chose bfloat16 on CPUs that run it natively
+    "ofd, float32 teacher": {"model.ofd.teacher_precision": "float32"},
 }
 
 ABLATIONS: Dict[str, Dict] = {
