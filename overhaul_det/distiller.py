@@ -163,8 +163,8 @@ class FeatureDistiller(nn.Module):
             raise ValueError(f"alpha_warmup={alpha_warmup!r}; give a number of training iterations (0 for none)")
         if teacher_bn not in ("train", "eval"):
             raise ValueError(f"teacher_bn={teacher_bn!r}; choose 'train' (batch statistics) or 'eval'")
-        if isinstance(alpha, str) and alpha != "auto":
-            raise ValueError(f"alpha={alpha!r}; give a number or 'auto'")
+        if alpha != "auto" and (isinstance(alpha, (str, bool)) or not alpha >= 0):
+            raise ValueError(f"alpha={alpha!r}; give a number >= 0 or 'auto'")
         resolve_teacher_mode(teacher_precision, teacher_channels_last, torch.device("cpu"), teacher)
         t_taps = _resolve_taps(teacher, teacher_taps, teacher_input_size or input_size, min_stride, position,
                                tracer_kwargs)

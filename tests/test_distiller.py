@@ -398,5 +398,6 @@ def test_a_numeric_alpha_has_no_auto_state(pair):
     assert not any("alpha_auto" in key for key in distiller.state_dict())  # older checkpoints keep loading
     out, losses = distiller(_x())
     assert distiller.scale_to_task(losses["loss_ofd"], torch.tensor(5.0)) is losses["loss_ofd"]
-    with pytest.raises(ValueError, match="alpha='aut'; give a number or 'auto'"):
-        FeatureDistiller(teacher, student, input_size=SIZE, alpha="aut")
+    for alpha in ("aut", -1e-3):
+        with pytest.raises(ValueError, match=f"alpha={alpha!r}; give a number >= 0 or 'auto'"):
+            FeatureDistiller(teacher, student, input_size=SIZE, alpha=alpha)

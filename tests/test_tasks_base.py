@@ -269,3 +269,11 @@ def test_alpha_auto_weights_loss_ofd_against_the_task_losses():
     _, log_vars = model.parse_losses(losses)
     assert float(log_vars["loss_ofd"]) == pytest.approx(16.0 * float(log_vars["loss_cls"]), rel=1e-5)
     assert float(model.distiller.alpha_auto) > 0
+
+
+@pytest.mark.parametrize("alpha", ["autp", -1e-3, None])
+def test_a_bad_alpha_is_named(alpha):
+    with pytest.raises(ValueError, match=rf"model.ofd.alpha={alpha!r}; give a number >= 0 \(0 trains the plain "
+                                         r"baseline\) or 'auto'"):
+        ClassificationDistiller(teacher=dict(name="resnet18"), student=dict(name="timm/mobilenetv3_small_050"),
+                                num_classes=10, ofd=dict(alpha=alpha, input_size=(3, 32, 32)))

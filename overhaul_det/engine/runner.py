@@ -5,7 +5,7 @@ import difflib
 import inspect
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from mmengine.config import Config, DictAction
@@ -20,6 +20,7 @@ import overhaul_det.tasks  # noqa: F401  (registers task models)
 from overhaul_det.datasets.classification import share_train_classes
 from overhaul_det.engine import install
 from overhaul_det.engine.checkpoint import load_checkpoint_file, load_state_into
+from overhaul_det.engine.logging_bridge import LoggingRunner
 from overhaul_det.engine.paths import DATALOADERS, fill_data_root, resolve_repo_paths
 from overhaul_det.engine.reliability import prepare_distributed
 from overhaul_det.engine.resume import prepare_resume
@@ -101,7 +102,7 @@ def build_runner(
         _set_amp(cfg)
     prepare_resume(cfg)
     prepare_distributed(cfg, launcher)
-    return Runner.from_cfg(cfg)
+    return LoggingRunner.from_cfg(cfg)
 
 
 def _student_only(model: dict) -> dict:

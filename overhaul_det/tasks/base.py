@@ -95,6 +95,8 @@ class DistillationModel(BaseModel):
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         alpha = dict(ofd or {}).get("alpha", self.default_alpha)
+        if alpha != "auto" and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0):
+            raise ValueError(f"model.ofd.alpha={alpha!r}; give a number >= 0 (0 trains the plain baseline) or 'auto'")
         self.ofd_enabled = alpha == "auto" or alpha > 0
 
     def init_weights(self) -> None:
