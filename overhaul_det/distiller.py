@@ -118,11 +118,12 @@ class FeatureDistiller(nn.Module):
     the OFD term of a random student is tens of times the task loss and can drive it to chance.
     ``tracer_kwargs`` reaches the FX tracer of both models (``leaf_modules``, ``autowrap_functions``,
     ``autowrap_modules``, as in torchvision's feature extraction) for code FX cannot trace through.
-    ``teacher_precision`` ('auto', 'float32', 'bfloat16', 'float16') and ``teacher_channels_last``
+    ``teacher_precision`` ('float32', 'auto', 'bfloat16', 'float16') and ``teacher_channels_last``
     ('auto', True, False) set how the frozen teacher runs: 'auto' is bfloat16 (channels-last for conv
     nets) where the device runs it natively (CPUs with AVX512-BF16 or AMX-BF16, CUDA with bfloat16),
-    float32 elsewhere;
-    its tap tensors reach the loss in the student's dtype, margins stay float32.
+    float32 elsewhere; its tap tensors reach the loss in the student's dtype, margins stay float32.
+    float32 is the default: on the classification demo a bfloat16 teacher cost 2.4 points (79.51 and
+    79.74 against 82.02 and 82.04, seeds 0 and 1 at 2 threads) although its loss moved by 0.26%.
     ``memory_saving=False`` computes the loss on the plain autograd graph (``ofd_loss_reference``,
     no eager differentiation, no memory reuse): the same training, for ruling the optimisations out.
     """
@@ -148,7 +149,7 @@ class FeatureDistiller(nn.Module):
         distance: str = "partial_l2",
         alpha_warmup: int = 0,
         memory_saving: bool = True,
-        teacher_precision: str = "auto",
+        teacher_precision: str = "float32",
         teacher_channels_last: Union[str, bool] = "auto",
         tracer_kwargs: Optional[dict] = None,
     ) -> None:

@@ -32,7 +32,7 @@ TASKS = {
     "classification": dict(
         config="configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py",
         metric="accuracy/top1", teacher_config="configs/classification/teacher_resnet18_fashionmnist.py",
-        methods=["baseline", "kd", "ofd", "ofd+kd", "ofd, float32 teacher"]),
+        methods=["baseline", "kd", "ofd", "ofd+kd", "ofd, bfloat16 teacher"]),
     "detection": dict(
         config="configs/detection/ofd_frcnn_fashion_scenes.py", metric="coco/bbox_mAP", methods=["baseline", "ofd"]),
     "segmentation": dict(
@@ -44,8 +44,8 @@ METHODS: Dict[str, Dict] = {
     "kd": {"model.ofd.alpha": 0, "model.kd_weight": 1.0},
     "ofd": {},
     "ofd+kd": {"model.kd_weight": 1.0},
-    # the teacher as it was before teacher_precision='auto' chose bfloat16 on CPUs that run it natively
-    "ofd, float32 teacher": {"model.ofd.teacher_precision": "float32"},
+    # the teacher in bfloat16 (teacher_precision='auto' on CPUs and GPUs that run it natively)
+    "ofd, bfloat16 teacher": {"model.ofd.teacher_precision": "bfloat16"},
 }
 
 ABLATIONS: Dict[str, Dict] = {
