@@ -12,7 +12,7 @@ from torch import nn
 
 from overhaul_det import (FeatureDistiller, TapExtractor, attach_taps, capture_taps, detach_taps, find_taps,
                           graph_node_names)
-from overhaul_det.taps import SampleRunError, qualified_name, trace
+from overhaul_det.taps import SampleRunError, check_input_size, qualified_name, trace
 
 from conftest import assert_same_state, snapshot_state
 
@@ -194,6 +194,14 @@ def test_find_taps_refuses_inputs_that_collapse_stages(make_model, side):
                                          r"of ResNet.*at least 32x32"):
         find_taps(make_model("tv", "resnet50"), input_size=(3, side, side))
     assert [t.stride for t in find_taps(make_model("tv", "resnet50"), input_size=(3, 32, 32))] == [4, 8, 16, 32]
+
+
+def test_check_input_size_names_the_model_and_the_fix_it_is_given(make_model):
+    model = make_model("tv", "resnet50")
+    with pytest.raises(ValueError, match=r"input size 16 px is smaller than the deepest stage stride \(32\) of the body: "
+                                         r".*at least 32x32 \(the crop\)$"):
+        check_input_size(model, (3, 16, 16), what="the body", fix="the crop")
+    check_input_size(model, (32, 32), graph=trace(model))
 
 
 def test_model_that_cannot_run_at_the_size_gets_one_short_error(make_model, capfd):

@@ -17,8 +17,9 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.models.segmentation.fcn import FCNHead
 
-from .weights import load_weights_into
 from ..taps import Tap, activation_name, applies_norm, find_taps, is_passthrough, qualified_name, trace
+from .detection import _candidate_keys
+from .weights import load_state_dict_file, load_weights_into
 from .zoo import create_model, resolve_model_name
 
 __all__ = [
@@ -188,6 +189,35 @@ def _load_checkpoint(model: nn.Module, checkpoint: str, prefix: Optional[str], n
     logger.info("loaded segmenter %s weights from %s", name, checkpoint)
 
 
+def _load_backbone_weights(body: nn.Module, path: str, prefix: Optional[str], name: str) -> None:
+    """A classifier's state_dict into the segmenter's body, tensor by tensor; the file's tensors the body
+    lacks (the classifier head, stages past the last feature) are skipped and named in one log line."""
+    state = load_state_dict_file(path, prefix)
+    fix = ("give the classifier weights of this backbone architecture, and set backbone_checkpoint_prefix if the "
+           "file's keys carry one (e.g. 'student_model.' for a checkpoint of a ClassificationDistiller)")
+    matched: Dict[str, Tensor] = {}
+    used, missing, wrong = set(), [], []
+    for key, value in body.state_dict().items():
+        present = [c for c in _candidate_keys(key) if c in state]
+        source = next((c for c in present if state[c].shape == value.shape), None)
+        if source is not None:
+            matched[key] = state[source]
+            used.add(source)
+        elif present:
+            wrong.append(f"{present[0]}: {tuple(state[present[0]].shape)} in the file, {tuple(value.shape)} in the "
+                         "backbone")
+        elif not key.endswith("num_batches_tracked"):
+            missing.append(key)
+    problems = ([f"{len(missing)} of its tensors are not in the file (e.g. {missing[0]})"] if missing else []) + (
+        [f"{len(wrong)} have other shapes (e.g. {wrong[0]})"] if wrong else [])
+    if problems:
+        raise ValueError(f"backbone checkpoint {path} does not fit the backbone {name}: {' and '.join(problems)}; {fix}")
+    body.load_state_dict(matched, strict=False)
+    skipped = [key for key in state if key not in used]
+    logger.info("loaded %d backbone tensors from %s; skipped %d not in the backbone: %s", len(matched), path,
+                len(skipped), ", ".join(skipped) or "none")
+
+
 def build_segmenter(
     backbone: str,
     num_classes: int = 21,
@@ -200,6 +230,8 @@ def build_segmenter(
     pretrained_backbone: bool = False,
     checkpoint: Optional[str] = None,
     checkpoint_prefix: Optional[str] = None,
+    backbone_checkpoint: Optional[str] = None,
+    backbone_checkpoint_prefix: Optional[str] = None,
     **backbone_kwargs,
 ) -> Segmenter:
     """A DeepLabV3 (``decoder=False``) or DeepLabV3+ segmenter; random init unless weights are asked for.
@@ -208,8 +240,13 @@ def build_segmenter(
     timm (``features_only``) or torchvision ResNet name as ``resolve_model_name`` reads it (``timm/x``,
     ``torchvision/x``, or bare: torchvision's if it has one), dilated to ``output_stride`` (default 16).
     ``atrous_rates`` default to (6, 12, 18) scaled to the output stride; ``channels`` is the head width.
-    ``aux_loss`` adds an FCN head on the second-deepest stage. ``checkpoint`` loads a local file strictly.
+    ``aux_loss`` adds an FCN head on the second-deepest stage. ``backbone_checkpoint`` loads a local classifier
+    state_dict of the same architecture into the backbone (its head skipped; keys after stripping
+    ``backbone_checkpoint_prefix``); ``checkpoint`` loads a whole segmenter's file strictly, after it.
     """
+    if backbone_checkpoint and pretrained_backbone:
+        raise ValueError("pretrained_backbone=True and backbone_checkpoint both give the backbone's weights; "
+                         "set only one")
     if backbone.removeprefix("torchvision/") in TORCHVISION_SEGMENTERS:
         backbone = backbone.removeprefix("torchvision/")
         options = dict(decoder=decoder, output_stride=output_stride, channels=channels, atrous_rates=atrous_rates)
@@ -234,6 +271,8 @@ def build_segmenter(
             head = DeepLabV3Head(widths[-1], num_classes, rates, channels)
         aux = FCNHead(widths[-2], num_classes) if aux_loss else None
         model = Segmenter(body, head, stages, aux)
+    if backbone_checkpoint:
+        _load_backbone_weights(model.backbone, backbone_checkpoint, backbone_checkpoint_prefix, backbone)
     if checkpoint:
         _load_checkpoint(model, checkpoint, checkpoint_prefix, backbone)
     return model

@@ -8,7 +8,7 @@ parameter names and numerics are unchanged. ``TapExtractor`` (extract.py) runs a
 far as its last tap.
 """
 from .capture import attach_taps, capture_taps, detach_taps
-from .discover import REFERENCE_SIZE, Tap, find_taps, graph_node_names, smallest_input_size
+from .discover import REFERENCE_SIZE, Tap, check_input_size, find_taps, graph_node_names, smallest_input_size
 from .extract import TapExtractor
 from .predicates import (ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES, PASSTHROUGH_MODULES,
                          activation_name, applies_norm, is_norm, is_passthrough)
@@ -24,6 +24,7 @@ __all__ = [
     "graph_node_names",
     "qualified_name",
     "smallest_input_size",
+    "check_input_size",
     "trace",
     "SampleRunError",
     "REFERENCE_SIZE",

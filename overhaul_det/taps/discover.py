@@ -137,18 +137,24 @@ def smallest_input_size(model: nn.Module, graph: fx.Graph, min_stride: int = 4) 
     return max(layout[2] for layout in layouts)
 
 
-def _check_input_size(model: nn.Module, graph: fx.Graph, sample: Tensor, min_stride: int) -> None:
-    """Refuse an input whose side is below the model's deepest stage stride: its last stages would
-    collapse to 1x1, and their taps merge, move mid-stage or get wrong strides."""
-    side = min(sample.shape[-2:])
+def check_input_size(model: nn.Module, input_size: Sequence[int], *, graph: Optional[fx.Graph] = None,
+                     min_stride: int = 4, what: Optional[str] = None,
+                     fix: str = "input_size / --input-size, ofd.input_size and the dataset's resize") -> None:
+    """Refuse an input whose side is below ``model``'s deepest stage stride: its last stages would
+    collapse to 1x1, and their taps merge, move mid-stage or get wrong strides.
+
+    ``input_size`` ends with (H, W); ``graph`` is ``model``'s traced graph (traced if not given); ``what``
+    names the model in the error (default: its class) and ``fix`` the settings that set the input size.
+    """
+    side = min(input_size[-2:])
     if side >= REFERENCE_SIZE:
         return
-    smallest = smallest_input_size(model, graph, min_stride)
+    smallest = smallest_input_size(model, graph if graph is not None else trace(model), min_stride)
     if smallest is not None and side < smallest:
         raise ValueError(
-            f"input size {side} px is smaller than the deepest stage stride ({smallest}) of {type(model).__name__}: "
-            f"its last stages would collapse and the taps be wrong. Use an input of at least {smallest}x{smallest} "
-            "(input_size / --input-size, ofd.input_size and the dataset's resize)")
+            f"input size {side} px is smaller than the deepest stage stride ({smallest}) of "
+            f"{what or type(model).__name__}: its last stages would collapse and the taps be wrong. "
+            f"Use an input of at least {smallest}x{smallest} ({fix})")
 
 
 def _make_tap(root: nn.Module, node: fx.Node, sample: Tensor, activation: Optional[str]) -> Tap:
@@ -202,7 +208,7 @@ def find_taps(
     graph = trace(model, tracer_kwargs=tracer_kwargs)
     sample = sample_input(model, input_size)
     if nodes is None:
-        _check_input_size(model, graph, sample, min_stride)
+        check_input_size(model, sample.shape, graph=graph, min_stride=min_stride)
     propagate_shapes(model, graph, sample)
     if nodes is not None:
         by_name = {qualified_name(n): n for n in graph.nodes}

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..distiller import FeatureDistiller, default_tap_weights
 from ..models.segmentation import build_segmenter, segmenter_taps
 from ..registry import MODELS
-from ..taps import REFERENCE_SIZE, Tap, smallest_input_size, trace
+from ..taps import Tap, check_input_size, trace
 from .base import DistillationModel
 
 __all__ = ["SegmentationDistiller", "segmentation_tap_weights"]
@@ -31,22 +31,12 @@ def segmentation_tap_weights(num_backbone_taps: int) -> List[float]:
     return default_tap_weights(num_backbone_taps) + [1.0, 1.0 / 16]
 
 
-def _check_input_size(model: nn.Module, input_size: Sequence[int], tracer_kwargs: Optional[dict]) -> None:
-    """find_taps' small-input rule for the segmenter's backbone (its taps are picked by name, so find_taps
-    does not apply it): refuse a side below the backbone's deepest stage stride."""
-    side = min(input_size[-2:])
-    if side >= REFERENCE_SIZE:
-        return
-    smallest = smallest_input_size(model.backbone, trace(model.backbone, tracer_kwargs=tracer_kwargs))
-    if smallest is not None and side < smallest:
-        raise ValueError(f"input size {side} px is smaller than the deepest stage stride ({smallest}) of "
-                         f"{type(model).__name__}'s backbone: its last stages would collapse. Use an input of at least "
-                         f"{smallest}x{smallest} (ofd.input_size and the dataset's crop)")
-
-
 def _default_taps(model: nn.Module, input_size: Sequence[int], tracer_kwargs: Optional[dict]) -> List[Tap]:
-    """The segmenter's six taps (``segmenter_taps``), measured at an input its stages do not collapse at."""
-    _check_input_size(model, input_size, tracer_kwargs)
+    """The segmenter's six taps (``segmenter_taps``), measured at an input its stages do not collapse at.
+
+    Taps picked by name skip find_taps' small-input rule, so it is applied here to the backbone."""
+    check_input_size(model.backbone, input_size, graph=trace(model.backbone, tracer_kwargs=tracer_kwargs),
+                     what=f"{type(model).__name__}'s backbone", fix="ofd.input_size and the dataset's crop")
     return segmenter_taps(model, input_size, tracer_kwargs)
 
 

@@ -1,0 +1,28 @@
+# ofd_deeplabv3_fashion_scenes.py with a student that starts from classification weights, as students elsewhere start
+# from ImageNet's: timm mobilenetv2_050 trained on Fashion-MNIST
+# (configs/classification/pretrain_mobilenetv2_050_fashionmnist.py), and the 16-epoch teacher
+# (teacher_deeplabv3_resnet18_fashion_scenes_long.py). Both weight files are made by those configs first:
+#   overhaul-det train configs/classification/pretrain_mobilenetv2_050_fashionmnist.py  (then its export)
+#   overhaul-det train configs/segmentation/teacher_deeplabv3_resnet18_fashion_scenes_long.py  (then its export)
+#   overhaul-det train configs/segmentation/ofd_deeplabv3_fashion_scenes_pretrained.py
+# Baseline: --cfg-options model.ofd.alpha=0
+# Schedule: the long teacher's (configs/_base_/schedules/segmentation_scenes_pretrained_16e.py: SGD 0.01, a
+# 100-iteration warm-up, poly over 16 epochs) rather than 8 epochs at 0.02 from the first step: a pretrained backbone
+# under a fresh head takes a smaller rate, and the head needs the iterations.
+# Inputs are normalised as the classifiers saw them (Fashion-MNIST's mean and std), for teacher and student alike.
+_base_ = ['./ofd_deeplabv3_fashion_scenes.py']
+max_epochs = 16
+optim_wrapper = dict(optimizer=dict(lr=0.01))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=100),
+    dict(type='PolyLR', power=0.9, eta_min=1e-4, by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True),
+]
+train_cfg = dict(max_epochs=max_epochs)
+data_preprocessor = dict(type='ImgDataPreprocessor', mean=[72.93, 72.93, 72.93], std=[90.02, 90.02, 90.02])
+default_hooks = dict(checkpoint=dict(interval=max_epochs))
+
+model = dict(
+    teacher=dict(checkpoint='checkpoints/fashion_scenes_deeplabv3_resnet18_teacher_long.safetensors'),
+    student=dict(backbone_checkpoint='checkpoints/fashionmnist_mobilenetv2_050.safetensors'),
+    data_preprocessor=data_preprocessor,
+)
