@@ -2,8 +2,10 @@
 
 No timing is asserted: timings depend on the machine.
 """
+import functools
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -11,11 +13,13 @@ import torch
 from overhaul_det import FeatureDistiller, ofd_loss, ofd_loss_reference
 from overhaul_det.bench import BenchConfig, build_model, format_table, main, run_benchmark
 from overhaul_det.bench.cli import build_parser, config_from_args
-from overhaul_det.bench.config import TASK_DEFAULTS, TIMED, validate
+from overhaul_det.bench.config import TASK_DEFAULTS, TIMED, check_teacher_precision, validate
 from overhaul_det.bench.memory import measure_memory_subprocess
 
 TINY = dict(teacher="resnet18", student="mobilenet_v3_small", batch_size=2, input_size=64, repeats=1, warmup=0,
             loss_shape=(2, 16, 8, 8), rewrite_model="resnet18", measure_memory=False)
+# timm's test models: a compile of them takes seconds where a torchvision student's takes minutes
+TIMM_TINY = {**TINY, "teacher": "timm/test_resnet", "student": "timm/test_efficientnet"}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,134 @@ def test_result_has_every_measurement(tiny_result):
     assert tiny_result["memory"] is None
     assert set(tiny_result["checks"]) == {"overhead", "loss_time_ratio", "rewrite_added", "reference_ratio",
                                           "student_ratio", "bfloat16_teacher_speedup", "float32_reference_ratio"}
+    assert tiny_result["checks"]["reference_ratio"]["precision"] == "bfloat16"
+    assert tiny_result["compile_s"] == {} and tiny_result["compile_errors"] == {}
     json.dumps(tiny_result)
+
+
+def test_float16_teacher_and_channels_last_student_add_their_steps_and_ratios():
+    result = run_benchmark(BenchConfig(**TIMM_TINY, teacher_precisions=("float16",), student_channels_last=True))
+    assert result["order"] == [*TIMED[:8], "teacher_forward_float16", "ofd_step_float16", "reference_step",
+                               "student_step_channels_last", "ofd_step_channels_last"]
+    median, checks = result["median_s"], result["checks"]
+    assert all(math.isfinite(t) and t > 0 for t in median.values())
+    # without bfloat16 the targets are taken on the fastest reduced precision measured, and say which
+    assert checks["reference_ratio"]["precision"] == "float16"
+    assert result["reference_ratio"] == pytest.approx(median["ofd_step_float16"] / median["reference_step"])
+    assert result["student_ratio"] == pytest.approx(median["ofd_step_float16"] / median["student_step"])
+    assert checks["float16_teacher_speedup"]["value"] == pytest.approx(
+        median["teacher_forward"] / median["teacher_forward_float16"])
+    assert checks["student_step_channels_last_speedup"]["value"] == pytest.approx(
+        median["student_step"] / median["student_step_channels_last"])
+    assert checks["ofd_step_channels_last_speedup"]["value"] == pytest.approx(
+        median["ofd_step"] / median["ofd_step_channels_last"])
+    table = format_table(result)
+    for label in ("(d') full OFD step, float16 teacher", "OFD step, float16 teacher / original OFD step (d'/r)",
+                  "(d) full OFD step, channels-last student", "speed-up ofd_step / ofd_step_channels_last"):
+        assert label in table
+
+
+def test_every_reduced_precision_gets_its_ratios_and_bfloat16_holds_the_targets():
+    result = run_benchmark(BenchConfig(**TIMM_TINY, teacher_precisions=("float16", "bfloat16"), amp="bf16"))
+    median, checks = result["median_s"], result["checks"]
+    assert result["order"][8:12] == ["teacher_forward_float16", "ofd_step_float16", "teacher_forward_bfloat16",
+                                     "ofd_step_bfloat16"]
+    assert all(math.isfinite(t) and t > 0 for t in median.values())
+    assert checks["reference_ratio"]["precision"] == "bfloat16"
+    float16 = median["ofd_step_float16"]
+    assert checks["float16_reference_ratio"] == {"value": pytest.approx(float16 / median["reference_step"]),
+                                                 "limit": None, "pass": None, "precision": "float16"}
+    assert checks["float16_student_ratio"]["value"] == pytest.approx(float16 / median["student_step"])
+    table = format_table(result)
+    assert "OFD step, float16 teacher / student step (d'/a)" in table
+    assert "OFD step, bfloat16 teacher / student step (d'/a)" in table
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_ofd_step_under_bf16_amp_runs_with_a_reduced_precision_teacher(precision):
+    from overhaul_det.bench.runtime import Runtime
+
+    torch.manual_seed(0)
+    rt = Runtime(BenchConfig(**TIMM_TINY, amp="bf16"))
+    distiller = FeatureDistiller(build_model("timm/test_resnet"), build_model("timm/test_efficientnet"),
+                                 input_size=(64, 64), teacher_precision=precision).train()
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
+    with rt.autocast():
+        out, losses = distiller(x)
+        loss = torch.nn.functional.cross_entropy(out, y) + losses["loss_ofd"]
+    ofd = float(losses["loss_ofd"].detach())
+    assert out.dtype == torch.bfloat16 and math.isfinite(ofd) and ofd > 0
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in distiller.regressors.parameters() if p.grad is not None)
+
+
+def test_new_options_reach_the_config():
+    args = build_parser().parse_args(["--teacher-precisions", "bfloat16", "float16", "--student-channels-last",
+                                      "--compile"])
+    cfg = config_from_args(args)
+    assert cfg.teacher_precisions == ("bfloat16", "float16") and cfg.student_channels_last and cfg.compile
+    defaults = config_from_args(build_parser().parse_args([]))
+    assert defaults.teacher_precisions == ("bfloat16",) and not defaults.student_channels_last and not defaults.compile
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--teacher-precisions", "float32"])
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(teacher_precisions=("bfloat16", "bfloat16")), "each once"),
+    (dict(teacher_precisions=()), "one or more"),
+    (dict(teacher_precisions=("float64",)), "one or more"),
+    (dict(student_channels_last=True, channels_last=True), "every step already is"),
+    (dict(task="detection", compile=True), "classification pairs only"),
+])
+def test_bad_new_options_are_clear_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        validate(BenchConfig(**{**TINY, **options}))
+
+
+def test_a_teacher_precision_the_device_cannot_run_is_a_clear_error(monkeypatch):
+    import contextlib
+
+    import overhaul_det.teacher_mode as teacher_mode
+
+    check_teacher_precision("float16", torch.device("cpu"))  # this torch runs float16 autocast on CPU
+    # a torch whose CPU autocast ignores float16 (as older ones did, with a warning)
+    monkeypatch.setattr(teacher_mode, "teacher_autocast", lambda *args: contextlib.nullcontext())
+    with pytest.raises(RuntimeError, match="float16 teacher cannot run on cpu.*computes in float32"):
+        validate(BenchConfig(**TINY, teacher_precisions=("float16",)))
+
+
+def test_a_compile_failure_is_recorded_not_raised(monkeypatch):
+    def failing_backend(graph_module, example_inputs):
+        raise RuntimeError("no C++ compiler here\nsecond line")
+
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        functools.partialmethod(torch.nn.Module.compile, backend=failing_backend))
+    torch._dynamo.reset()
+    result = run_benchmark(BenchConfig(**TIMM_TINY, compile=True))
+    torch._dynamo.reset()
+    assert result["order"] == list(TIMED) and result["compile_s"] == {}
+    assert set(result["compile_errors"]) == {"student_step_compiled", "ofd_step_compiled"}
+    for reason in result["compile_errors"].values():
+        assert "no C++ compiler here" in reason and "\n" not in reason
+    assert "torch.compile failed for ofd_step_compiled: " in format_table(result)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="inductor on CPU needs a C++ compiler and none is on PATH")
+def test_compiled_student_and_ofd_steps_are_timed_with_their_compile_time():
+    """Inductor's first compile of these models on a machine takes about 2 minutes on 2 cores; its cache
+    (under the system temp dir) makes later runs take seconds."""
+    torch._dynamo.reset()
+    result = run_benchmark(BenchConfig(**TIMM_TINY, compile=True))
+    assert result["compile_errors"] == {}
+    assert result["order"][-2:] == ["student_step_compiled", "ofd_step_compiled"]
+    median = result["median_s"]
+    for name in ("student_step_compiled", "ofd_step_compiled"):
+        assert result["compile_s"][name] > 0 and math.isfinite(median[name])
+        assert result["checks"][f"{name}_speedup"]["value"] == pytest.approx(
+            median[name.replace("_compiled", "")] / median[name])
+    table = format_table(result)
+    assert "first call, compiling: ofd_step_compiled" in table and "(d) full OFD step, torch.compile'd student" in table
 
 
 def test_reference_step_computes_the_same_loss_as_the_distiller(make_model):

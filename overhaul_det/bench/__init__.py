@@ -4,8 +4,10 @@ Times, in one process and interleaved (each repeat runs every measurement once, 
 order, so drifts hit all of them alike), after warm-up, as medians:
 (a) the plain student's train step, (b) the teacher's forward to its last tap (no_grad),
 (c) regressors + OFD loss forward/backward/step on captured features, (d) the full OFD step;
-for classification also ``ofd_loss`` against ``ofd_loss_reference`` on the same tensors, and a
-plain model's eval forward against the same model with taps attached. Detection and
+for classification also ``ofd_loss`` against ``ofd_loss_reference`` on the same tensors, a
+plain model's eval forward against the same model with taps attached, (b) and (d) with a teacher
+in each reduced precision asked for, the original OFD code's step, and on request (a) and (d)
+with a channels-last or a ``torch.compile``'d student (compile time reported apart). Detection and
 segmentation pairs (``task``) run (a)-(d) through their task adapters.
 Peak memory of (a) and (d) comes from a fresh subprocess per configuration on CPU (peak RSS)
 or ``torch.cuda.max_memory_allocated``.

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import AMP_DTYPES, TASK_DEFAULTS, BenchConfig, validate
+from .config import AMP_DTYPES, REDUCED_PRECISIONS, TASK_DEFAULTS, BenchConfig, validate
 from .report import format_table
 from .run import run_benchmark
 
@@ -32,7 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--amp", choices=tuple(AMP_DTYPES), default=defaults.amp)
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action="store_true", help="every model and batch channels-last")
+    parser.add_argument("--teacher-precisions", nargs="+", choices=REDUCED_PRECISIONS,
+                        default=list(defaults.teacher_precisions),
+                        help="reduced teacher precisions timed besides float32: teacher_forward_P and ofd_step_P "
+                             "(classification only; default: %(default)s)")
+    parser.add_argument("--student-channels-last", action="store_true",
+                        help="also time the student, alone and in the float32 OFD step, channels-last "
+                             "(classification only)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the student, alone and in the float32 OFD step, under torch.compile; the "
+                             "first call's seconds are reported apart (classification only)")
     parser.add_argument("--loss-shape", type=int, nargs="+", default=list(defaults.loss_shape),
                         help="shape of the tensors for the ofd_loss comparison (N C H W; classification only)")
     parser.add_argument("--rewrite-model", default=defaults.rewrite_model,
@@ -48,7 +58,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """The BenchConfig that parsed options ask for."""
     return BenchConfig(task=args.task, teacher=args.teacher, student=args.student, batch_size=args.batch_size,
                        input_size=args.input_size, repeats=args.repeats, warmup=args.warmup, device=args.device,
-                       amp=args.amp, channels_last=args.channels_last, loss_shape=tuple(args.loss_shape),
+                       amp=args.amp, channels_last=args.channels_last,
+                       teacher_precisions=tuple(args.teacher_precisions),
+                       student_channels_last=args.student_channels_last, compile=args.compile,
+                       loss_shape=tuple(args.loss_shape),
                        rewrite_model=args.rewrite_model, measure_memory=not args.no_memory,
                        threads=args.threads, seed=args.seed)
 

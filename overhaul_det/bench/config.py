@@ -1,19 +1,23 @@
 """What the benchmark measures: its configuration, the task defaults and the targets, and their validation."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["TIMED", "AMP_DTYPES", "TASK_DEFAULTS", "TARGETS", "BenchConfig", "build_model", "resolve_device",
-           "validate"]
+__all__ = ["TIMED", "AMP_DTYPES", "REDUCED_PRECISIONS", "TASK_DEFAULTS", "TARGETS", "BenchConfig", "build_model",
+           "resolve_device", "check_teacher_precision", "validate"]
 
-# The classification run's timed steps, in the order they run; task runs time the first four.
+# The default classification run's timed steps, in the order they run; task runs time the first four.
+# Each of ``teacher_precisions`` adds teacher_forward_<P> and ofd_step_<P> before reference_step;
+# ``student_channels_last`` and ``compile`` add their student and OFD steps at the end.
 TIMED = ("student_step", "teacher_forward", "regressor_step", "ofd_step",
          "loss_naive", "loss_fast", "plain_forward", "rewritten_forward",
          "teacher_forward_bfloat16", "ofd_step_bfloat16", "reference_step")
+REDUCED_PRECISIONS = ("bfloat16", "float16")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TASK_DEFAULTS = {
     "classification": dict(teacher="resnet50", student="mobilenet_v3_large", batch_size=8, input_size=160,
@@ -33,6 +37,9 @@ class BenchConfig:
 
     ``teacher``, ``student``, ``batch_size``, ``input_size`` and ``alpha`` left at None take the
     task's values (``TASK_DEFAULTS``); detection and segmentation names are their adapters' model specs.
+    Classification only: ``teacher_precisions`` (the reduced teacher precisions timed besides float32),
+    ``student_channels_last`` (also time the student, alone and in the float32 OFD step, channels-last)
+    and ``compile`` (also time both with ``torch.compile``).
     """
 
     task: str = "classification"
@@ -45,6 +52,9 @@ class BenchConfig:
     device: str = "cpu"
     amp: str = "none"
     channels_last: bool = False
+    teacher_precisions: Tuple[str, ...] = ("bfloat16",)
+    student_channels_last: bool = False
+    compile: bool = False
     loss_shape: Tuple[int, ...] = (8, 256, 56, 56)
     rewrite_model: str = "resnet50"
     measure_memory: bool = True
@@ -60,6 +70,7 @@ class BenchConfig:
         for name, value in TASK_DEFAULTS[self.task].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        self.teacher_precisions = tuple(self.teacher_precisions)
 
 
 def build_model(name: str) -> nn.Module:
@@ -103,9 +114,28 @@ def _known_model(name: str, task: str) -> bool:
     return True
 
 
+def check_teacher_precision(precision: str, device: torch.device) -> None:
+    """A clear error unless the distiller runs a teacher in ``precision`` on ``device``: it accepts the
+    name, and its autocast really computes in that dtype there (a probe convolution)."""
+    from ..teacher_mode import resolve_teacher_mode, teacher_autocast
+
+    probe = nn.Conv2d(1, 1, 1).to(device)
+    try:
+        dtype, _ = resolve_teacher_mode(precision, False, device, probe)
+        with torch.no_grad(), warnings.catch_warnings(), teacher_autocast(precision, dtype, device):
+            warnings.simplefilter("ignore")  # an unsupported autocast dtype warns and computes in float32
+            out_dtype = probe(torch.zeros(1, 1, 1, 1, device=device)).dtype
+    except (RuntimeError, ValueError) as error:
+        raise RuntimeError(f"a {precision} teacher cannot run on {device}: {error}") from error
+    if out_dtype != dtype:
+        raise RuntimeError(f"a {precision} teacher cannot run on {device} with torch {torch.__version__}: autocast "
+                           f"to {precision} computes in {str(out_dtype).replace('torch.', '')} there; drop "
+                           f"{precision} from --teacher-precisions")
+
+
 def validate(cfg: BenchConfig) -> None:
     """Raise a clear error for a configuration that cannot run here (before building anything)."""
-    resolve_device(cfg.device, cfg.amp)
+    device = resolve_device(cfg.device, cfg.amp)
     if cfg.repeats < 1 or cfg.warmup < 0 or cfg.memory_steps < 1:
         raise ValueError(f"need repeats >= 1, warmup >= 0 and memory_steps >= 1, got "
                          f"{cfg.repeats}, {cfg.warmup} and {cfg.memory_steps}")
@@ -113,6 +143,18 @@ def validate(cfg: BenchConfig) -> None:
         raise ValueError("batch size must be >= 2: the teacher's BatchNorm runs on batch statistics")
     if len(cfg.loss_shape) < 2:
         raise ValueError(f"loss shape {tuple(cfg.loss_shape)} needs a batch and a channel axis")
+    wrong = [p for p in cfg.teacher_precisions if p not in REDUCED_PRECISIONS]
+    if wrong or not cfg.teacher_precisions or len(set(cfg.teacher_precisions)) < len(cfg.teacher_precisions):
+        raise ValueError(f"teacher_precisions={cfg.teacher_precisions}: need one or more of {REDUCED_PRECISIONS}, "
+                         "each once")
+    if cfg.task != "classification" and (cfg.student_channels_last or cfg.compile):
+        raise ValueError("--student-channels-last and --compile time classification pairs only")
+    if cfg.student_channels_last and cfg.channels_last:
+        raise ValueError("--student-channels-last adds channels-last student steps; with --channels-last every "
+                         "step already is: use one of them")
+    if cfg.task == "classification":
+        for precision in cfg.teacher_precisions:
+            check_teacher_precision(precision, device)
     names = [cfg.teacher, cfg.student] + ([cfg.rewrite_model] if cfg.task == "classification" else [])
     unknown = [n for n in names if not _known_model(n, cfg.task)]
     if unknown:

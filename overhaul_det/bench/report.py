@@ -1,7 +1,7 @@
 """The benchmark's result as a plain-text table: median times, ratios, memory, pass/fail per target."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["format_table"]
 
@@ -14,9 +14,7 @@ def _verdict(check: Dict[str, Any]) -> str:
     return {True: "PASS", False: "FAIL", None: "-"}[check["pass"]]
 
 
-def format_table(result: Dict[str, Any]) -> str:
-    """The result as a plain-text table (median times, ratios, memory, pass/fail per target)."""
-    cfg, median, checks = result["config"], result["median_s"], result["checks"]
+def _step_labels(cfg: Dict[str, Any]) -> Dict[str, str]:
     labels = {
         "student_step": "(a) student train step",
         "teacher_forward": "(b) teacher forward to last tap (no_grad), float32",
@@ -26,10 +24,42 @@ def format_table(result: Dict[str, Any]) -> str:
         "loss_fast": "ofd_loss fwd+bwd (same tensors)",
         "plain_forward": f"{cfg['rewrite_model']} eval forward, plain",
         "rewritten_forward": f"{cfg['rewrite_model']} eval forward, taps attached",
-        "teacher_forward_bfloat16": "(b') teacher forward, bfloat16 teacher",
-        "ofd_step_bfloat16": "(d') full OFD step, bfloat16 teacher",
         "reference_step": "(r) original OFD code's step (teacher train+autograd)",
+        "student_step_channels_last": "(a) student train step, channels-last student",
+        "ofd_step_channels_last": "(d) full OFD step, channels-last student",
+        "student_step_compiled": "(a) student train step, torch.compile",
+        "ofd_step_compiled": "(d) full OFD step, torch.compile'd student",
     }
+    for p in cfg["teacher_precisions"]:
+        labels[f"teacher_forward_{p}"] = f"(b') teacher forward, {p} teacher"
+        labels[f"ofd_step_{p}"] = f"(d') full OFD step, {p} teacher"
+    return labels
+
+
+def _ratio_rows(checks: Dict[str, Any]) -> List[Tuple[str, str, str, str]]:
+    """(label, check key, value format, target format) of each ratio, in table order."""
+    rows = [("overhead d/(a+b+c)", "overhead", "{:.3f}", "<= {:.2f}"),
+            ("ofd_loss time / reference time", "loss_time_ratio", "{:.3f}", "<= {:.2f}"),
+            ("taps-attached forward, added time", "rewrite_added", "{:+.1%}", "<= {:.0%}"),
+            ("OFD step, float32 teacher / original OFD step (d/r)", "float32_reference_ratio", "{:.3f}", "-")]
+    for key in [k for k in checks if k.endswith("reference_ratio") and "precision" in checks[k]]:
+        p, prefix = checks[key]["precision"], key[:-len("reference_ratio")]
+        rows += [(f"OFD step, {p} teacher / original OFD step (d'/r)", key, "{:.3f}", "<= {:.2f}"),
+                 (f"OFD step, {p} teacher / student step (d'/a)", prefix + "student_ratio", "{:.3f}", "<= {:.2f}")]
+    for key in checks:
+        if key.endswith("_teacher_speedup"):
+            rows.append((f"teacher forward float32 / {key.split('_')[0]} (b/b')", key, "{:.3f}", "-"))
+        elif key.endswith("_speedup"):
+            variant = key[:-len("_speedup")]
+            plain = "student_step" if variant.startswith("student_step") else "ofd_step"
+            rows.append((f"speed-up {plain} / {variant}", key, "{:.3f}", "-"))
+    return rows
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    """The result as a plain-text table (median times, ratios, compile times, memory, pass/fail per target)."""
+    cfg, median, checks = result["config"], result["median_s"], result["checks"]
+    labels = _step_labels(cfg)
     task = "" if cfg["task"] == "classification" else f"{cfg['task']}: "
     lines = [f"{task}{cfg['teacher']} -> {cfg['student']}, batch {cfg['batch_size']}, {cfg['input_size']} px, "
              f"device {cfg['device']}, amp {cfg['amp']}, channels_last {cfg['channels_last']}, "
@@ -37,19 +67,15 @@ def format_table(result: Dict[str, Any]) -> str:
              f"{'measurement':<56} {'median':>12}"]
     lines += [f"{labels[name]:<56} {median[name] * 1e3:>9.1f} ms" for name in result["order"]]
     lines.append(f"{'check':<56} {'value':>12} {'target':>12}  result")
-    ratio_rows = [("overhead d/(a+b+c)", "overhead", "{:.3f}", "<= {:.2f}"),
-                  ("ofd_loss time / reference time", "loss_time_ratio", "{:.3f}", "<= {:.2f}"),
-                  ("taps-attached forward, added time", "rewrite_added", "{:+.1%}", "<= {:.0%}"),
-                  ("OFD step, float32 teacher / original OFD step (d/r)", "float32_reference_ratio", "{:.3f}", "-"),
-                  ("OFD step, bfloat16 teacher / original OFD step (d'/r)", "reference_ratio", "{:.3f}", "<= {:.2f}"),
-                  ("OFD step, bfloat16 teacher / student step (d'/a)", "student_ratio", "{:.3f}", "<= {:.2f}"),
-                  ("teacher forward float32 / bfloat16 (b/b')", "bfloat16_teacher_speedup", "{:.3f}", "-")]
-    for label, key, fmt, target in ratio_rows:
+    for label, key, fmt, target in _ratio_rows(checks):
         if key not in checks:
             continue
         check = checks[key]
         value, limit = fmt.format(check["value"]), "-" if check["limit"] is None else target.format(check["limit"])
         lines.append(f"{label:<56} {value:>12} {limit:>12}  {_verdict(check)}")
+    lines += [f"{'first call, compiling: ' + name:<56} {seconds:>10.1f} s"
+              for name, seconds in result["compile_s"].items()]
+    lines += [f"torch.compile failed for {name}: {reason}" for name, reason in result["compile_errors"].items()]
     lines += _memory_lines(result)
     return "\n".join(lines)
 

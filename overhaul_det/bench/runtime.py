@@ -5,6 +5,7 @@ A step is a closure over its models, optimizer and batch; calling it runs one me
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Callable, List, Sequence, Tuple
 
 import torch
@@ -15,8 +16,8 @@ from ..distiller import FeatureDistiller
 from ..taps import capture_taps
 from .config import AMP_DTYPES, BenchConfig, resolve_device
 
-__all__ = ["Step", "Runtime", "optimizer", "student_step", "ofd_step", "reference_loss", "reference_step", "task_step", "teacher_step",
-           "captured_features", "regressor_step", "loss_step", "forward_step"]
+__all__ = ["Step", "Runtime", "optimizer", "student_step", "ofd_step", "reference_loss", "reference_step", "task_step",
+           "teacher_step", "captured_features", "regressor_step", "loss_step", "forward_step"]
 
 Step = Callable[[], None]
 
@@ -52,6 +53,14 @@ class Runtime:
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def time(self, step: Step) -> float:
+        """Seconds of one call of ``step``, the device synchronised before and after."""
+        self.sync()
+        start = time.perf_counter()
+        step()
+        self.sync()
+        return time.perf_counter() - start
 
 
 def optimizer(params: Sequence[nn.Parameter], cfg: BenchConfig) -> torch.optim.Optimizer:

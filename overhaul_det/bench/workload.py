@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -20,16 +20,20 @@ __all__ = ["Workload", "build_workload", "memory_step"]
 
 @dataclass
 class Workload:
-    """The timed steps in the order they run, and the distiller and inputs the activation sizes are taken from."""
+    """The timed steps in the order they run, the distiller and inputs the activation sizes are taken from,
+    and for compiled steps the seconds of their first (compiling) call or why compiling failed."""
 
     steps: Dict[str, Step]
     distiller: FeatureDistiller
     student_input: Tensor
     teacher_input: Tensor
+    compile_s: Dict[str, float] = field(default_factory=dict)
+    compile_errors: Dict[str, str] = field(default_factory=dict)
 
 
 def build_workload(cfg: BenchConfig, rt: Runtime) -> Workload:
-    """Models, data and the timed steps (eight for classification, else (a)-(d)), in the order they are run."""
+    """Models, data and the timed steps (those of ``TIMED`` and the options' for classification, else (a)-(d)),
+    in the order they are run."""
     if cfg.task != "classification":
         return _task_workload(cfg, rt)
     student = _build_student(cfg)
@@ -50,20 +54,64 @@ def build_workload(cfg: BenchConfig, rt: Runtime) -> Workload:
         "rewritten_forward": forward_step(rewritten, x, rt, capture=True),
         **_precision_and_reference_steps(cfg, rt, x, y),
     }
-    return Workload(steps=steps, distiller=distiller, student_input=x, teacher_input=x)
+    work = Workload(steps=steps, distiller=distiller, student_input=x, teacher_input=x)
+    if cfg.student_channels_last:
+        steps.update(_channels_last_steps(cfg, rt, x, y))
+    if cfg.compile:
+        _add_compiled_steps(work, cfg, rt, x, y)
+    return work
 
 
 def _precision_and_reference_steps(cfg: BenchConfig, rt: Runtime, x: Tensor, y: Tensor) -> Dict[str, Step]:
-    """The teacher forward and OFD step with a bfloat16 teacher, and the original OFD code's step, each
-    on its own copy of the models (a bfloat16 teacher may be made channels-last)."""
-    reduced = _build_distiller(cfg, rt, _build_student(cfg), teacher_precision="bfloat16")
+    """The teacher forward and OFD step with a teacher in each of ``cfg.teacher_precisions``, and the
+    original OFD code's step, each on its own copy of the models (a reduced-precision teacher may be
+    made channels-last)."""
+    steps = {}
+    for precision in cfg.teacher_precisions:
+        reduced = _build_distiller(cfg, rt, _build_student(cfg), teacher_precision=precision)
+        steps[f"teacher_forward_{precision}"] = teacher_step(reduced, x, rt)
+        steps[f"ofd_step_{precision}"] = ofd_step(reduced, optimizer(_ofd_params(reduced), cfg), x, y, rt)
     reference = _build_distiller(cfg, rt, _build_student(cfg), teacher_precision="float32")
     full_teacher = attach_taps(copy.deepcopy(reference.teacher), reference.teacher_taps).train().requires_grad_(True)
+    steps["reference_step"] = reference_step(reference, full_teacher, optimizer(_ofd_params(reference), cfg), x, y,
+                                             rt)
+    return steps
+
+
+def _channels_last_steps(cfg: BenchConfig, rt: Runtime, x: Tensor, y: Tensor) -> Dict[str, Step]:
+    """The student channels-last: alone, on its batch made channels-last, and in the float32 OFD step (regressors
+    channels-last too) on the batch as it is, so the teacher runs as in ofd_step; the student's channels-last
+    first convolution makes its own activations channels-last."""
+    student = _build_student(cfg).to(rt.device, memory_format=torch.channels_last)
+    distiller = _build_distiller(cfg, rt, _build_student(cfg), teacher_precision="float32")
+    distiller.student.to(memory_format=torch.channels_last)
+    distiller.regressors.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     return {
-        "teacher_forward_bfloat16": teacher_step(reduced, x, rt),
-        "ofd_step_bfloat16": ofd_step(reduced, optimizer(_ofd_params(reduced), cfg), x, y, rt),
-        "reference_step": reference_step(reference, full_teacher, optimizer(_ofd_params(reference), cfg), x, y, rt),
+        "student_step_channels_last": student_step(student, optimizer(list(student.parameters()), cfg), x_cl, y, rt),
+        "ofd_step_channels_last": ofd_step(distiller, optimizer(_ofd_params(distiller), cfg), x, y, rt),
     }
+
+
+def _add_compiled_steps(work: Workload, cfg: BenchConfig, rt: Runtime, x: Tensor, y: Tensor) -> None:
+    """The plain student and the distiller's (tap-capturing) student under ``torch.compile`` (in place, so
+    parameter names stay), each step called once here: that call compiles, its seconds go to ``compile_s``;
+    a step whose compiling fails is left out, its one-line reason in ``compile_errors``."""
+    student = rt.place(_build_student(cfg))
+    distiller = _build_distiller(cfg, rt, _build_student(cfg), teacher_precision="float32")
+    student.compile()
+    distiller.student.compile()
+    candidates = {
+        "student_step_compiled": student_step(student, optimizer(list(student.parameters()), cfg), x, y, rt),
+        "ofd_step_compiled": ofd_step(distiller, optimizer(_ofd_params(distiller), cfg), x, y, rt),
+    }
+    for name, step in candidates.items():
+        try:
+            work.compile_s[name] = rt.time(step)
+        except Exception as error:  # noqa: BLE001 - a compiler failure is a result of the run, not a crash
+            work.compile_errors[name] = _one_line(error)
+        else:
+            work.steps[name] = step
 
 
 def memory_step(kind: str, cfg: BenchConfig, rt: Runtime) -> Step:
@@ -88,6 +136,17 @@ def memory_step(kind: str, cfg: BenchConfig, rt: Runtime) -> Step:
         x, y = _batch(cfg, rt, _num_classes(distiller.student, cfg, rt))
         return ofd_step(distiller, optimizer(_ofd_params(distiller), cfg), x, y, rt)
     raise ValueError(f"unknown memory measurement {kind!r}")
+
+
+def _one_line(error: BaseException) -> str:
+    """``error``'s type and its innermost cause's type and first line (dynamo wraps a compiler's error
+    as ``inner_exception``)."""
+    root = error
+    while (getattr(root, "inner_exception", None) or root.__cause__) is not None:
+        root = getattr(root, "inner_exception", None) or root.__cause__
+    lines = str(root).strip().splitlines()
+    names = type(error).__name__ + ("" if root is error else f": {type(root).__name__}")
+    return f"{names}: {lines[0] if lines else ''}".strip()
 
 
 def _task_workload(cfg: BenchConfig, rt: Runtime) -> Workload:
