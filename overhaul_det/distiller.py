@@ -18,9 +18,10 @@ from .eager_grad import eager_term
 from .ofd import (DataMarginEstimator, Regressor, TokenRegressor, bn_margin, margin_relu, ofd_loss,
                   ofd_loss_reference)
 from .taps import Tap, TapExtractor, attach_taps, capture_taps, find_taps
+from .taps.trace import sample_input
 from .teacher_mode import resolve_teacher_mode, teacher_autocast
 
-__all__ = ["FeatureDistiller", "pair_taps", "default_tap_weights"]
+__all__ = ["FeatureDistiller", "pair_taps", "default_tap_weights", "loss_layout", "to_loss_layout"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def pair_taps(
     teacher_taps: Sequence[Tap],
     pairs: Optional[Sequence[Tuple[str, str]]] = None,
 ) -> List[Tuple[Tap, Tap]]:
-    """Match student taps to teacher taps: by equal stride, or by explicit (student, teacher) names."""
+    """Match student taps to teacher taps: by explicit (student, teacher) names, by equal stride,
+    or, where the stride sets differ, the deepest min(n_student, n_teacher) of each by depth order."""
     if pairs is not None:
         s_by_name = {t.name: t for t in student_taps}
         t_by_name = {t.name: t for t in teacher_taps}
@@ -56,31 +58,81 @@ def pair_taps(
                 f"pairs name unknown taps {bad}; student taps: {_describe(student_taps)}; "
                 f"teacher taps: {_describe(teacher_taps)}"
             )
-        matched = [(s_by_name[s], t_by_name[t]) for s, t in pairs]
-    else:
-        s_strides = [t.stride for t in student_taps]
-        t_strides = [t.stride for t in teacher_taps]
-        if s_strides == t_strides:
-            return _check_layouts(list(zip(student_taps, teacher_taps)))
-        if sorted(s_strides) != sorted(t_strides) or len(set(s_strides)) != len(s_strides):
-            raise ValueError(
-                "cannot pair taps by stride: student taps are "
-                f"{_describe(student_taps)}; teacher taps are {_describe(teacher_taps)}. "
-                "Pass pairs=[(student_node, teacher_node), ...] or choose taps by hand."
-            )
+        return [(s_by_name[s], t_by_name[t]) for s, t in pairs]
+    s_strides = [t.stride for t in student_taps]
+    t_strides = [t.stride for t in teacher_taps]
+    if s_strides == t_strides:
+        return list(zip(student_taps, teacher_taps))
+    if sorted(s_strides) == sorted(t_strides) and len(set(s_strides)) == len(s_strides):
         by_stride = {t.stride: t for t in teacher_taps}
-        matched = [(s, by_stride[s.stride]) for s in student_taps]
-    return _check_layouts(matched)
+        return [(s, by_stride[s.stride]) for s in student_taps]
+    return _pair_by_depth(student_taps, teacher_taps)
 
 
-def _check_layouts(matched: List[Tuple[Tap, Tap]]) -> List[Tuple[Tap, Tap]]:
-    for s, t in matched:
-        if s.layout != t.layout:
-            raise ValueError(
-                f"student tap {s.name} {s.shape} is {s.layout} but teacher tap {t.name} {t.shape} is {t.layout}; "
-                "pair taps of the same layout (feature maps with maps, tokens with tokens)"
-            )
+def _pair_by_depth(student_taps: Sequence[Tap], teacher_taps: Sequence[Tap]) -> List[Tuple[Tap, Tap]]:
+    """The deepest k = min(n_student, n_teacher) taps of each, in the order given (shallowest first,
+    as ``find_taps`` returns them), deepest with deepest."""
+    k = min(len(student_taps), len(teacher_taps))
+    if k == 0:
+        raise ValueError(
+            f"no taps to pair: student taps are [{_describe(student_taps)}], teacher taps are "
+            f"[{_describe(teacher_taps)}]; pass taps for both models or pairs=[(student_node, teacher_node), ...]"
+        )
+    matched = list(zip(student_taps[len(student_taps) - k:], teacher_taps[len(teacher_taps) - k:]))
+    logger.info("student and teacher taps differ in strides (student %s, teacher %s): pairing the deepest %d by "
+                "depth: %s; pass pairs=[(student_node, teacher_node), ...] to choose", [t.stride for t in student_taps],
+                [t.stride for t in teacher_taps], k,
+                ", ".join(f"{s.name}(stride {s.stride}) -> {t.name}(stride {t.stride})" for s, t in matched))
     return matched
+
+
+def loss_layout(student_tap: Tap, teacher_tap: Tap) -> str:
+    """The layout a pair's loss works in: the taps' own where they agree (tokens: also in count),
+    else channel-first maps ('nchw'), to which nhwc maps and square grids of tokens convert."""
+    same = student_tap.layout == teacher_tap.layout
+    if same and (student_tap.layout != "tokens" or student_tap.shape[1:2] == teacher_tap.shape[1:2]):
+        return student_tap.layout
+    return "nchw"
+
+
+def _token_prefix(tap: Tap, other: Tap, layout: str, model: nn.Module, input_size) -> int:
+    """How many class / distillation / register tokens lead the tokens of a tap that becomes a map
+    (L minus the sample input's patches at the tap's stride; 0 for any other tap). Refuses a grid
+    that is not square."""
+    if tap.layout != "tokens" or layout == "tokens":
+        return 0
+    if len(tap.shape) != 3:
+        raise ValueError(f"tap {tap.name} is tokens with no recorded (N, L, C) shape; make it with find_taps so its "
+                         f"tokens can become a map to pair with {other.name}")
+    height, width = sample_input(model, input_size).shape[-2:]
+    rows, cols = height // tap.stride, width // tap.stride
+    prefix = tap.shape[1] - rows * cols
+    if rows != cols or not 0 <= prefix <= 8:
+        raise ValueError(
+            f"tap {tap.name} {tap.shape} holds tokens that do not form a square grid ({rows}x{cols} patches at "
+            f"stride {tap.stride}, {prefix} other tokens), so they cannot become a map to pair with {other.name} "
+            f"({other.layout}); use a square input_size, or pairs=[(student_node, teacher_node), ...] with taps "
+            "of one layout"
+        )
+    return prefix
+
+
+def to_loss_layout(x: Tensor, tap: Tap, layout: str, prefix: int = 0) -> Tensor:
+    """``x`` captured at ``tap``, as a view in the pair's loss ``layout``: an nhwc map permuted to nchw,
+    tokens without their ``prefix`` leading tokens reshaped to an (N, C, H, W) square grid."""
+    if tap.layout == layout:
+        return x
+    if tap.layout == "nhwc":
+        return x.permute(0, 3, 1, 2)
+    patches = x.shape[1] - prefix
+    side = math.isqrt(patches)
+    if side * side != patches:
+        raise ValueError(
+            f"tap {tap.name} gave {x.shape[1]} tokens: {patches} after dropping {prefix} leading token(s), not a "
+            "square grid; feed square inputs at the size the distiller was built for, or pair it with a tokens tap "
+            "via pairs=[(student_node, teacher_node), ...]"
+        )
+    return x[:, prefix:].reshape(x.shape[0], side, side, x.shape[2]).permute(0, 3, 1, 2)
 
 
 def _resolve_taps(model: nn.Module, spec: TapSpec, input_size, min_stride: int,
@@ -110,6 +162,11 @@ class FeatureDistiller(nn.Module):
     BatchNorm on batch statistics (``teacher_bn='train'``) and its running statistics untouched.
     The student keeps its own forward; the tensors at its taps are captured on the way.
     ``loss_ofd = alpha * sum_i w_i * partial_L2(r_i(student_i), max(teacher_i, m_i)) / batch``.
+    Taps pair by stride, or by depth where the stride sets differ (``pair_taps``), or as ``pairs``
+    names them; a student map is resized to its teacher's (``align``). A pair whose layouts differ
+    works on channel-first maps (``loss_layout``): nhwc maps are permuted, ViT tokens on a square
+    grid lose their leading class/distillation tokens and become (N, C, H, W); its regressor is the
+    map one (1x1 conv + BN). Pairs of one layout keep it.
     The paper's ablations are switches: ``teacher_bn='eval'``, ``position='post'`` (after the
     activation), ``distance='l2'`` (every element counts) and ``margin='none'`` (teacher as it is).
 
@@ -171,6 +228,12 @@ class FeatureDistiller(nn.Module):
                                tracer_kwargs)
         s_taps = _resolve_taps(student, student_taps, input_size, min_stride, position, tracer_kwargs)
         self.pairs = pair_taps(s_taps, t_taps, pairs)
+        self.layouts = [loss_layout(s, t) for s, t in self.pairs]
+        self._prefixes = [
+            (_token_prefix(s, t, layout, student, input_size),
+             _token_prefix(t, s, layout, teacher, teacher_input_size or input_size))
+            for (s, t), layout in zip(self.pairs, self.layouts)
+        ]
         n = len(self.pairs)
         if weights is not None and len(weights) != n:
             raise ValueError(f"weights has {len(weights)} entries for {n} tap pairs")
@@ -196,7 +259,8 @@ class FeatureDistiller(nn.Module):
         self._teacher_extractor = TapExtractor(teacher, [t for _, t in self.pairs], batch_stats=teacher_bn == "train",
                                                tracer_kwargs=tracer_kwargs)
         self.regressors = nn.ModuleList(
-            (TokenRegressor if s.channel_last else Regressor)(s.channels, t.channels) for s, t in self.pairs
+            (Regressor if layout == "nchw" else TokenRegressor)(s.channels, t.channels)
+            for (s, t), layout in zip(self.pairs, self.layouts)
         )
         self._data_margin_taps = self._init_margins(margin)
 
@@ -229,9 +293,7 @@ class FeatureDistiller(nn.Module):
         """alpha, scaled by the warm-up ramp while it lasts; with alpha='auto' the ramp alone (the
         weight is applied by ``scale_to_task``, which knows the task loss)."""
         alpha = 1.0 if self.alpha == "auto" else self.alpha
-        if self.alpha_warmup <= 0:
-            return alpha
-        return alpha * min(1.0, (int(self.warmup_step) + 1) / self.alpha_warmup)
+        return alpha * self._ramp(int(self.warmup_step) + 1)
 
     def scale_to_task(self, loss_ofd: Tensor, task_loss: Tensor) -> Tensor:
         """``loss_ofd`` weighted by alpha='auto': at the first training iteration alpha is set so that
@@ -242,14 +304,15 @@ class FeatureDistiller(nn.Module):
         if float(self.alpha_auto) == 0.0:
             if not self.training:
                 raise RuntimeError("alpha='auto' is set by the first training iteration; train before evaluating")
-            self._set_auto_alpha(loss_ofd.detach() / self._ramp(), task_loss.detach())
+            self._set_auto_alpha(loss_ofd.detach() / self._ramp(int(self.warmup_step)), task_loss.detach())
         return loss_ofd * float(self.alpha_auto)
 
-    def _ramp(self) -> float:
-        """The warm-up factor the last forward applied (its step counter has advanced since)."""
+    def _ramp(self, forward: int) -> float:
+        """The warm-up factor of the ``forward``-th training forward (1-based): ``effective_alpha`` asks
+        for the next one, ``scale_to_task`` for the last one (the counter has advanced since)."""
         if self.alpha_warmup <= 0:
             return 1.0
-        return min(1.0, int(self.warmup_step) / self.alpha_warmup)
+        return min(1.0, forward / self.alpha_warmup)
 
     def _set_auto_alpha(self, ofd: Tensor, task: Tensor) -> None:
         both = torch.stack([ofd.double(), task.double()])
@@ -291,7 +354,9 @@ class FeatureDistiller(nn.Module):
     @torch.no_grad()
     def teacher_features(self, *args, **kwargs) -> List[Tensor]:
         """Teacher tensors at the paired taps (no autograd, stops at the last tap), run in the
-        teacher's precision and memory format (``teacher_mode.py``), handed on in the student's dtype."""
+        teacher's precision and memory format (``teacher_mode.py``), handed on in the student's dtype
+        and each pair's loss layout (``to_loss_layout``). The student's dtype is read at each call: the
+        student may be cast after construction, alone or with the distiller."""
         x = args[0]
         _check_batch(x, self.teacher_taps, self.teacher, "teacher")
         dtype, channels_last = self._mode_on(x.device)
@@ -300,7 +365,8 @@ class FeatureDistiller(nn.Module):
         with teacher_autocast(self.teacher_precision, dtype, x.device):
             features = self._teacher_extractor(*args, **kwargs)
         student_dtype = next(self.student.parameters()).dtype
-        return [features[t.name].to(student_dtype) for _, t in self.pairs]
+        return [to_loss_layout(features[t.name].to(student_dtype), t, layout, prefix)
+                for (_, t), layout, (_, prefix) in zip(self.pairs, self.layouts, self._prefixes)]
 
     def _mode_on(self, device: torch.device) -> Tuple[torch.dtype, bool]:
         """The teacher's (dtype, channels_last) on ``device``, chosen and logged once per device."""
@@ -326,8 +392,7 @@ class FeatureDistiller(nn.Module):
         """Estimate the data margins (mean negative teacher response per channel) from batches."""
         if not self._data_margin_taps:
             return
-        estimators = {i: DataMarginEstimator(-1 if self.pairs[i][1].channel_last else 1)
-                      for i in self._data_margin_taps}
+        estimators = {i: DataMarginEstimator(self._channel_dim(i)) for i in self._data_margin_taps}
         seen = 0
         for batch in batches:
             features = self.teacher_features(batch)
@@ -344,37 +409,49 @@ class FeatureDistiller(nn.Module):
 
     def _calibrate_from(self, teacher_feats: Sequence[Tensor]) -> None:
         for i in self._data_margin_taps:
-            channel_dim = -1 if self.pairs[i][1].channel_last else 1
-            getattr(self, f"margin_{i}").copy_(DataMarginEstimator.from_features([teacher_feats[i]], channel_dim))
+            getattr(self, f"margin_{i}").copy_(DataMarginEstimator.from_features([teacher_feats[i]],
+                                                                                  self._channel_dim(i)))
         self.margins_calibrated.fill_(True)
         logger.info("OFD data margins estimated from the first batch; call calibrate_margins() for more batches")
 
     def match_size(self, s: Tensor, t: Tensor, pair: Tuple[Tap, Tap]) -> Tensor:
-        """A regressed student map ``s`` at teacher map ``t``'s spatial size (per ``align``)."""
-        same = s.shape[:-1] == t.shape[:-1] if pair[1].channel_last else s.shape[2:] == t.shape[2:]
+        """A regressed student map ``s`` at teacher map ``t``'s spatial size (per ``align``), both in
+        the pair's loss layout; tokens of different counts are refused."""
+        layout = loss_layout(*pair)
+        same = s.shape[:-1] == t.shape[:-1] if layout != "nchw" else s.shape[2:] == t.shape[2:]
         if same:
             return s
-        if self.align == "raise" or pair[1].channel_last:
+        if self.align == "raise" or layout == "tokens":
             raise ValueError(
                 f"student tap {pair[0].name} has spatial size {tuple(s.shape)} after its regressor but teacher tap "
                 f"{pair[1].name} has {tuple(t.shape)}; feed both the same input size"
-                + ("" if pair[1].channel_last else " or use align='interpolate'")
+                + ("" if layout == "tokens" else " or use align='interpolate'")
             )
+        if layout == "nhwc":
+            resized = F.interpolate(s.permute(0, 3, 1, 2), size=t.shape[1:3], mode="bilinear", align_corners=False)
+            return resized.permute(0, 2, 3, 1)
         return F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False)
 
     def distill_loss(
         self, student_feats: Union[Dict[str, Tensor], Sequence[Tensor]], teacher_feats: Sequence[Tensor]
     ) -> Tensor:
-        """alpha * sum_i w_i * ofd_loss(r_i(s_i), t_i, m_i) / batch_size."""
-        return self._consume_loss(self._student_list(student_feats), list(teacher_feats))
+        """alpha * sum_i w_i * ofd_loss(r_i(s_i), t_i, m_i) / batch_size, on the student's tap tensors
+        as captured and the teacher's from ``teacher_features``."""
+        return self._consume_loss(self.student_features(student_feats), list(teacher_feats))
 
-    def _student_list(self, student_feats: Union[Dict[str, Tensor], Sequence[Tensor]]) -> List[Tensor]:
+    def student_features(self, student_feats: Union[Dict[str, Tensor], Sequence[Tensor]]) -> List[Tensor]:
+        """The student's captured tap tensors ({name: tensor} or a list in pair order) in pair order,
+        each in its pair's loss layout (``to_loss_layout``): what the regressors take."""
         if isinstance(student_feats, dict):
             missing = [s.name for s, _ in self.pairs if s.name not in student_feats]
             if missing:
                 raise RuntimeError(f"student taps {missing} were not captured; run the student inside capture_student()")
-            return [student_feats[s.name] for s, _ in self.pairs]
-        return list(student_feats)
+            student_feats = [student_feats[s.name] for s, _ in self.pairs]
+        return [to_loss_layout(x, s, layout, prefix)
+                for x, (s, _), layout, (prefix, _) in zip(student_feats, self.pairs, self.layouts, self._prefixes)]
+
+    def _channel_dim(self, i: int) -> int:
+        return 1 if self.layouts[i] == "nchw" else -1
 
     def _consume_loss(
         self, student_feats: List[Optional[Tensor]], teacher_feats: List[Optional[Tensor]], own_teacher: bool = False
@@ -399,44 +476,38 @@ class FeatureDistiller(nn.Module):
 
     def _term(self, i: int, student_feats: List[Optional[Tensor]], teacher_feats: List[Optional[Tensor]],
               overwrite_teacher: bool = False) -> Tensor:
-        """w_i * ofd_loss(r_i(s_i), t_i, m_i), differentiated at once (``eager_term``): what waits
-        for backward is the gradient at the student's tap, not the regressor's activations. Tap
-        i's tensors are taken out of the lists, and the teacher's is let go once the loss has
-        read it, so a tensor nothing else holds is freed before the regressor's gradient is formed."""
+        """w_i * ofd_loss(r_i(s_i), t_i, m_i). With ``memory_saving`` it is differentiated at once
+        (``eager_term``): what waits for backward is the gradient at the student's tap, not the
+        regressor's activations; else it is ``ofd_loss_reference`` (as OFD.md writes it) on the step's
+        autograd graph. Tap i's tensors are taken out of the lists, and the teacher's is let go once the
+        loss has read it, so a tensor nothing else holds is freed before the regressor's gradient is formed."""
         pair = self.pairs[i]
         regressor = self.regressors[i]
-        channel_dim = -1 if pair[1].channel_last else 1
+        channel_dim = self._channel_dim(i)
         s, teacher = student_feats[i], [teacher_feats[i]]
         student_feats[i] = teacher_feats[i] = None
-        if not self.memory_saving:
-            return self.weights[i] * self._plain_term(i, s, teacher.pop())
 
         def term(feature: Tensor) -> Tensor:
             t = teacher.pop()
             r = self.match_size(regressor(feature), t, pair)
             if self.distance == "l2":
                 return (r - margin_relu(t.detach(), self.margins[i], channel_dim)).pow(2).sum()
+            if not self.memory_saving:
+                return ofd_loss_reference(r, t.to(r.dtype), self.margins[i], channel_dim)
             # The regressor's output, read by nothing else, holds the kept difference.
             owned = r is not feature and r._base is None and r.dtype == t.dtype
             return ofd_loss(r, t, self.margins[i], channel_dim, overwrite_teacher=overwrite_teacher,
                             overwrite_student=owned)
 
+        if not self.memory_saving:
+            return self.weights[i] * term(s)
         return self.weights[i] * eager_term(term, s, regressor)
-
-    def _plain_term(self, i: int, student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
-        """ofd_loss(r_i(s_i), t_i, m_i) as OFD.md writes it, on the step's autograd graph."""
-        pair = self.pairs[i]
-        channel_dim = -1 if pair[1].channel_last else 1
-        r = self.match_size(self.regressors[i](student_feat), teacher_feat, pair)
-        if self.distance == "l2":
-            return (r - margin_relu(teacher_feat.detach(), self.margins[i], channel_dim)).pow(2).sum()
-        return ofd_loss_reference(r, teacher_feat.to(r.dtype), self.margins[i], channel_dim)
 
     def forward(self, x: Tensor) -> Tuple[object, Dict[str, Tensor]]:
         """Student output and {'loss_ofd': loss} for a batch both models see as it is."""
         _check_batch(x, self.student_taps, self.student, "student")
         with self.capture_student() as captured:
             out = self.student(x)
-            student_feats = self._student_list(captured)
+            student_feats = self.student_features(captured)
         loss = self._consume_loss(student_feats, self.teacher_features(x), own_teacher=True)
         return out, {"loss_ofd": loss}
