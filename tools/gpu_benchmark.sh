@@ -4,7 +4,7 @@
 # with a torch.compile'd and a channels-last student).
 #
 # Writes <run>.json per run and gpu_benchmark.log into $OUT. Each run is capped by `timeout`
-# (all of them together by 415 s); one that fails or times out leaves no JSON, and the next runs.
+# (all of them together by 580 s); one that fails or times out leaves no JSON, and the next runs.
 # Usage: OUT=results/gpu tools/gpu_benchmark.sh
 # BENCH_EXTRA_ARGS is appended to every run (later options win), e.g. to try the script on a CPU:
 #   OUT=/tmp/gpu_try BENCH_EXTRA_ARGS="--device cpu --input-size 64 --batch-size 2 --repeats 1 --warmup 0
@@ -36,7 +36,7 @@ run() {  # name, seconds, options...
   echo "=== $name: exit $? after ${SECONDS} s in all" | tee -a "$LOG"
 }
 
-run b4 60 --batch-size 4
-run b4_amp_bf16 60 --batch-size 4 --amp bf16
-run b64 85 --batch-size 64
-run b64_compile_channels_last 190 --batch-size 64 --compile --student-channels-last
+run b4 90 --batch-size 4
+run b4_amp_bf16 90 --batch-size 4 --amp bf16
+run b64 120 --batch-size 64
+run b64_compile_channels_last 260 --batch-size 64 --compile --student-channels-last
