@@ -364,8 +364,13 @@ class FeatureDistiller(nn.Module):
             args = (x.contiguous(memory_format=torch.channels_last), *args[1:])
         with teacher_autocast(self.teacher_precision, dtype, x.device):
             features = self._teacher_extractor(*args, **kwargs)
+        return self.teacher_tensors(features)
+
+    def teacher_tensors(self, teacher_feats: Dict[str, Tensor]) -> List[Tensor]:
+        """The teacher's tap tensors ({name: tensor}) in pair order, in the student's dtype and each
+        pair's loss layout: what ``distill_loss`` compares with."""
         student_dtype = next(self.student.parameters()).dtype
-        return [to_loss_layout(features[t.name].to(student_dtype), t, layout, prefix)
+        return [to_loss_layout(teacher_feats[t.name].to(student_dtype), t, layout, prefix)
                 for (_, t), layout, (_, prefix) in zip(self.pairs, self.layouts, self._prefixes)]
 
     def _mode_on(self, device: torch.device) -> Tuple[torch.dtype, bool]:

@@ -65,7 +65,8 @@ def activation_sizes(distiller: FeatureDistiller, student_x: Tensor, teacher_x: 
         with _OutputBytes(teacher_x.shape[0]) as teacher_ops:
             teacher = distiller.teacher_features(teacher_x)
         with _OutputBytes(student_x.shape[0]) as regressor_ops:
-            for regressor, feature, target, pair in zip(distiller.regressors, student, teacher, distiller.pairs):
+            for regressor, feature, target, pair in zip(distiller.regressors, distiller.student_features(student),
+                                                        teacher, distiller.pairs):
                 distiller.match_size(regressor(feature), target, pair)
     return {
         "teacher_largest_activation_bytes": max(teacher_ops.sizes),

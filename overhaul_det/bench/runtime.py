@@ -101,11 +101,14 @@ def reference_loss(distiller: FeatureDistiller, teacher: nn.Module, x: Tensor, y
         out = distiller.student(x)
     with capture_taps(teacher) as teacher_feats:
         teacher(x)
+    sources = distiller.student_features(student_feats)
+    targets = distiller.teacher_tensors(teacher_feats)
     loss = 0.0
-    for i, ((s_tap, t_tap), regressor) in enumerate(zip(distiller.pairs, distiller.regressors)):
-        source = regressor(student_feats[s_tap.name])
-        shape = (1, 1, -1) if t_tap.channel_last else (1, -1, 1, 1)
-        target = torch.max(teacher_feats[t_tap.name].detach(), distiller.margins[i].view(shape))
+    for i, (pair, regressor) in enumerate(zip(distiller.pairs, distiller.regressors)):
+        target = targets[i].detach()
+        source = distiller.match_size(regressor(sources[i]), target, pair)
+        shape = (1, -1, 1, 1) if distiller.layouts[i] == "nchw" else (1, 1, -1)
+        target = torch.max(target, distiller.margins[i].view(shape))
         term = F.mse_loss(source, target, reduction="none") * ((source > target) | (target > 0)).float()
         loss = loss + term.sum() / 2 ** (n - i - 1)
     return F.cross_entropy(out, y) + distiller.alpha * loss / x.shape[0]
