@@ -1,8 +1,9 @@
-"""Where a number comes from: the code, the config, the thread count, the torch version and the CPU of a run.
+"""Where a number comes from: the code, the config, the weight files it loads, the thread count, the
+torch version and the CPU of a run.
 
-A recorded result is reused only while all five still hold (the same code rounds differently on
-another CPU); the commit is recorded for the reader, but the code's content decides, so a commit
-that changes only docs or tests reruns nothing.
+A recorded result is reused only while all six still hold (the same code rounds differently on
+another CPU); the commit is recorded for the reader, but the content decides, so a commit that
+changes only docs or tests, or adds a teacher another task loads, reruns nothing.
 """
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import json
 import platform
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, Iterator, List, Mapping, Optional
 
-__all__ = ["CODE_PATHS", "code_hash", "git_commit", "config_hash", "cpu_model", "stamp", "stale_fields"]
+__all__ = ["CODE_PATHS", "WEIGHT_SUFFIXES", "code_hash", "git_commit", "config_hash", "weights_hash", "cpu_model",
+           "stamp", "stale_fields"]
 
-# What a training run executes or reads besides its data: the package, the configs, the teachers' weights.
-CODE_PATHS = ("overhaul_det", "configs", "checkpoints/*.safetensors", "pyproject.toml")
-DECISIVE = ("code", "config", "threads", "torch", "cpu")
+# What a training run executes besides its data and weights: the package, the configs, the install.
+CODE_PATHS = ("overhaul_det", "configs", "pyproject.toml")
+# A config's string values with these endings name weight files (teachers, backbones) the run loads.
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+DECISIVE = ("code", "config", "weights", "threads", "torch", "cpu")
 
 
 def _digest(chunks) -> str:
@@ -58,13 +62,41 @@ def git_commit(repo: Path) -> str:
     return commit + ("+modified" if dirty else "")
 
 
-def config_hash(config_path: Path, options: Mapping[str, object]) -> str:
-    """A hash of the config as mmengine resolves it (``_base_`` files merged) with ``options`` applied."""
+def _resolved(config_path: Path, options: Mapping[str, object]) -> dict:
     from mmengine.config import Config
 
     cfg = Config.fromfile(str(config_path))
     cfg.merge_from_dict(dict(options))
-    return _digest([json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()])
+    return cfg.to_dict()
+
+
+def config_hash(config_path: Path, options: Mapping[str, object]) -> str:
+    """A hash of the config as mmengine resolves it (``_base_`` files merged) with ``options`` applied."""
+    return _digest([json.dumps(_resolved(config_path, options), sort_keys=True, default=str).encode()])
+
+
+def _strings(tree) -> Iterator[str]:
+    if isinstance(tree, str):
+        yield tree
+    elif isinstance(tree, Mapping):
+        for value in tree.values():
+            yield from _strings(value)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            yield from _strings(value)
+
+
+def weights_hash(repo: Path, config_path: Path, options: Mapping[str, object]) -> str:
+    """A hash of the weight files the resolved config names (paths relative to ``repo``, as configs
+    write them): their names and bytes, a missing one by its name alone."""
+    names = sorted({s for s in _strings(_resolved(config_path, options)) if s.endswith(WEIGHT_SUFFIXES)})
+
+    def chunks():
+        for name in names:
+            path = Path(name) if Path(name).is_absolute() else repo / name
+            yield name.encode() + b"\0"
+            yield path.read_bytes() if path.is_file() else b"missing"
+    return _digest(chunks())
 
 
 def cpu_model() -> str:
@@ -81,11 +113,12 @@ def cpu_model() -> str:
 def stamp(repo: Path, config_path: Path, options: Mapping[str, object], threads: int,
           code: Optional[str] = None) -> Dict[str, object]:
     """What a run about to start will be: commit, code hash (``code`` if already computed), config
-    hash, threads, torch version, CPU model."""
+    hash, weights hash, threads, torch version, CPU model."""
     import torch
 
     return dict(commit=git_commit(repo), code=code or code_hash(repo), config=config_hash(config_path, options),
-                threads=threads, torch=torch.__version__, cpu=cpu_model())
+                weights=weights_hash(repo, config_path, options), threads=threads, torch=torch.__version__,
+                cpu=cpu_model())
 
 
 def stale_fields(recorded: Mapping[str, object], current: Mapping[str, object]) -> List[str]:

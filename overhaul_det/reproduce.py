@@ -2,7 +2,7 @@
 
 Each run trains the student with the task's config and one method's switches at a given thread
 count, records the test metric after every epoch, the wall time and where it came from (commit,
-code and config hashes, threads, torch version; ``provenance.py``). A run whose result exists is
+code, config and weights hashes, threads, torch version, CPU; ``provenance.py``). A run whose result exists is
 skipped while that record still matches the current code, so the command resumes; otherwise it
 is trained again. Writes a JSON file, a markdown table and a plot per task.
 """

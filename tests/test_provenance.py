@@ -1,7 +1,7 @@
 """Run stamps: code and config hashes change with what a run executes, and nothing else."""
 from __future__ import annotations
 
-from overhaul_det.provenance import code_hash, config_hash, stale_fields
+from overhaul_det.provenance import code_hash, config_hash, stale_fields, weights_hash
 
 
 def test_code_hash_follows_the_code_only(tmp_path):
@@ -16,11 +16,26 @@ def test_code_hash_follows_the_code_only(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "README.md").write_text("how the teacher was trained\n")
     assert code_hash(tmp_path) == before
-    (tmp_path / "checkpoints" / "teacher.safetensors").write_bytes(b"weights")
-    with_teacher = code_hash(tmp_path)
-    assert with_teacher != before
+    (tmp_path / "checkpoints" / "teacher.safetensors").write_bytes(b"weights")  # weights_hash's business
+    assert code_hash(tmp_path) == before
     (tmp_path / "overhaul_det" / "ofd.py").write_text("alpha = 2\n")
-    assert code_hash(tmp_path) not in (before, with_teacher)
+    assert code_hash(tmp_path) != before
+
+
+def test_weights_hash_follows_the_files_the_config_names(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    teacher = tmp_path / "checkpoints" / "teacher.safetensors"
+    config = tmp_path / "run.py"
+    config.write_text("model = dict(teacher=dict(checkpoint='checkpoints/teacher.safetensors'), layers=[1, 2])\n")
+    missing = weights_hash(tmp_path, config, {})
+    teacher.write_bytes(b"weights")
+    present = weights_hash(tmp_path, config, {})
+    (tmp_path / "checkpoints" / "other_task.safetensors").write_bytes(b"another teacher")
+    assert weights_hash(tmp_path, config, {}) == present != missing
+    teacher.write_bytes(b"retrained")
+    assert weights_hash(tmp_path, config, {}) != present
+    assert weights_hash(tmp_path, config, {"model.teacher.checkpoint": None}) == weights_hash(
+        tmp_path, config, {"model.teacher.checkpoint": "x.txt"})
 
 
 def test_config_hash_sees_bases_and_options(tmp_path):
@@ -35,8 +50,9 @@ def test_config_hash_sees_bases_and_options(tmp_path):
 
 
 def test_stale_fields_name_what_changed():
-    recorded = dict(commit="a", code="x", config="y", threads=1, torch="2.14", cpu="CPU A")
+    recorded = dict(commit="a", code="x", config="y", weights="w", threads=1, torch="2.14", cpu="CPU A")
     assert stale_fields(recorded, dict(recorded, commit="b")) == []  # a docs-only commit reruns nothing
     assert stale_fields(recorded, dict(recorded, threads=2, torch="2.15")) == ["threads", "torch"]
     assert stale_fields(recorded, dict(recorded, cpu="CPU B")) == ["cpu"]  # another CPU rounds differently
-    assert stale_fields({}, recorded) == ["code", "config", "threads", "torch", "cpu"]
+    assert stale_fields(recorded, dict(recorded, weights="v")) == ["weights"]  # a retrained teacher
+    assert stale_fields({}, recorded) == ["code", "config", "weights", "threads", "torch", "cpu"]

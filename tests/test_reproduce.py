@@ -63,7 +63,7 @@ def test_a_run_is_reused_only_while_its_stamp_holds(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "_train", _fake_training(calls))
     first = reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de")
     assert calls[0][1] == "1" and first["threads"] == 1 and first["final"] == 71.0
-    assert set(first["provenance"]) == {"commit", "code", "config", "threads", "torch", "cpu"}
+    assert set(first["provenance"]) == {"commit", "code", "config", "weights", "threads", "torch", "cpu"}
     assert reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de") == first  # reused
     assert len(calls) == 1
 
