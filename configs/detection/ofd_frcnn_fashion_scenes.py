@@ -4,6 +4,13 @@
 # is a timm mobilenetv3_small_050 Faster R-CNN trained from scratch. Baseline: --cfg-options model.ofd.alpha=0
 # alpha: ImageNet's 1e-4 scaled by the weighted teacher elements per image (~0.4M there, ~33k for ResNet18 at
 # 128 px) gives ~1e-3; Fashion-MNIST classification preferred about twice its scaled value. Not tuned here.
+# model.feature_levels (default 'body': the teacher's body stage ends) can also tap the FPN outputs ('fpn', or
+# 'body+fpn' for both), which needs a teacher detector with a trained FPN, e.g. the one of
+# teacher_frcnn_resnet18_fashion_scenes.py:
+#   --cfg-options model.feature_levels=body+fpn model.teacher.fpn_channels=128 \
+#       model.teacher.checkpoint=checkpoints/fashion_scenes_frcnn_resnet18_teacher.safetensors
+# No BatchNorm feeds the FPN outputs: their margins are estimated from the first training batch. The FPN
+# terms (weight 1 per level) add to the body's, so pick alpha again (e.g. model.ofd.alpha=auto).
 _base_ = [
     '../_base_/datasets/fashion_scenes_detection.py',
     '../_base_/schedules/detection_scenes_cpu.py',

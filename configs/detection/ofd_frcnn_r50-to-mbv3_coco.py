@@ -9,6 +9,9 @@ _base_ = [
     '../_base_/default_runtime.py',
 ]
 # Margins come from the teacher's frozen BatchNorm; a BN-free teacher estimates them from its first batch.
+# A teacher built from weights has FrozenBatchNorm2d in its body (build_detector's frozen_bn default), which
+# always normalises with its stored statistics: teacher_bn='train' could not act there, so 'eval' says
+# what runs (the same computation). teacher_bn='train' needs model.teacher.frozen_bn=False.
 custom_hooks = []
 
 model = dict(
@@ -25,5 +28,5 @@ model = dict(
     num_classes={{_base_.num_classes}},
     min_size=800,
     max_size=1333,
-    ofd=dict(alpha=5e-6, margin='auto', teacher_bn='train', input_size=(3, 224, 224)),
+    ofd=dict(alpha=5e-6, margin='auto', teacher_bn='eval', input_size=(3, 224, 224)),
 )

@@ -1,26 +1,39 @@
 """Faster R-CNN distillation as an mmengine model: torchvision's own losses plus loss_ofd.
 
-The student's transform normalises, resizes and pads the batch once; the teacher's backbone body
-runs on that same batch (re-normalised to its own mean and std) only as far as its last tap.
+The student's transform normalises, resizes and pads the batch once; the teacher's backbone (its body,
+or body and FPN, per ``feature_levels``) runs on that same batch, re-normalised to its own mean and std,
+only as far as its last tap.
 """
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+from timm.layers.norm_act import FrozenBatchNormAct2d
 from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..distiller import FeatureDistiller
+from ..distiller import FeatureDistiller, default_tap_weights, pair_taps
 from ..models.detection import build_detector
 from ..registry import MODELS
+from ..taps import Tap, find_taps
 from .base import DistillationModel
 
-__all__ = ["DetectionDistiller"]
+__all__ = ["DetectionDistiller", "FEATURE_LEVELS", "PyramidOutputs"]
+
+logger = logging.getLogger(__name__)
 
 ModelSpec = Union[str, dict, nn.Module]
 _SHARED_BODY = "distiller.student."
+FEATURE_LEVELS = ("body", "fpn", "body+fpn")
+# Every FPN level feeds the same RPN and box head, so none is the "deepest" that OFD's 2^-(n-1-i) favours:
+# each gets the weight of the deepest body tap.
+FPN_LEVEL_WEIGHT = 1.0
+_TAP_KEYS = ("teacher_taps", "student_taps", "pairs")
+_FROZEN_NORMS = (FrozenBatchNorm2d, FrozenBatchNormAct2d)
 
 
 def _normalisation(model: nn.Module) -> Tuple[Tensor, Tensor]:
@@ -82,19 +95,84 @@ def _ignore_shared_body(module: nn.Module, incompatible_keys) -> None:
         incompatible_keys.missing_keys.remove(key)
 
 
+class PyramidOutputs(nn.Module):
+    """A detector backbone (body + FPN) whose FPN outputs pass through named identities, ``levels.<key>``.
+
+    torchvision's FeaturePyramidNetwork is an FX leaf, so its outputs are no graph nodes of their own;
+    these identities are, and OFD taps them. Same output as the backbone; no state of its own.
+    """
+
+    def __init__(self, backbone: nn.Module, keys: Sequence[str]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.levels = nn.ModuleDict((key, nn.Identity()) for key in keys)
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        features = self.backbone(x)
+        return OrderedDict((key, level(features[key])) for key, level in self.levels.items())
+
+
+@torch.no_grad()
+def _pyramid_keys(backbone: nn.Module, input_size: Optional[Sequence[int]]) -> List[str]:
+    """The names of the FPN maps ``backbone`` returns ('0', '1', ..., 'pool'), from one eval-mode sample."""
+    side = tuple(input_size or (224, 224))[-2:]
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        return list(backbone(torch.zeros(1, 3, *side)).keys())
+    finally:
+        backbone.train(was_training)
+
+
+def _check_fpn_teacher(spec: Optional[ModelSpec], feature_levels: str) -> None:
+    """Refuse a teacher spec whose FPN would be random: backbone weights without a trained detector."""
+    if isinstance(spec, dict) and spec.get("backbone_checkpoint") and not spec.get("checkpoint"):
+        raise ValueError(
+            f"model.feature_levels={feature_levels!r} distils the teacher's FPN, but model.teacher sets only "
+            "backbone_checkpoint, so its FPN would be random; give the trained detector as "
+            "model.teacher.checkpoint=PATH, or use model.feature_levels='body'")
+
+
+def _pyramid_taps(view: PyramidOutputs, body_taps: Sequence[Tap], input_size, tracer_kwargs) -> List[Tap]:
+    """``body_taps`` (found on the body alone) and the FPN levels, as taps of ``view``."""
+    names = [f"backbone.body.{t.name}" for t in body_taps] + [f"levels.{key}" for key in view.levels]
+    return find_taps(view, input_size=input_size, nodes=names, tracer_kwargs=tracer_kwargs)
+
+
+def _warn_frozen_norms(teacher: nn.Module, teacher_bn: str) -> None:
+    """One warning where ``teacher_bn='train'`` cannot act: FrozenBatchNorm2d layers keep their statistics."""
+    if teacher_bn != "train":
+        return
+    frozen = [name for name, module in teacher.named_modules() if isinstance(module, _FROZEN_NORMS)]
+    if not frozen:
+        return
+    more = f" and {len(frozen) - 3} more" if len(frozen) > 3 else ""
+    logger.warning(
+        "ofd.teacher_bn='train' (batch statistics) cannot act on the teacher's %d FrozenBatchNorm2d layer(s) (%s%s): "
+        "they normalise with their stored statistics. Set model.ofd.teacher_bn='eval' to say so, or build the "
+        "teacher with frozen_bn=False (model.teacher.frozen_bn=False) for batch statistics",
+        len(frozen), ", ".join(frozen[:3]), more)
+
+
 @MODELS.register_module()
 class DetectionDistiller(DistillationModel):
-    """A student Faster R-CNN trained with its own losses plus OFD from a teacher's backbone body.
+    """A student Faster R-CNN trained with its own losses plus OFD from a teacher's backbone.
 
     Args:
-        teacher: a detector spec (see ``build_detector``) or a GeneralizedRCNN; only ``backbone.body`` is
-            kept, so a backbone spec (``backbone_checkpoint=...``) and a trained detector (``checkpoint=...``)
-            both work; its ``image_mean``/``image_std`` say how its input is normalised. Any other module is
-            taken as the body itself, fed the student's normalisation. None when ofd.alpha=0.
+        teacher: a detector spec (see ``build_detector``) or a GeneralizedRCNN; only its backbone is kept
+            (with ``feature_levels='body'`` only ``backbone.body``, so a backbone spec
+            (``backbone_checkpoint=...``) and a trained detector (``checkpoint=...``) both work); its
+            ``image_mean``/``image_std`` say how its input is normalised. With ``feature_levels='body'`` any
+            other module is taken as the body itself, fed the student's normalisation. None when ofd.alpha=0.
         student: a detector spec or a torchvision GeneralizedRCNN.
         num_classes, min_size, max_size: defaults for both specs (num_classes counts the background).
+        feature_levels: where OFD taps. 'body': the body's stage ends (weights 2^-(n-1-i)); 'fpn': every FPN
+            output, the extra 'pool' level included (weight ``FPN_LEVEL_WEIGHT`` each; no BatchNorm feeds
+            them, so margin='auto' estimates data margins on the first batch); 'body+fpn': both, body pairs
+            first. The FPN ones need a teacher detector with a trained FPN (``checkpoint=...``).
         ofd: FeatureDistiller options (alpha, weights, margin, teacher_bn, input_size, ...) over the two
-            backbone bodies; ``alpha=0`` trains the plain student and builds no teacher.
+            backbones; ``alpha=0`` trains the plain student and builds no teacher. With FPN levels the taps
+            are chosen here: teacher_taps, student_taps and pairs are refused.
     """
 
     builder = staticmethod(build_detector)
@@ -108,34 +186,78 @@ class DetectionDistiller(DistillationModel):
         min_size: Union[int, Sequence[int]] = 800,
         max_size: int = 1333,
         ofd: Optional[dict] = None,
+        feature_levels: str = "body",
         data_preprocessor: Optional[dict] = None,
         init_cfg: Optional[dict] = None,
     ) -> None:
         super().__init__(ofd, data_preprocessor, init_cfg)
+        if feature_levels not in FEATURE_LEVELS:
+            raise ValueError(f"model.feature_levels={feature_levels!r}; choose one of {FEATURE_LEVELS}")
+        self.feature_levels = feature_levels
+        ofd = dict(ofd or {})
         sizes = dict(num_classes=num_classes, min_size=min_size, max_size=max_size)
         self.student_model = self.build_spec(student, "student", **sizes)
         if not isinstance(self.student_model, GeneralizedRCNN):
             raise TypeError(f"student is a {type(self.student_model).__name__}; give a detector spec "
                             "dict(name=...) or a torchvision GeneralizedRCNN")
+        if feature_levels != "body" and self.uses_teacher:
+            _check_fpn_teacher(teacher, feature_levels)
         teacher_model = self.build_teacher(teacher, **sizes)
         if teacher_model is None:
             return
         student_mean, student_std = _normalisation(self.student_model)
         if isinstance(teacher_model, GeneralizedRCNN):
             teacher_mean, teacher_std = _normalisation(teacher_model)
-            teacher_model = teacher_model.backbone.body
+            teacher_model = teacher_model.backbone if feature_levels != "body" else teacher_model.backbone.body
+        elif feature_levels != "body":
+            raise ValueError(
+                f"model.feature_levels={feature_levels!r} distils the teacher's FPN, but model.teacher is a "
+                f"{type(teacher_model).__name__}, not a detector; give a detector spec with its trained weights "
+                "(model.teacher=dict(name=..., checkpoint=PATH)) or a GeneralizedRCNN, "
+                "or use model.feature_levels='body'")
         else:
             teacher_mean, teacher_std = student_mean, student_std
         self.renormalise = not (torch.equal(teacher_mean, student_mean) and torch.equal(teacher_std, student_std))
         self.register_buffer("teacher_scale", student_std / teacher_std, persistent=False)
         self.register_buffer("teacher_shift", (student_mean - teacher_mean) / teacher_std, persistent=False)
-        self.distiller = FeatureDistiller(teacher_model, self.student_model.backbone.body, **dict(ofd or {}))
+        _warn_frozen_norms(teacher_model, ofd.get("teacher_bn", "train"))
+        if feature_levels == "body":
+            self.distiller = FeatureDistiller(teacher_model, self.student_model.backbone.body, **ofd)
+        else:
+            self.distiller = self._pyramid_distiller(teacher_model, self.student_model.backbone, ofd)
         self.register_state_dict_post_hook(_drop_shared_body)
         self.register_load_state_dict_post_hook(_ignore_shared_body)
 
+    def _pyramid_distiller(self, teacher: nn.Module, student: nn.Module, ofd: dict) -> FeatureDistiller:
+        """A FeatureDistiller over the two backbones seen through ``PyramidOutputs``: FPN levels paired by
+        stride (or depth), after the body stage ends (paired as ``FeatureDistiller`` pairs them) for 'body+fpn'."""
+        given = [key for key in _TAP_KEYS if ofd.get(key) is not None]
+        if given:
+            raise ValueError(f"model.ofd.{given[0]} is set, but model.feature_levels={self.feature_levels!r} chooses "
+                             "the taps; remove it, or use model.feature_levels='body' to tap the body as you choose")
+        student_size = ofd.get("input_size")
+        teacher_size = ofd.get("teacher_input_size") or student_size
+        tracer_kwargs = ofd.get("tracer_kwargs")
+        found = dict(min_stride=ofd.get("min_stride", 4), position=ofd.get("position", "pre"),
+                     tracer_kwargs=tracer_kwargs)
+        with_body = self.feature_levels == "body+fpn"
+        sides = []
+        for backbone, size in ((student, student_size), (teacher, teacher_size)):
+            view = PyramidOutputs(backbone, _pyramid_keys(backbone, size))
+            body_taps = find_taps(backbone.body, input_size=size, **found) if with_body else []
+            taps = _pyramid_taps(view, body_taps, size, tracer_kwargs)
+            sides.append((view, taps[:len(body_taps)], taps[len(body_taps):]))
+        (student_view, student_body, student_fpn), (teacher_view, teacher_body, teacher_fpn) = sides
+        body_pairs = pair_taps(student_body, teacher_body) if with_body else []
+        pairs = body_pairs + pair_taps(student_fpn, teacher_fpn)
+        weights = default_tap_weights(len(body_pairs)) + [FPN_LEVEL_WEIGHT] * (len(pairs) - len(body_pairs))
+        return FeatureDistiller(teacher_view, student_view, teacher_taps=teacher_body + teacher_fpn,
+                                student_taps=student_body + student_fpn, pairs=[(s.name, t.name) for s, t in pairs],
+                                **{"weights": weights, **ofd})
+
     @property
     def student(self) -> nn.Module:
-        """The whole student detector (its body is the one the distiller taps)."""
+        """The whole student detector (its body, or backbone, is the one the distiller taps)."""
         return self.student_model
 
     @property
@@ -144,7 +266,7 @@ class DetectionDistiller(DistillationModel):
         return "student_model."
 
     def loss(self, inputs: Sequence[Tensor], data_samples: Union[None, Mapping, Sequence]) -> Dict[str, Tensor]:
-        """torchvision's RPN and ROI-head losses of the student, plus loss_ofd on its backbone body."""
+        """torchvision's RPN and ROI-head losses of the student, plus loss_ofd on its tapped backbone."""
         if not self.training:
             raise RuntimeError("mode='loss' needs train mode (model.train()); torchvision's heads give no loss in eval")
         images = list(inputs)
@@ -152,8 +274,9 @@ class DetectionDistiller(DistillationModel):
         batch, targets = student.transform(images, _targets(_sample_dicts(data_samples, len(images)), images[0].device))
         losses: Dict[str, Tensor] = {}
         if self.ofd_enabled:
+            tapped = student.backbone if self.feature_levels == "body" else self.distiller.student
             with self.distiller.capture_student() as captured:
-                features = student.backbone(batch.tensors)
+                features = tapped(batch.tensors)
             teacher_features = self.distiller.teacher_features(self.teacher_input(batch.tensors))
             losses["loss_ofd"] = self.distiller.distill_loss(captured, teacher_features)
         else:
@@ -179,7 +302,7 @@ class DetectionDistiller(DistillationModel):
         return self.student_model.backbone(batch.tensors)
 
     def teacher_input(self, tensors: Tensor) -> Tensor:
-        """The student's transformed batch in the teacher's normalisation: what the teacher's body is fed."""
+        """The student's transformed batch in the teacher's normalisation: what the teacher's backbone is fed."""
         if not self.renormalise:
             return tensors
         return tensors * self.teacher_scale.to(tensors.dtype) + self.teacher_shift.to(tensors.dtype)
