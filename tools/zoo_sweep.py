@@ -6,7 +6,11 @@ to a JSON-lines cache, so the sweep resumes where it stopped. ``docs/zoo.md`` is
 cache: per family, models tried / taps found / rewrite exact / keys kept / distil step ok, and
 every failure with its reason.
 
+A pairs section follows: a fixed list of cross-family teacher -> student pairs (``PAIRS``), one
+OFD step each, cached in ``docs/zoo_pairs.jsonl``; ``--pairs-only`` runs it alone.
+
     python tools/zoo_sweep.py --workers 2 --max-params 30e6 --out docs/zoo.md
+    python tools/zoo_sweep.py --pairs-only
 """
 from __future__ import annotations
 
@@ -15,13 +19,14 @@ import copy
 import functools
 import json
 import logging
+import math
 import multiprocessing as mp
 import signal
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 logger = logging.getLogger("zoo_sweep")
 
@@ -250,7 +255,8 @@ def read_cache(cache: Path) -> List[Dict]:
     return list(records.values())
 
 
-def write_report(records: List[Dict], out: Path, max_params: float) -> None:
+def write_report(records: List[Dict], out: Path, max_params: float, pair_records: Sequence[Dict] = ()) -> None:
+    """``out`` from the sweep's cached records, then the pairs section if there are pair records."""
     by_family: Dict[str, List[Dict]] = defaultdict(list)
     for r in records:
         by_family[_family(r["zoo"], r["name"])].append(r)
@@ -286,8 +292,221 @@ def write_report(records: List[Dict], out: Path, max_params: float) -> None:
     for zoo in ("torchvision", "timm"):
         names = sorted(r["name"] for r in skipped if r["zoo"] == zoo)
         lines += [f"**{zoo}** ({len(names)}): " + (", ".join(names) or "none"), ""]
+    if pair_records:
+        lines += pairs_report(list(pair_records)) + [""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------------------
+# Teacher -> student pairs across families: one OFD step each.
+
+class Pair(NamedTuple):
+    """A cross-family teacher -> student pair, run at ``size`` x ``size`` px (batch 2)."""
+
+    kind: str
+    teacher: str
+    student: str
+    size: int = 224
+    teacher_kwargs: Tuple[Tuple[str, object], ...] = ()
+    student_kwargs: Tuple[Tuple[str, object], ...] = ()
+
+
+PAIRS: Tuple[Pair, ...] = (
+    Pair("CNN -> CNN", "torchvision/resnet50", "torchvision/resnet18"),
+    Pair("CNN -> mobile", "torchvision/resnet50", "timm/mobilenetv3_large_100"),
+    Pair("ViT -> CNN", "timm/vit_small_patch16_224", "torchvision/resnet18"),
+    Pair("ViT (2 prefix tokens) -> CNN", "timm/deit_small_distilled_patch16_224", "torchvision/resnet18"),
+    Pair("Swin -> CNN", "timm/swin_tiny_patch4_window7_224", "torchvision/resnet18"),
+    Pair("CNN -> ViT", "torchvision/resnet50", "timm/vit_tiny_patch16_224"),
+    Pair("CNN -> CNN", "timm/convnext_tiny", "timm/efficientnet_b0"),
+    Pair("CNN -> mobile", "timm/xception41", "timm/semnasnet_075"),
+)
+
+
+class _Messages(logging.Handler):
+    """Collects the messages of one logger while attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _params_feeding(tensors, model) -> List[str]:
+    """Names of ``model``'s parameters the autograd graphs of ``tensors`` reach."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen, found = set(), set()
+    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        variable = getattr(fn, "variable", None)
+        if variable is not None and id(variable) in names:
+            found.add(names[id(variable)])
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return [n for n, _ in model.named_parameters() if n in found]
+
+
+def check_pair(pair: Pair, record: Dict) -> Dict:
+    """One SGD step of ``FeatureDistiller(teacher, student, input_size=(3, S, S))`` over the
+    student and the regressors on the OFD loss, filling ``record`` as it goes."""
+    import torch
+    from torch import nn
+
+    import overhaul_det as od
+    from overhaul_det.models.zoo import create_model
+
+    size = (3, pair.size, pair.size)
+    record.update(input_size=size, stage="build")
+    torch.manual_seed(0)
+    teacher = create_model(pair.teacher, **dict(pair.teacher_kwargs)).eval()
+    student = create_model(pair.student, **dict(pair.student_kwargs))
+    before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+
+    record["stage"] = "distiller"
+    handler, distiller_log = _Messages(), logging.getLogger("overhaul_det.distiller")
+    level = distiller_log.level
+    distiller_log.addHandler(handler)
+    distiller_log.setLevel(logging.INFO)
+    try:
+        distiller = od.FeatureDistiller(teacher, student, input_size=size)
+    finally:
+        distiller_log.removeHandler(handler)
+        distiller_log.setLevel(level)
+    depth = [m for m in handler.messages if "by depth" in m]
+    record["paired_by"] = "depth" if depth else "stride"
+    if depth:
+        record["depth_message"] = depth[0]
+    record["pairs"] = [dict(student=s.name, student_stride=s.stride, student_layout=s.layout, teacher=t.name,
+                            teacher_stride=t.stride, teacher_layout=t.layout, loss_layout=layout)
+                       for (s, t), layout in zip(distiller.pairs, distiller.layouts)]
+
+    record["stage"] = "step"
+    distiller.train()
+    x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
+    with distiller.capture_student() as captured:
+        distiller.student(x)
+        feeding = _params_feeding(list(captured.values()), distiller.student)
+    del captured
+    params = [p for p in distiller.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    optimizer.zero_grad()
+    _, losses = distiller(x)
+    loss = losses["loss_ofd"]
+    loss.backward()
+    grads = dict(distiller.student.named_parameters())
+    no_grad = [n for n in feeding if grads[n].grad is None or not bool(torch.isfinite(grads[n].grad).all())]
+    nonzero = [n for n in feeding if grads[n].grad is not None and bool(grads[n].grad.ne(0).any())]
+    first = next(n for n, m in distiller.student.named_modules() if isinstance(m, nn.Conv2d))
+    first_grad = distiller.student.get_submodule(first).weight.grad
+    optimizer.step()
+    after = teacher.state_dict()
+    record.update(
+        loss=loss.item(), feeding_params=len(feeding), with_grad=len(feeding) - len(no_grad), nonzero_grad=len(nonzero),
+        first_conv=first, first_conv_grad=first_grad is not None and bool(first_grad.ne(0).any()),
+        regressor_grads=all(p.grad is not None for p in distiller.regressors.parameters()),
+        teacher_unchanged=list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items()),
+    )
+    checks = dict(finite_loss=math.isfinite(record["loss"]), student_grads=not no_grad and bool(feeding),
+                  first_conv_grad=record["first_conv_grad"], regressor_grads=record["regressor_grads"],
+                  teacher_unchanged=record["teacher_unchanged"])
+    failed = [k for k, ok in checks.items() if not ok]
+    record["status"] = "fail" if failed else "ok"
+    if failed:
+        record["reason"] = "check failed: " + ", ".join(failed) + (f" (no grad: {no_grad[:3]})" if no_grad else "")
+    return record
+
+
+def _pair_key(r) -> Tuple[str, str]:
+    return (r["teacher"], r["student"]) if isinstance(r, dict) else (r.teacher, r.student)
+
+
+def read_pairs_cache(cache: Path) -> List[Dict]:
+    if not cache.exists():
+        return []
+    records = {}
+    for line in cache.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            records[_pair_key(r)] = r
+    return list(records.values())
+
+
+def run_pairs(pairs: Sequence[Pair], cache: Path, timeout: int, retry_failed: bool = False) -> None:
+    """Run the pairs not yet in ``cache`` (and, with ``retry_failed``, its failures) in this process,
+    each under a time limit, appending one JSON line per pair."""
+    import torch
+
+    done = {_pair_key(r) for r in read_pairs_cache(cache) if not (retry_failed and r["status"] == "fail")}
+    todo = [p for p in pairs if _pair_key(p) not in done]
+    logger.info("%d pairs, %d to run", len(pairs), len(todo))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    handler = signal.signal(signal.SIGALRM, _alarm)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with cache.open("a") as out:
+            for i, pair in enumerate(todo):
+                start = time.perf_counter()
+                record: Dict = dict(kind=pair.kind, teacher=pair.teacher, student=pair.student)
+                signal.alarm(timeout)
+                try:
+                    check_pair(pair, record)
+                except _Timeout:
+                    record.update(status="fail", reason=f"timeout > {timeout}s")
+                except Exception as error:  # a failing pair is a result of the sweep, not a crash
+                    message = str(error).splitlines()[0][:300] if str(error) else ""
+                    record.update(status="fail", reason=f"{type(error).__name__}: {message}".rstrip(": "))
+                finally:
+                    signal.alarm(0)
+                record["seconds"] = round(time.perf_counter() - start, 2)
+                out.write(json.dumps(record) + "\n")
+                out.flush()
+                logger.info("[%d/%d] %s -> %s: %s (loss %s, by %s, %.0fs)", i + 1, len(todo), pair.teacher,
+                            pair.student, record["status"], record.get("loss"), record.get("paired_by"),
+                            record["seconds"])
+    finally:
+        signal.signal(signal.SIGALRM, handler)
+        torch.set_num_threads(threads)
+
+
+def pairs_report(records: List[Dict], pairs: Sequence[Pair] = PAIRS) -> List[str]:
+    """The "Teacher -> student pairs" section of the report, from the pairs cache."""
+    order = {_pair_key(p): i for i, p in enumerate(pairs)}
+    records = sorted(records, key=lambda r: (order.get(_pair_key(r), len(order)), _pair_key(r)))
+    ok = sum(r["status"] == "ok" for r in records)
+    lines = [f"## Teacher -> student pairs ({ok}/{len(records)} distil)", "",
+             "Generated by `python tools/zoo_sweep.py --pairs-only` (cache: `docs/zoo_pairs.jsonl`). Random init, "
+             "CPU, batch 2;", "`FeatureDistiller(teacher, student, input_size=(3, S, S))` with its default taps, then "
+             "one SGD step over", "the student and the regressors on the OFD loss alone. A pair distils if the loss "
+             "is finite, every student", "parameter that feeds a paired tap (found on its autograd graph) gets a "
+             "finite gradient, the student's", "first convolution (stem or patch embedding) a non-zero one, every "
+             "regressor a gradient, and the teacher's", "state_dict is unchanged. *paired by*: stride (the stride "
+             "lists match) or depth (they differ: the", "deepest min(n_student, n_teacher) taps, deepest with deepest). A zero gradient is expected behind a",
+             "BatchNorm initialised to zero (timm's last BN of each residual block).",
+             "", "| kind | teacher | student | S | result | OFD loss | paired by | student grads (non-zero) / feeding "
+             "| seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        size = r.get("input_size", [0, 0, 0])[-1]
+        loss = f"{r['loss']:.4g}" if "loss" in r else ""
+        grads = f"{r['with_grad']} ({r['nonzero_grad']}) / {r['feeding_params']}" if "feeding_params" in r else ""
+        result = "ok" if r["status"] == "ok" else f"fail at {r.get('stage', '')}: {r.get('reason', '')}"
+        lines.append(f"| {r['kind']} | {r['teacher']} | {r['student']} | {size} | {result.replace('|', chr(92) + '|')} "
+                     f"| {loss} | {r.get('paired_by', '')} | {grads} | {r.get('seconds', '')} |")
+    lines += ["", "Taps paired (student tap, stride, layout -> teacher tap, stride, layout; a pair of different "
+              "layouts is compared as channel-first maps):", ""]
+    for r in records:
+        if not r.get("pairs"):
+            continue
+        taps = "; ".join(f"`{p['student']}` {p['student_stride']} {p['student_layout']} -> `{p['teacher']}` "
+                         f"{p['teacher_stride']} {p['teacher_layout']}" for p in r["pairs"])
+        lines.append(f"- **{r['teacher']} -> {r['student']}** (by {r['paired_by']}; student -> teacher): {taps}")
+    return lines
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -303,16 +522,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/zoo.md"))
     parser.add_argument("--retry-failed", action="store_true", help="run the cached failures again")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--pairs-only", action="store_true", help="run only the teacher -> student pairs")
+    parser.add_argument("--pairs-cache", type=Path, default=Path("docs/zoo_pairs.jsonl"))
+    parser.add_argument("--pair-timeout", type=int, default=900, help="seconds per pair")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if not args.report_only:
+    if not args.report_only and not args.pairs_only:
         names = list_architectures(args.zoo)
         if args.filter:
             names = [n for n in names if args.filter in n[1]]
         names = names[: args.limit]
         args.cache.parent.mkdir(parents=True, exist_ok=True)
         run_sweep(names, args.cache, args.workers, args.max_params, args.max_input, args.timeout, args.retry_failed)
-    write_report(read_cache(args.cache), args.out, args.max_params)
+    if not args.report_only:
+        run_pairs(PAIRS, args.pairs_cache, args.pair_timeout, args.retry_failed)
+    write_report(read_cache(args.cache), args.out, args.max_params, read_pairs_cache(args.pairs_cache))
     logger.info("wrote %s", args.out)
     return 0
 
