@@ -26,7 +26,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 logger = logging.getLogger("zoo_sweep")
 
@@ -190,6 +190,23 @@ def _equal(a, b) -> bool:
     return a == b
 
 
+def _run_check(record: Dict, timeout: int, check: Callable, *args) -> None:
+    """``check(*args)`` under a SIGALRM timeout; a failure or timeout becomes ``record``'s status and
+    one-line reason (a failing model is a result of the sweep, not a crash); ``record['seconds']`` its time."""
+    start = time.perf_counter()
+    signal.alarm(timeout)
+    try:
+        check(*args)
+    except _Timeout:
+        record.update(status="fail", reason=f"timeout > {timeout}s")
+    except Exception as error:
+        message = str(error).splitlines()[0][:300] if str(error) else ""
+        record.update(status="fail", reason=f"{type(error).__name__}: {message}".rstrip(": "))
+    finally:
+        signal.alarm(0)
+    record["seconds"] = round(time.perf_counter() - start, 2)
+
+
 def _worker(tasks: "mp.Queue", results: "mp.Queue", max_params: float, cap: int, timeout: int) -> None:
     import torch
 
@@ -201,19 +218,8 @@ def _worker(tasks: "mp.Queue", results: "mp.Queue", max_params: float, cap: int,
         if item is None:
             return
         zoo, name = item
-        start = time.perf_counter()
         record: Dict = dict(zoo=zoo, name=name)
-        signal.alarm(timeout)
-        try:
-            check_model(zoo, name, max_params, cap, record)
-        except _Timeout:
-            record.update(status="fail", reason=f"timeout > {timeout}s")
-        except Exception as error:  # a failing model is a result of the sweep, not a crash
-            message = str(error).splitlines()[0][:300] if str(error) else ""
-            record.update(status="fail", reason=f"{type(error).__name__}: {message}".rstrip(": "))
-        finally:
-            signal.alarm(0)
-        record["seconds"] = round(time.perf_counter() - start, 2)
+        _run_check(record, timeout, check_model, zoo, name, max_params, cap, record)
         results.put(record)
 
 
@@ -452,19 +458,8 @@ def run_pairs(pairs: Sequence[Pair], cache: Path, timeout: int, retry_failed: bo
     try:
         with cache.open("a") as out:
             for i, pair in enumerate(todo):
-                start = time.perf_counter()
                 record: Dict = dict(kind=pair.kind, teacher=pair.teacher, student=pair.student)
-                signal.alarm(timeout)
-                try:
-                    check_pair(pair, record)
-                except _Timeout:
-                    record.update(status="fail", reason=f"timeout > {timeout}s")
-                except Exception as error:  # a failing pair is a result of the sweep, not a crash
-                    message = str(error).splitlines()[0][:300] if str(error) else ""
-                    record.update(status="fail", reason=f"{type(error).__name__}: {message}".rstrip(": "))
-                finally:
-                    signal.alarm(0)
-                record["seconds"] = round(time.perf_counter() - start, 2)
+                _run_check(record, timeout, check_pair, pair, record)
                 out.write(json.dumps(record) + "\n")
                 out.flush()
                 logger.info("[%d/%d] %s -> %s: %s (loss %s, by %s, %.0fs)", i + 1, len(todo), pair.teacher,
