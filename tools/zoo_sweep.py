@@ -9,8 +9,16 @@ every failure with its reason.
 A pairs section follows: a fixed list of cross-family teacher -> student pairs (``PAIRS``), one
 OFD step each, cached in ``docs/zoo_pairs.jsonl``; ``--pairs-only`` runs it alone.
 
+Then a detection and a segmentation section (``TASK_SECTIONS``): every torchvision detection builder and
+every torchvision segmenter, as teacher and as student of a small fixed partner, one training step
+through the task adapter (``DetectionDistiller``, ``SegmentationDistiller``), cached in
+``docs/zoo_detection.jsonl`` and ``docs/zoo_segmentation.jsonl``; ``--detection-only`` and
+``--segmentation-only`` run them alone. The ``--*-only`` flags combine; without any, every part runs.
+Every section's table is regenerated from its cache; ``--report-only`` runs nothing.
+
     python tools/zoo_sweep.py --workers 2 --max-params 30e6 --out docs/zoo.md
     python tools/zoo_sweep.py --pairs-only
+    python tools/zoo_sweep.py --detection-only --segmentation-only
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 logger = logging.getLogger("zoo_sweep")
 
@@ -225,9 +233,8 @@ def _worker(tasks: "mp.Queue", results: "mp.Queue", max_params: float, cap: int,
 
 def run_sweep(names: List[Tuple[str, str]], cache: Path, workers: int, max_params: float, cap: int, timeout: int,
               retry_failed: bool = False) -> None:
-    done = {(r["zoo"], r["name"]) for r in read_cache(cache) if not (retry_failed and r["status"] == "fail")}
-    todo = [n for n in names if n not in done]
-    logger.info("%d architectures, %d already in %s, %d to run", len(names), len(done), cache, len(todo))
+    todo = _todo(names, read_cache(cache), _sweep_key, lambda name: name, retry_failed)
+    logger.info("%d architectures, %d already in %s, %d to run", len(names), len(names) - len(todo), cache, len(todo))
     ctx = mp.get_context("spawn")
     tasks, results = ctx.Queue(), ctx.Queue()
     for item in todo:
@@ -250,19 +257,37 @@ def run_sweep(names: List[Tuple[str, str]], cache: Path, workers: int, max_param
         p.join()
 
 
-def read_cache(cache: Path) -> List[Dict]:
+def _read_keyed(cache: Path, key: Callable[[Dict], Hashable]) -> List[Dict]:
+    """The records of a JSON-lines cache, the last one of each ``key`` (a rerun replaces a record)."""
     if not cache.exists():
         return []
     records = {}
     for line in cache.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            records[(r["zoo"], r["name"])] = r
+            records[key(r)] = r
     return list(records.values())
 
 
-def write_report(records: List[Dict], out: Path, max_params: float, pair_records: Sequence[Dict] = ()) -> None:
-    """``out`` from the sweep's cached records, then the pairs section if there are pair records."""
+def _todo(items: Sequence, records: Sequence[Dict], record_key: Callable[[Dict], Hashable],
+          item_key: Callable[[object], Hashable], retry_failed: bool) -> list:
+    """``items`` without a cached record (with ``retry_failed``, those whose record failed run again)."""
+    done = {record_key(r) for r in records if not (retry_failed and r["status"] == "fail")}
+    return [item for item in items if item_key(item) not in done]
+
+
+def _sweep_key(r: Dict) -> Tuple[str, str]:
+    return r["zoo"], r["name"]
+
+
+def read_cache(cache: Path) -> List[Dict]:
+    return _read_keyed(cache, _sweep_key)
+
+
+def write_report(records: List[Dict], out: Path, max_params: float, pair_records: Sequence[Dict] = (),
+                 task_records: Sequence[Tuple["TaskSection", Sequence[Dict]]] = ()) -> None:
+    """``out`` from the sweep's cached records, then the pairs section if there are pair records, then
+    each task section (detection, segmentation) that has records."""
     by_family: Dict[str, List[Dict]] = defaultdict(list)
     for r in records:
         by_family[_family(r["zoo"], r["name"])].append(r)
@@ -300,6 +325,9 @@ def write_report(records: List[Dict], out: Path, max_params: float, pair_records
         lines += [f"**{zoo}** ({len(names)}): " + (", ".join(names) or "none"), ""]
     if pair_records:
         lines += pairs_report(list(pair_records)) + [""]
+    for section, section_records in task_records:
+        if section_records:
+            lines += task_report(section, list(section_records)) + [""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
 
@@ -433,41 +461,43 @@ def _pair_key(r) -> Tuple[str, str]:
 
 
 def read_pairs_cache(cache: Path) -> List[Dict]:
-    if not cache.exists():
-        return []
-    records = {}
-    for line in cache.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            records[_pair_key(r)] = r
-    return list(records.values())
+    return _read_keyed(cache, _pair_key)
 
 
-def run_pairs(pairs: Sequence[Pair], cache: Path, timeout: int, retry_failed: bool = False) -> None:
-    """Run the pairs not yet in ``cache`` (and, with ``retry_failed``, its failures) in this process,
-    each under a time limit, appending one JSON line per pair."""
+def run_in_process(items: Sequence, cache: Path, timeout: int, retry_failed: bool, what: str,
+                   key: Callable[[object], Hashable], new_record: Callable[[object], Dict],
+                   check: Callable[[object, Dict], object], describe: Callable[[Dict], str]) -> None:
+    """Run the ``items`` not yet in ``cache`` (and, with ``retry_failed``, its failures) in this process,
+    one thread, each ``check(item, record)`` under ``_run_check``'s time limit, appending one JSON line
+    per item; ``key`` identifies an item and its record, ``describe`` a record for the progress line."""
     import torch
 
-    done = {_pair_key(r) for r in read_pairs_cache(cache) if not (retry_failed and r["status"] == "fail")}
-    todo = [p for p in pairs if _pair_key(p) not in done]
-    logger.info("%d pairs, %d to run", len(pairs), len(todo))
+    todo = _todo(items, _read_keyed(cache, key), key, key, retry_failed)
+    logger.info("%d %s, %d to run", len(items), what, len(todo))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     handler = signal.signal(signal.SIGALRM, _alarm)
     cache.parent.mkdir(parents=True, exist_ok=True)
     try:
         with cache.open("a") as out:
-            for i, pair in enumerate(todo):
-                record: Dict = dict(kind=pair.kind, teacher=pair.teacher, student=pair.student)
-                _run_check(record, timeout, check_pair, pair, record)
+            for i, item in enumerate(todo):
+                record = new_record(item)
+                _run_check(record, timeout, check, item, record)
                 out.write(json.dumps(record) + "\n")
                 out.flush()
-                logger.info("[%d/%d] %s -> %s: %s (loss %s, by %s, %.0fs)", i + 1, len(todo), pair.teacher,
-                            pair.student, record["status"], record.get("loss"), record.get("paired_by"),
+                logger.info("[%d/%d] %s: %s (%.0fs)", i + 1, len(todo), describe(record), record["status"],
                             record["seconds"])
     finally:
         signal.signal(signal.SIGALRM, handler)
         torch.set_num_threads(threads)
+
+
+def run_pairs(pairs: Sequence[Pair], cache: Path, timeout: int, retry_failed: bool = False) -> None:
+    """Run the pairs not yet in ``cache`` (and, with ``retry_failed``, its failures) in this process,
+    each under a time limit, appending one JSON line per pair."""
+    run_in_process(pairs, cache, timeout, retry_failed, "pairs", _pair_key,
+                   lambda pair: dict(kind=pair.kind, teacher=pair.teacher, student=pair.student), check_pair,
+                   lambda r: f"{r['teacher']} -> {r['student']} (loss {r.get('loss')}, by {r.get('paired_by')})")
 
 
 def pairs_report(records: List[Dict], pairs: Sequence[Pair] = PAIRS) -> List[str]:
@@ -504,6 +534,240 @@ def pairs_report(records: List[Dict], pairs: Sequence[Pair] = PAIRS) -> List[str
     return lines
 
 
+# ------------------------------------------------------------------------------------------------
+# Detection and segmentation: every torchvision builder, as teacher and as student, one training
+# step through the task adapter.
+
+ROLES = ("teacher", "student")
+DETECTION_SIZE = 128
+SEGMENTATION_SIZE = 64
+TASK_NUM_CLASSES = 4
+NUM_KEYPOINTS = 17  # Keypoint R-CNN's default
+TORCHVISION_SEGMENTERS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
+                          "fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large")
+
+
+class TaskSection(NamedTuple):
+    """One task's section: its builders, the spec each is given, the small fixed partner on the other
+    side, the adapter built from (teacher spec, student spec), a batch and the report's wording."""
+
+    name: str
+    title: str
+    builders: Callable[[], Sequence[str]]
+    spec: Callable[[str], Dict]
+    partner: Dict
+    adapter: Callable[[Dict, Dict], object]
+    batch: Callable[[], Dict]
+    task_losses: Callable[[Dict], Sequence[str]]
+    description: Tuple[str, ...]
+
+
+def _detection_builders() -> List[str]:
+    import torchvision
+
+    return torchvision.models.list_models(torchvision.models.detection)
+
+
+def _detection_adapter(teacher: Dict, student: Dict):
+    from overhaul_det.tasks.detection import DetectionDistiller
+
+    return DetectionDistiller(teacher=teacher, student=student, num_classes=TASK_NUM_CLASSES, min_size=DETECTION_SIZE,
+                              max_size=DETECTION_SIZE, ofd=dict(input_size=(3, DETECTION_SIZE, DETECTION_SIZE)))
+
+
+def _detection_batch() -> Dict:
+    """Two images in [0, 1], each with two boxes, their labels, instance masks (the box filled) and
+    ``NUM_KEYPOINTS`` synthetic keypoints per box (visible, inside it)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[8.0, 10.0, 60.0, 70.0], [40.0, 30.0, 110.0, 100.0]])
+    masks = torch.zeros(len(boxes), DETECTION_SIZE, DETECTION_SIZE, dtype=torch.uint8)
+    for mask, (x1, y1, x2, y2) in zip(masks, boxes.int().tolist()):
+        mask[y1:y2, x1:x2] = 1
+    corner, extent = boxes[:, None, :2], boxes[:, None, 2:] - boxes[:, None, :2]
+    points = corner + extent * torch.rand(len(boxes), NUM_KEYPOINTS, 2, generator=generator)
+    keypoints = torch.cat([points, torch.ones(len(boxes), NUM_KEYPOINTS, 1)], dim=2)
+    samples = [dict(image_id=i + 1, boxes=boxes, labels=torch.tensor([1, TASK_NUM_CLASSES - 1]), masks=masks,
+                    keypoints=keypoints, orig_size=(DETECTION_SIZE, DETECTION_SIZE), flipped=False)
+               for i in range(2)]
+    images = [torch.rand(3, DETECTION_SIZE, DETECTION_SIZE, generator=generator) for _ in samples]
+    return dict(inputs=images, data_samples=samples)
+
+
+def _segmentation_spec(builder: str) -> Dict:
+    """The builder by name, with its aux head where torchvision's builder has one."""
+    import inspect
+
+    import torchvision
+
+    takes_aux = "aux_loss" in inspect.signature(torchvision.models.get_model_builder(builder)).parameters
+    return dict(backbone=builder, aux_loss=True) if takes_aux else dict(backbone=builder)
+
+
+def _segmentation_adapter(teacher: Dict, student: Dict):
+    from overhaul_det.tasks.segmentation import SegmentationDistiller
+
+    return SegmentationDistiller(teacher, student, num_classes=TASK_NUM_CLASSES,
+                                 ofd=dict(input_size=(3, SEGMENTATION_SIZE, SEGMENTATION_SIZE)))
+
+
+def _segmentation_batch() -> Dict:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    size = (SEGMENTATION_SIZE, SEGMENTATION_SIZE)
+    return dict(inputs=[torch.randn(3, *size, generator=generator) for _ in range(2)],
+                data_samples=[dict(gt_seg=torch.randint(0, TASK_NUM_CLASSES, size, generator=generator))
+                              for _ in range(2)])
+
+
+DETECTION = TaskSection(
+    name="detection",
+    title="Detection: every torchvision detector as teacher and as student",
+    builders=_detection_builders,
+    spec=lambda builder: dict(name=builder),
+    partner=dict(name="mobilenetv3_small_050", fpn_channels=32),
+    adapter=_detection_adapter,
+    batch=_detection_batch,
+    task_losses=lambda student: (),
+    description=(
+        "Each builder of `torchvision.models.list_models(torchvision.models.detection)`, given to",
+        "`DetectionDistiller` by name (`dict(name=BUILDER)`) as the teacher of a small fixed student, then as",
+        "the student of a small fixed teacher (the partner: `dict(name='mobilenetv3_small_050', fpn_channels=32)`,",
+        "the tests' Faster R-CNN over a timm MobileNetV3 body). Random init, CPU, one thread,",
+        f"{TASK_NUM_CLASSES} classes with the background, min_size = max_size = {DETECTION_SIZE}, "
+        f"`ofd.input_size=(3, {DETECTION_SIZE}, {DETECTION_SIZE})`; a batch of two",
+        f"{DETECTION_SIZE} px images with two boxes each, every sample also carrying instance masks and "
+        f"{NUM_KEYPOINTS} synthetic",
+        "keypoints per box (Mask R-CNN's and Keypoint R-CNN's targets; what reaches the detector is the adapter's",
+        "doing). One SGD step (lr 0.01, momentum 0.9) on the adapter's losses, summed by its `parse_losses`.",
+    ),
+)
+
+SEGMENTATION = TaskSection(
+    name="segmentation",
+    title="Segmentation: every torchvision segmenter as teacher and as student",
+    builders=lambda: TORCHVISION_SEGMENTERS,
+    spec=_segmentation_spec,
+    partner=dict(backbone="timm/resnet18", channels=16),
+    adapter=_segmentation_adapter,
+    batch=_segmentation_batch,
+    task_losses=lambda student: ("loss_ce", "loss_aux") if student.get("aux_loss") else ("loss_ce",),
+    description=(
+        "Each torchvision segmenter, given to `SegmentationDistiller` by name (`dict(backbone=BUILDER)`, with",
+        "`aux_loss=True` where torchvision's builder takes it) as the teacher of a small fixed student, then as the",
+        "student of a small fixed teacher (the partner: `dict(backbone='timm/resnet18', channels=16)`, a DeepLabV3",
+        f"over a timm ResNet18). Random init, CPU, one thread, {TASK_NUM_CLASSES} classes, "
+        f"`ofd.input_size=(3, {SEGMENTATION_SIZE}, {SEGMENTATION_SIZE})`, the adapter's",
+        f"default taps and alpha; a batch of two {SEGMENTATION_SIZE} px images with random labels. One SGD step "
+        "(lr 0.01, momentum 0.9)",
+        "on the adapter's losses, summed by its `parse_losses`; a student with an aux head must give `loss_aux`.",
+    ),
+)
+
+TASK_SECTIONS: Tuple[TaskSection, ...] = (DETECTION, SEGMENTATION)
+
+
+def check_task(section: TaskSection, builder: str, role: str, record: Dict) -> Dict:
+    """One training step of ``section``'s adapter with ``builder`` as ``role`` and the fixed partner on
+    the other side, filling ``record`` as it goes (a failure keeps its stage)."""
+    import torch
+
+    record["stage"] = "build"
+    torch.manual_seed(0)
+    spec = section.spec(builder)
+    teacher, student = (spec, section.partner) if role == "teacher" else (section.partner, spec)
+    record.update(teacher=_spec_text(teacher), student=_spec_text(student))
+    model = section.adapter(teacher, student).train()
+    before = {k: v.detach().clone() for k, v in model.teacher.state_dict().items()}
+
+    record["stage"] = "step"
+    data = model.data_preprocessor(section.batch(), True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    optimizer.zero_grad()
+    losses = model(**data, mode="loss")
+    record["losses"] = {k: float(v.detach()) for k, v in losses.items()}
+    finite = all(math.isfinite(v) for v in record["losses"].values())
+    if finite:
+        total, _ = model.parse_losses(losses)
+        total.backward()
+    backbone = [(n, p) for n, p in model.student.backbone.named_parameters() if p.requires_grad]
+    with_grad = [n for n, p in backbone if p.grad is not None]
+    bad_grad = [n for n, p in backbone if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+    nonzero = [n for n, p in backbone if p.grad is not None and bool(p.grad.ne(0).any())]
+    stem = backbone[0][0] if backbone else None
+    if finite:
+        optimizer.step()
+    after = model.teacher.state_dict()
+    expected = ("loss_ofd",) + tuple(section.task_losses(student))
+    record.update(backbone_params=len(backbone), with_grad=len(with_grad), nonzero_grad=len(nonzero), stem=stem,
+                  teacher_unchanged=list(after) == list(before) and all(torch.equal(after[k], v)
+                                                                        for k, v in before.items()))
+    checks = dict(finite_losses=finite, loss_ofd="loss_ofd" in losses,
+                  task_losses=all(k in losses for k in expected) and len(losses) > 1,
+                  backbone_grads=bool(nonzero) and not bad_grad, stem_grad=stem in nonzero,
+                  teacher_unchanged=record["teacher_unchanged"])
+    failed = [k for k, ok in checks.items() if not ok]
+    record["status"] = "fail" if failed else "ok"
+    if failed:
+        missing = [k for k in expected if k not in losses]
+        record["reason"] = "check failed: " + ", ".join(failed) + (
+            f" (missing: {missing})" if missing else "") + (f" (non-finite grad: {bad_grad[:3]})" if bad_grad else "")
+    return record
+
+
+def _task_key(r) -> Tuple[str, str]:
+    return (r["builder"], r["role"]) if isinstance(r, dict) else tuple(r)
+
+
+def read_task_cache(cache: Path) -> List[Dict]:
+    return _read_keyed(cache, _task_key)
+
+
+def _spec_text(spec: Dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in spec.items())
+
+
+def run_task(section: TaskSection, cache: Path, timeout: int, retry_failed: bool = False,
+             builders: Optional[Sequence[str]] = None) -> None:
+    """Run ``section`` for ``builders`` (default: all of its builders), as teacher and as student, the
+    (builder, role) checks not yet in ``cache`` (with ``retry_failed``, its failures too)."""
+    items = [(builder, role) for builder in (section.builders() if builders is None else builders) for role in ROLES]
+    run_in_process(items, cache, timeout, retry_failed, f"{section.name} checks", _task_key,
+                   lambda item: dict(builder=item[0], role=item[1]),
+                   lambda item, record: check_task(section, item[0], item[1], record),
+                   lambda r: f"{section.name} {r['builder']} as {r['role']}")
+
+
+def task_report(section: TaskSection, records: List[Dict]) -> List[str]:
+    """``section``'s part of the report, from its cache: counts, what is checked, one row per (builder, role)."""
+    order = {b: i for i, b in enumerate(section.builders())}
+    records = sorted(records, key=lambda r: (order.get(r["builder"], len(order)), r["builder"], ROLES.index(r["role"])))
+    ok = [r for r in records if r["status"] == "ok"]
+    by_role = ", ".join(f"as {role} {sum(r['role'] == role for r in ok)}/{sum(r['role'] == role for r in records)}"
+                        for role in ROLES)
+    cache = f"docs/zoo_{section.name}.jsonl"
+    lines = [f"## {section.title} ({len(ok)}/{len(records)} pass)", "",
+             f"Generated by `python tools/zoo_sweep.py --{section.name}-only` (cache: `{cache}`). Passing {by_role}.",
+             "", *section.description,
+             "A check passes if every loss is finite, `loss_ofd` and the task's own losses are there, every",
+             "gradient of the student's backbone (`model.student.backbone`) is finite, some non-zero, the first",
+             "trainable one (the stem) among them, and the teacher's state_dict is unchanged after the step. A builder",
+             "the adapter cannot build is a failure at *build*, with the adapter's own error as the reason. A zero",
+             "gradient is expected behind a BatchNorm initialised to zero (timm's last BN of each residual block).", "",
+             "| builder | as | teacher | student | result | losses | student backbone grads (non-zero) / trainable "
+             "| seconds |", "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        result = "ok" if r["status"] == "ok" else f"fail at {r.get('stage', '')}: {r.get('reason', '')}"
+        losses = ", ".join(f"{k.removeprefix('loss_')} {v:.3g}" for k, v in r.get("losses", {}).items())
+        grads = f"{r['with_grad']} ({r['nonzero_grad']}) / {r['backbone_params']}" if "backbone_params" in r else ""
+        cells = [r["builder"], r["role"], r.get("teacher", ""), r.get("student", ""), result, losses, grads, str(r.get("seconds", ""))]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return lines
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zoo", nargs="+", default=["torchvision", "timm"], choices=["torchvision", "timm"])
@@ -520,18 +784,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--pairs-only", action="store_true", help="run only the teacher -> student pairs")
     parser.add_argument("--pairs-cache", type=Path, default=Path("docs/zoo_pairs.jsonl"))
     parser.add_argument("--pair-timeout", type=int, default=900, help="seconds per pair")
+    for section in TASK_SECTIONS:
+        parser.add_argument(f"--{section.name}-only", action="store_true",
+                            help=f"run only the {section.name} section (combines with the other --*-only flags)")
+        parser.add_argument(f"--{section.name}-cache", type=Path, default=Path(f"docs/zoo_{section.name}.jsonl"))
+    parser.add_argument("--task-timeout", type=int, default=600,
+                        help="seconds per (builder, role) check of the detection and segmentation sections")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if not args.report_only and not args.pairs_only:
+    only = {name for name in ["pairs"] + [s.name for s in TASK_SECTIONS] if getattr(args, f"{name}_only")}
+    runs = lambda part: not args.report_only and (not only or part in only)  # noqa: E731
+    if runs("sweep"):
         names = list_architectures(args.zoo)
         if args.filter:
             names = [n for n in names if args.filter in n[1]]
         names = names[: args.limit]
         args.cache.parent.mkdir(parents=True, exist_ok=True)
         run_sweep(names, args.cache, args.workers, args.max_params, args.max_input, args.timeout, args.retry_failed)
-    if not args.report_only:
+    if runs("pairs"):
         run_pairs(PAIRS, args.pairs_cache, args.pair_timeout, args.retry_failed)
-    write_report(read_cache(args.cache), args.out, args.max_params, read_pairs_cache(args.pairs_cache))
+    for section in TASK_SECTIONS:
+        if runs(section.name):
+            run_task(section, getattr(args, f"{section.name}_cache"), args.task_timeout, args.retry_failed)
+    task_records = [(section, read_task_cache(getattr(args, f"{section.name}_cache"))) for section in TASK_SECTIONS]
+    write_report(read_cache(args.cache), args.out, args.max_params, read_pairs_cache(args.pairs_cache), task_records)
     logger.info("wrote %s", args.out)
     return 0
 
