@@ -1,11 +1,14 @@
-"""DeepLabV3 / DeepLabV3+ segmenters over any timm or torchvision backbone, and their OFD taps.
+"""DeepLabV3 / DeepLabV3+ segmenters over any timm or torchvision backbone, torchvision's own
+segmenters (DeepLabV3, FCN, LRASPP), and their OFD taps.
 
 ``build_segmenter`` returns a ``Segmenter``: backbone stage features -> head -> logits at the
-input size. ``segmenter_taps`` finds the paper's six taps in its FX graph: each backbone stage
-end before its activation, the ASPP projection's BN output and the head's last conv+BN output.
+input size. ``segmenter_taps`` finds the taps in its FX graph: each backbone stage end before its
+activation, then the head's: for an ASPP head the paper's two (the ASPP projection's BN output and
+the head's last conv+BN output), for another head every BN output that feeds an activation.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -16,6 +19,7 @@ from torch import Tensor, fx, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.models.segmentation.fcn import FCNHead
+from torchvision.models.segmentation.lraspp import LRASPPHead
 
 from ..taps import Tap, activation_name, applies_norm, find_taps, is_passthrough, qualified_name, trace
 from .detection import _candidate_keys
@@ -28,6 +32,7 @@ __all__ = [
     "DeepLabV3PlusHead",
     "build_segmenter",
     "segmenter_taps",
+    "segmenter_tap_groups",
     "stage_end_nodes",
     "head_tap_nodes",
     "TORCHVISION_SEGMENTERS",
@@ -35,7 +40,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TORCHVISION_SEGMENTERS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large")
+TORCHVISION_SEGMENTERS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
+                          "fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large")
 _BASE_RATES = (6, 12, 18)
 _OUTPUT_STRIDES = (8, 16, 32)
 _TORCHVISION_FIXED = dict(decoder=False, output_stride=None, channels=256, atrous_rates=None)
@@ -94,34 +100,44 @@ class DeepLabV3PlusHead(nn.Module):
 
 
 class Segmenter(nn.Module):
-    """Backbone -> stage features -> DeepLab head -> ``{'out': logits}`` at the input's size.
+    """Backbone -> stage features -> head (DeepLab, FCN or LRASPP) -> ``{'out': logits}`` at the input's size.
 
-    ``stages`` picks the backbone outputs that are stages (stride >= 4); the V3+ head also takes the
-    first of them. In training mode an aux head on ``stages[aux_stage]`` adds ``'aux'`` logits.
+    ``stages`` picks the backbone outputs that are stages (stride >= 4); the V3+ and LRASPP heads also take a
+    low-level feature: backbone output ``low_output``, by default the first stage. In training mode an aux head
+    on ``stages[aux_stage]`` adds ``'aux'`` logits.
     """
 
     def __init__(self, backbone: nn.Module, classifier: nn.Module, stages: Sequence[int],
-                 aux_classifier: Optional[nn.Module] = None, aux_stage: int = -2) -> None:
+                 aux_classifier: Optional[nn.Module] = None, aux_stage: int = -2,
+                 low_output: Optional[int] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.classifier = classifier
         self.aux_classifier = aux_classifier
         self.stages = tuple(stages)
         self.aux_stage = aux_stage
+        self.low_output = low_output
         self.low_level = isinstance(classifier, DeepLabV3PlusHead)
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         size = x.shape[-2:]
-        features = self.backbone(x)
-        if isinstance(features, dict):
-            features = list(features.values())
-        features = [features[i] for i in self.stages]
-        logits = self.classifier(features[-1], features[0]) if self.low_level else self.classifier(features[-1])
-        result = {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
+        outputs = self.backbone(x)
+        if isinstance(outputs, dict):
+            outputs = list(outputs.values())
+        features = [outputs[i] for i in self.stages]
+        low = features[0] if self.low_output is None else outputs[self.low_output]
+        logits = F.interpolate(self._head(features[-1], low), size=size, mode="bilinear", align_corners=False)
+        result = {"out": logits}
         if self.training and self.aux_classifier is not None:
             aux = self.aux_classifier(features[self.aux_stage])
             result["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
         return result
+
+    def _head(self, high: Tensor, low: Tensor) -> Tensor:
+        """The head's logits from the deepest stage, and the low-level feature where the head takes one."""
+        if isinstance(self.classifier, LRASPPHead):
+            return self.classifier({"low": low, "high": high})
+        return self.classifier(high, low) if self.low_level else self.classifier(high)
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,13 +149,15 @@ def _atrous_rates(output_stride: int) -> Tuple[int, ...]:
 
 
 def _torchvision_segmenter(name: str, num_classes: int, aux_loss: bool, pretrained_backbone: bool) -> Segmenter:
-    """torchvision's DeepLabV3 as it is, its backbone returning every stage end (stride >= 4).
+    """torchvision's DeepLabV3, FCN or LRASPP as it is (same keys), its backbone returning every stage end
+    (stride >= 4).
 
-    MobileNetV3's aux head reads the end of the stride-8 stage (torchvision: that stage's first block).
+    MobileNetV3's aux head reads the end of the stride-8 stage (torchvision: that stage's first block);
+    LRASPP's low branch reads that first block, as in torchvision.
     """
     weights_backbone = "DEFAULT" if pretrained_backbone else None
     model = torchvision.models.get_model(name, weights=None, weights_backbone=weights_backbone,
-                                         num_classes=num_classes, aux_loss=aux_loss)
+                                         num_classes=num_classes, **_aux_option(name, aux_loss))
     body = model.backbone
     if "layer4" in body:
         return_layers, aux_stage = {f"layer{i}": str(i - 1) for i in range(1, 5)}, -2
@@ -147,9 +165,28 @@ def _torchvision_segmenter(name: str, num_classes: int, aux_loss: bool, pretrain
         blocks = list(body.values())
         starts = [i for i, block in enumerate(blocks) if getattr(block, "_is_cn", False)]
         ends = [i - 1 for i in starts[1:]] + [len(blocks) - 1]
+        if isinstance(model.classifier, LRASPPHead):
+            return _lraspp_segmenter(body, model.classifier, ends, starts)
         return_layers, aux_stage = {str(index): str(k) for k, index in enumerate(ends)}, 1
     backbone = IntermediateLayerGetter(body, return_layers)
     return Segmenter(backbone, model.classifier, range(len(return_layers)), model.aux_classifier, aux_stage)
+
+
+def _lraspp_segmenter(body: nn.ModuleDict, head: LRASPPHead, ends: List[int], starts: List[int]) -> Segmenter:
+    """LRASPP over every stage end, its low branch on torchvision's block (the stride-8 stage's first)."""
+    low = ([0] + starts + [len(body) - 1])[-4]
+    positions = sorted(set(ends) | {low})
+    backbone = IntermediateLayerGetter(body, {str(i): str(k) for k, i in enumerate(positions)})
+    return Segmenter(backbone, head, [positions.index(i) for i in ends], low_output=positions.index(low))
+
+
+def _aux_option(name: str, aux_loss: bool) -> dict:
+    """``aux_loss`` for a builder that takes it; a clear error for one without an aux head (LRASPP)."""
+    if "aux_loss" in inspect.signature(torchvision.models.get_model_builder(name)).parameters:
+        return dict(aux_loss=aux_loss)
+    if aux_loss:
+        raise ValueError(f"{name} has no aux head, so aux_loss=True cannot be set; leave it False")
+    return {}
 
 
 def _timm_backbone(name: str, output_stride: int, pretrained: bool, kwargs: dict) -> Tuple[nn.Module, List[int]]:
@@ -236,7 +273,8 @@ def build_segmenter(
 ) -> Segmenter:
     """A DeepLabV3 (``decoder=False``) or DeepLabV3+ segmenter; random init unless weights are asked for.
 
-    ``backbone`` is one of ``TORCHVISION_SEGMENTERS`` (torchvision's model and heads, as they are) or a
+    ``backbone`` is one of ``TORCHVISION_SEGMENTERS`` (torchvision's DeepLabV3, FCN or LRASPP model and heads,
+    as they are; ``aux_loss`` only where torchvision's builder has an aux head) or a
     timm (``features_only``) or torchvision ResNet name as ``resolve_model_name`` reads it (``timm/x``,
     ``torchvision/x``, or bare: torchvision's if it has one), dilated to ``output_stride`` (default 16).
     ``atrous_rates`` default to (6, 12, 18) scaled to the output stride; ``channels`` is the head width.
@@ -260,7 +298,7 @@ def build_segmenter(
         output_stride = 16 if output_stride is None else output_stride
         if output_stride not in _OUTPUT_STRIDES:
             raise ValueError(f"output_stride={output_stride}; choose one of {_OUTPUT_STRIDES}")
-        zoo, _ = resolve_model_name(backbone)
+        zoo = _backbone_zoo(backbone)
         build = _timm_backbone if zoo == "timm" else _torchvision_backbone
         body, stages = build(backbone, output_stride, pretrained_backbone, backbone_kwargs)
         widths = _stage_channels(body, stages)
@@ -276,6 +314,15 @@ def build_segmenter(
     if checkpoint:
         _load_checkpoint(model, checkpoint, checkpoint_prefix, backbone)
     return model
+
+
+def _backbone_zoo(name: str) -> str:
+    """The zoo of a backbone name; an unknown name's error also lists torchvision's segmenters."""
+    try:
+        return resolve_model_name(name)[0]
+    except ValueError as error:
+        raise ValueError(f"{error}; or give one of torchvision's segmenters {', '.join(TORCHVISION_SEGMENTERS)}"
+                         ) from None
 
 
 def _stage_channels(body: nn.Module, stages: Sequence[int]) -> List[int]:
@@ -354,17 +401,21 @@ def stage_end_nodes(model: Segmenter, graph: Optional[fx.Graph] = None, tracer_k
 
 
 def head_tap_nodes(head: nn.Module, graph: Optional[fx.Graph] = None, path: str = "") -> List[str]:
-    """Node names of the ASPP projection's BN output and of the head's last conv+BN output (both pre-ReLU).
+    """Node names of the head's pre-activation taps: with an ASPP, its projection's BN output and the head's
+    last conv+BN output; without one (FCN, LRASPP), every BN output that feeds an activation.
 
     ``graph`` defaults to ``head``'s own; with a whole model's graph, ``path`` is the head's module path.
     """
     graph = graph if graph is not None else trace(head)
     aspps = [name for name, module in head.named_modules() if isinstance(module, ASPP) and (
         not path or name == path or name.startswith(path + "."))]
-    if len(aspps) != 1:
+    activations = [n for n in graph.nodes if activation_name(head, n) is not None and _under(n, path)]
+    if not aspps:
+        return [qualified_name(n.args[0]) for n in activations
+                if isinstance(n.args[0], fx.Node) and applies_norm(head, n.args[0])]
+    if len(aspps) > 1:
         raise ValueError(f"expected one torchvision ASPP under '{path or type(head).__name__}', found {aspps}; "
                          "pick the head's tap nodes by hand with ofd.student_taps / ofd.teacher_taps")
-    activations = [n for n in graph.nodes if activation_name(head, n) is not None and _under(n, path)]
     project = [n for n in activations if _under(n, f"{aspps[0]}.project")]
     if not project:
         raise ValueError(f"no activation in {aspps[0]}.project; pick the head's tap nodes by hand")
@@ -373,11 +424,20 @@ def head_tap_nodes(head: nn.Module, graph: Optional[fx.Graph] = None, path: str 
 
 def segmenter_taps(model: Segmenter, input_size: Sequence[int] = (3, 128, 128),
                    tracer_kwargs: Optional[dict] = None) -> List[Tap]:
-    """The OFD taps of a ``Segmenter``: its backbone stage ends, then the ASPP and last head conv+BN.
+    """The OFD taps of a ``Segmenter``: its backbone stage ends, then its head's taps (``head_tap_nodes``).
 
     ``input_size`` (C, H, W) is the sample used to measure channels and strides; ``tracer_kwargs``
     reaches the FX tracer (see ``find_taps``).
     """
+    backbone, head = segmenter_tap_groups(model, input_size, tracer_kwargs)
+    return backbone + head
+
+
+def segmenter_tap_groups(model: Segmenter, input_size: Sequence[int] = (3, 128, 128),
+                         tracer_kwargs: Optional[dict] = None) -> Tuple[List[Tap], List[Tap]]:
+    """``segmenter_taps`` split into (backbone stage-end taps, head taps), for pairing heads of other shapes."""
     graph = trace(model, tracer_kwargs=tracer_kwargs)
-    names = stage_end_nodes(model, graph, tracer_kwargs) + head_tap_nodes(model, graph, "classifier")
-    return find_taps(model, input_size=input_size, nodes=names, tracer_kwargs=tracer_kwargs)
+    stages = stage_end_nodes(model, graph, tracer_kwargs)
+    names = stages + head_tap_nodes(model, graph, "classifier")
+    taps = find_taps(model, input_size=input_size, nodes=names, tracer_kwargs=tracer_kwargs)
+    return taps[:len(stages)], taps[len(stages):]

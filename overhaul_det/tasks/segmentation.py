@@ -2,10 +2,12 @@
 
 One config runs the baseline (ofd.alpha=0) and OFD. The distiller spans the whole segmenter:
 four backbone stage ends, the ASPP projection and the head's last conv+BN (paper weights 1/8,
-1/4, 1/2, 1, 1, 1/16; alpha 1e-5). Only the student is evaluated; the teacher comes out unchanged.
+1/4, 1/2, 1, 1, 1/16; alpha 1e-5); an FCN or LRASPP head has one tap, its conv+BN, paired with the
+other head's last. Only the student is evaluated; the teacher comes out unchanged.
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distiller import FeatureDistiller, default_tap_weights
-from ..models.segmentation import build_segmenter, segmenter_taps
+from ..models.segmentation import build_segmenter, segmenter_tap_groups
 from ..registry import MODELS
 from ..taps import Tap, check_input_size, trace
 from .base import DistillationModel
@@ -24,20 +26,39 @@ ModelSpec = Union[str, dict, nn.Module]
 TapSpec = Union[None, Sequence[Tap], Sequence[str]]
 DEFAULT_ALPHA = 1e-5
 DEFAULT_INPUT_SIZE = (3, 128, 128)
+logger = logging.getLogger(__name__)
 
 
-def segmentation_tap_weights(num_backbone_taps: int) -> List[float]:
-    """The official weights: 2^-(n-1-i) over the backbone taps, then 1 (ASPP) and 1/16 (decoder)."""
-    return default_tap_weights(num_backbone_taps) + [1.0, 1.0 / 16]
+def segmentation_tap_weights(num_backbone_taps: int, num_head_taps: int = 2) -> List[float]:
+    """The official weights: 2^-(n-1-i) over the backbone taps, then 1 (ASPP) and 1/16 (decoder).
+
+    The head's last tap weighs 1/16 and any before it 1, so a one-tap head (FCN, LRASPP) gets 1/16."""
+    head = [1.0] * (num_head_taps - 1) + [1.0 / 16] if num_head_taps else []
+    return default_tap_weights(num_backbone_taps) + head
 
 
-def _default_taps(model: nn.Module, input_size: Sequence[int], tracer_kwargs: Optional[dict]) -> List[Tap]:
-    """The segmenter's six taps (``segmenter_taps``), measured at an input its stages do not collapse at.
-
-    Taps picked by name skip find_taps' small-input rule, so it is applied here to the backbone."""
+def _default_taps(model: nn.Module, input_size: Sequence[int], tracer_kwargs: Optional[dict]
+                  ) -> Tuple[List[Tap], List[Tap]]:
+    """The segmenter's (backbone, head) taps (``segmenter_tap_groups``), measured at an input its stages do
+    not collapse at. Taps picked by name skip find_taps' small-input rule, so it is applied here to the backbone."""
     check_input_size(model.backbone, input_size, graph=trace(model.backbone, tracer_kwargs=tracer_kwargs),
                      what=f"{type(model).__name__}'s backbone", fix="ofd.input_size and the dataset's crop")
-    return segmenter_taps(model, input_size, tracer_kwargs)
+    return segmenter_tap_groups(model, input_size, tracer_kwargs)
+
+
+def _pair_groups(student: Tuple[List[Tap], List[Tap]], teacher: Tuple[List[Tap], List[Tap]]
+                 ) -> Tuple[List[Tuple[str, str]], List[float]]:
+    """Default taps paired group by group (backbone with backbone, head with head), each group's deepest
+    min(n_student, n_teacher) in order; with the official weights of the pairs kept."""
+    pairs, counts = [], []
+    for s_taps, t_taps in zip(student, teacher):
+        n = min(len(s_taps), len(t_taps))
+        pairs += _in_order(s_taps[len(s_taps) - n:], t_taps[len(t_taps) - n:])
+        counts.append(n)
+    if [len(g) for g in student] != [len(g) for g in teacher]:
+        logger.info("student and teacher have %s and %s (backbone, head) taps; pairing the deepest %s of each",
+                    [len(g) for g in student], [len(g) for g in teacher], counts)
+    return pairs, segmentation_tap_weights(*counts)
 
 
 def _in_order(student_taps: TapSpec, teacher_taps: TapSpec) -> List[Tuple[str, str]]:
@@ -51,16 +72,23 @@ def _in_order(student_taps: TapSpec, teacher_taps: TapSpec) -> List[Tuple[str, s
 
 
 def _build_distiller(teacher: nn.Module, student: nn.Module, ofd: dict) -> FeatureDistiller:
-    """A FeatureDistiller over the whole segmenters, taps paired in order (backbone stages, ASPP, decoder)."""
+    """A FeatureDistiller over the whole segmenters: default taps paired group by group (``_pair_groups``),
+    taps given by name in order (backbone stages, ASPP, decoder)."""
     ofd = dict(ofd)
     ofd["input_size"] = ofd.get("input_size") or DEFAULT_INPUT_SIZE
     ofd["teacher_input_size"] = ofd.get("teacher_input_size") or ofd["input_size"]
     tracer_kwargs = ofd.get("tracer_kwargs")
+    teacher_groups = student_groups = None
     if ofd.get("teacher_taps") is None:
-        ofd["teacher_taps"] = _default_taps(teacher, ofd["teacher_input_size"], tracer_kwargs)
+        teacher_groups = _default_taps(teacher, ofd["teacher_input_size"], tracer_kwargs)
+        ofd["teacher_taps"] = teacher_groups[0] + teacher_groups[1]
     if ofd.get("student_taps") is None:
-        ofd["student_taps"] = _default_taps(student, ofd["input_size"], tracer_kwargs)
-    if "pairs" not in ofd:
+        student_groups = _default_taps(student, ofd["input_size"], tracer_kwargs)
+        ofd["student_taps"] = student_groups[0] + student_groups[1]
+    if "pairs" not in ofd and teacher_groups and student_groups:
+        ofd["pairs"], weights = _pair_groups(student_groups, teacher_groups)
+        ofd.setdefault("weights", weights)
+    elif "pairs" not in ofd:
         ofd["pairs"] = _in_order(ofd["student_taps"], ofd["teacher_taps"])
     num_pairs = len(ofd["pairs"])
     ofd.setdefault("weights", segmentation_tap_weights(num_pairs - 2) if num_pairs > 2 else None)
@@ -98,14 +126,15 @@ class SegmentationDistiller(DistillationModel):
         ofd: FeatureDistiller options (alpha=1e-5, margin, teacher_bn, align, weights: by default
             ``segmentation_tap_weights``, the last two taps being the ASPP and the decoder) plus ``input_size``
             (C, H, W) for tap discovery and optional ``student_taps``/``teacher_taps`` (node names, paired
-            in order) or ``pairs``; ``alpha=0`` is the baseline (the teacher is not built).
+            in order) or ``pairs``. Default taps pair backbone with backbone and head with head, the deepest
+            of each where the counts differ (a one-tap FCN/LRASPP head with a DeepLab head's last tap); ``alpha=0`` is the baseline (the teacher is not built).
         aux_weight: weight of the aux head's cross-entropy, when the student has one.
         ignore_index: label value left out of the loss (and of the metric).
     """
 
     builder = staticmethod(build_segmenter)
     spec_key = "backbone"
-    spec_help = "timm/NAME, torchvision/NAME, a bare name or a deeplabv3_* name"
+    spec_help = "timm/NAME, torchvision/NAME, a bare name or a torchvision segmenter (deeplabv3_*, fcn_*, lraspp_*)"
     default_alpha = DEFAULT_ALPHA
 
     def __init__(
