@@ -15,13 +15,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from mmengine.dataset import BaseDataset
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from ..registry import DATASETS
 
-__all__ = ["CocoDetection", "validate_coco", "load_coco"]
+__all__ = ["CocoDetection", "decode_segmentations", "validate_coco", "load_coco"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +119,20 @@ def load_coco(ann_file: str) -> COCO:
     return coco
 
 
+def decode_segmentations(segmentations: Sequence[Any], height: int, width: int) -> np.ndarray:
+    """COCO segmentations (polygons, RLE or uncompressed RLE) as (N, height, width) uint8 masks."""
+    masks = np.zeros((len(segmentations), height, width), dtype=np.uint8)
+    for mask, segmentation in zip(masks, segmentations):
+        if isinstance(segmentation, list):
+            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        elif isinstance(segmentation.get("counts"), list):
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        else:
+            rle = segmentation
+        mask[:] = mask_utils.decode(rle)
+    return masks
+
+
 def _check_resize(resize: ResizeSpec) -> ResizeSpec:
     if resize is None:
         return None
@@ -127,6 +143,14 @@ def _check_resize(resize: ResizeSpec) -> ResizeSpec:
     raise ValueError(
         f"resize={resize!r}; give None, a short side in pixels (e.g. 800), or a scale factor range (low, high)"
     )
+
+
+def _check_segmentations(coco: COCO, ann_file: str) -> None:
+    """Refuse ``with_masks`` on a file whose non-crowd annotations lack a segmentation."""
+    bare = [ann["id"] for ann in coco.dataset["annotations"] if not ann.get("iscrowd", 0) and not ann.get("segmentation")]
+    if bare:
+        raise ValueError(f"{ann_file}: with_masks=True, but {len(bare)} annotation(s) have no 'segmentation' (ids "
+                         f"{bare[:_ERRORS_SHOWN]}); add polygons or RLE masks, or set with_masks=False")
 
 
 @DATASETS.register_module()
@@ -148,11 +172,13 @@ class CocoDetection(BaseDataset):
         num_classes: Optional[int] = None,
         indices: Optional[Sequence[int]] = None,
         serialize_data: bool = True,
+        with_masks: bool = False,
     ) -> None:
         """``resize``: None, a short side, or a (low, high) factor range (random in training, its middle in eval).
 
         ``num_classes`` counts the background (torchvision convention) and must equal K + 1 when given.
-        ``flip_prob`` and ``filter_empty`` apply in training only.
+        ``flip_prob`` and ``filter_empty`` apply in training only. ``with_masks``: each sample also carries
+        ``masks`` (N, H, W) uint8 from the annotations' segmentations (Mask R-CNN's targets).
         """
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob={flip_prob}; give a probability in [0, 1]")
@@ -161,6 +187,7 @@ class CocoDetection(BaseDataset):
         self.resize = _check_resize(resize)
         self.filter_empty = filter_empty
         self.num_classes = num_classes
+        self.with_masks = with_masks
         super().__init__(
             ann_file=ann_file,
             data_root=data_root,
@@ -183,6 +210,8 @@ class CocoDetection(BaseDataset):
         self._metainfo.update(
             classes=tuple(coco.cats[cat_id]["name"] for cat_id in cat_ids), cat_ids=cat_ids, ann_file=self.ann_file
         )
+        if self.with_masks:
+            _check_segmentations(coco, self.ann_file)
         data_list = [self._parse_image(coco, image_id, cat_to_label) for image_id in sorted(coco.getImgIds())]
         logger.info("COCO %s: %d images, %d categories", self.ann_file, len(data_list), len(cat_ids))
         return data_list
@@ -194,7 +223,7 @@ class CocoDetection(BaseDataset):
         boxes[:, 2:] += boxes[:, :2]
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, image["width"])
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, image["height"])
-        return dict(
+        info = dict(
             image_id=image_id,
             img_path=str(Path(self.data_prefix["img_path"]) / image["file_name"]),
             height=image["height"],
@@ -202,6 +231,9 @@ class CocoDetection(BaseDataset):
             boxes=boxes,
             labels=np.array([cat_to_label[ann["category_id"]] for ann in anns], dtype=np.int64),
         )
+        if self.with_masks:
+            info["segmentations"] = [ann["segmentation"] for ann in anns]
+        return info
 
     def filter_data(self) -> List[dict]:
         """In training with ``filter_empty``, drop images without a non-crowd box."""
@@ -249,9 +281,10 @@ class CocoDetection(BaseDataset):
             inputs = inputs.flip(-1)
             width = inputs.shape[-1]
             boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+        extra = dict(masks=self._masks(info, inputs.shape[-2:], flipped)) if self.with_masks else {}
         return dict(
             inputs=inputs.contiguous(),
-            data_samples=dict(
+            data_samples=dict(**extra,
                 image_id=int(info["image_id"]),
                 boxes=boxes,
                 labels=torch.from_numpy(info["labels"]),
@@ -261,6 +294,14 @@ class CocoDetection(BaseDataset):
                 flipped=bool(flipped),
             ),
         )
+
+    @staticmethod
+    def _masks(info: dict, size: Sequence[int], flipped: bool) -> torch.Tensor:
+        """The image's instance masks, resized (nearest) to ``size`` and flipped as the image was."""
+        masks = torch.from_numpy(decode_segmentations(info["segmentations"], info["height"], info["width"]))
+        if tuple(masks.shape[-2:]) != tuple(size):
+            masks = F.interpolate(masks[None].float(), size=tuple(size), mode="nearest")[0].to(torch.uint8)
+        return masks.flip(-1).contiguous() if flipped else masks
 
     @property
     def label_to_cat(self) -> Tuple[int, ...]:

@@ -1,15 +1,19 @@
-"""Faster R-CNN with an FPN over a timm or torchvision backbone; local weights only, no downloads.
+"""torchvision detectors, or Faster R-CNN with an FPN over a timm or torchvision backbone; local weights only.
 
-Names are torchvision's detector builders (fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2,
-fasterrcnn_mobilenet_v3_large_fpn) or a backbone name as ``models.zoo`` resolves it (``timm/x``,
-``torchvision/x``, or bare: torchvision's if it has one): a torchvision ResNet/MobileNet-style
-classifier or any timm model with ``features_only``, put under torchvision's FeaturePyramidNetwork. As in
-torchvision, loaded weights imply frozen BatchNorm and 3 trainable stages; random init trains all.
+Names are torchvision's detector builders (every one of ``list_models(torchvision.models.detection)``:
+Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS, SSD, SSDlite) or a backbone name as ``models.zoo`` resolves it
+(``timm/x``, ``torchvision/x``, or bare: torchvision's if it has one): a torchvision ResNet/MobileNet-style
+classifier or any timm model with ``features_only``, put under torchvision's FeaturePyramidNetwork in a
+Faster R-CNN. A detector's feature extractor (``feature_extractor``) is ``backbone.body`` under an FPN and
+the whole ``backbone`` for SSD/SSDlite. As in torchvision, loaded weights imply frozen BatchNorm and 3
+trainable stages; random init trains all. SSD/SSDlite keep their fixed input size (300 / 320 px).
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
+import math
 from collections import OrderedDict
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -17,9 +21,11 @@ import timm
 import torch
 import torchvision
 from torch import Tensor, nn
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import FCOS, FasterRCNN, KeypointRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
@@ -32,18 +38,35 @@ __all__ = [
     "FeaturePyramidBackbone",
     "build_detector",
     "build_fpn_backbone",
+    "feature_extractor",
+    "fixed_input_size",
+    "probe_size",
     "resolution_stages",
 ]
 
 logger = logging.getLogger(__name__)
 
-TORCHVISION_DETECTORS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn")
+TORCHVISION_DETECTORS = tuple(torchvision.models.list_models(torchvision.models.detection))
+# The detector class each builder makes, by the builder name's first part.
+_DETECTOR_CLASSES = dict(fasterrcnn=FasterRCNN, maskrcnn=MaskRCNN, keypointrcnn=KeypointRCNN, retinanet=RetinaNet,
+                         fcos=FCOS, ssd300=SSD, ssdlite320=SSD)
+_RCNN = (FasterRCNN, MaskRCNN, KeypointRCNN)
 DEFAULT_STRIDES = (4, 8, 16, 32)
 _PROBE_SIZE = 128
 _Shapes = Dict[str, Tuple[int, int, int]]
-# FasterRCNN passes unknown kwargs to its transform, which ignores them: a misspelt one would be lost.
-_FASTER_RCNN_KWARGS = frozenset(inspect.signature(FasterRCNN.__init__).parameters) | frozenset(
-    inspect.signature(GeneralizedRCNNTransform.__init__).parameters)
+# SSD's builders fix the transform's sizes themselves.
+_FIXED_SIZE_ARGS = frozenset({"min_size", "max_size", "fixed_size", "size_divisible"})
+
+
+def _accepted_kwargs(cls: type) -> frozenset:
+    """Keyword arguments ``cls`` or a base's __init__ takes, with its transform's: the detectors pass unknown
+    kwargs on to GeneralizedRCNNTransform, which ignores them, so a misspelt one would be lost."""
+    names = set(inspect.signature(GeneralizedRCNNTransform.__init__).parameters)
+    for base in cls.__mro__:
+        if base in (GeneralizedRCNN, nn.Module):
+            break
+        names |= set(inspect.signature(base.__init__).parameters)
+    return frozenset(names - (_FIXED_SIZE_ARGS if cls is SSD else set()))
 
 
 class FeaturePyramidBackbone(nn.Module):
@@ -69,8 +92,25 @@ def _is_map(value: object) -> bool:
     return isinstance(value, Tensor) and value.dim() == 4 and value.shape[-1] > 1
 
 
+def feature_extractor(detector: nn.Module) -> nn.Module:
+    """What OFD distils of a detector: ``backbone.body`` under an FPN, else the whole ``backbone`` (SSD)."""
+    return getattr(detector.backbone, "body", detector.backbone)
+
+
+def fixed_input_size(detector: nn.Module) -> Optional[int]:
+    """The side every image is resized to by a fixed-size transform (SSD: 300, SSDlite: 320), else None."""
+    fixed = getattr(detector.transform, "fixed_size", None)
+    return max(fixed) if fixed else None
+
+
+def probe_size(side: Optional[int]) -> int:
+    """A probe side for a network of input ``side``: a multiple of 32 at least that large (SSD300: 320),
+    so that stage strides come out as powers of two; ``_PROBE_SIZE`` without one."""
+    return 32 * math.ceil(side / 32) if side else _PROBE_SIZE
+
+
 @torch.no_grad()
-def _probe(root: nn.Module, modules: Dict[str, nn.Module]) -> Tuple[_Shapes, List[str]]:
+def _probe(root: nn.Module, modules: Dict[str, nn.Module], size: int = _PROBE_SIZE) -> Tuple[_Shapes, List[str]]:
     """Run ``root`` in eval mode on a sample: {name: (input stride, output stride, output channels)}
     for ``modules`` mapping a feature map to a feature map (in finishing order), and their entry order."""
     shapes: _Shapes = {}
@@ -82,8 +122,7 @@ def _probe(root: nn.Module, modules: Dict[str, nn.Module]) -> Tuple[_Shapes, Lis
 
         def after(module, args, output):
             if _is_map(args[0] if args else None) and _is_map(output):
-                shapes[name] = (round(_PROBE_SIZE / args[0].shape[-1]), round(_PROBE_SIZE / output.shape[-1]),
-                                output.shape[1])
+                shapes[name] = (round(size / args[0].shape[-1]), round(size / output.shape[-1]), output.shape[1])
         return before, after
 
     handles = []
@@ -93,7 +132,7 @@ def _probe(root: nn.Module, modules: Dict[str, nn.Module]) -> Tuple[_Shapes, Lis
     was_training = root.training
     root.eval()
     try:
-        root(torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE))
+        root(torch.zeros(1, 3, size, size))
     finally:
         root.train(was_training)
         for handle in handles:
@@ -101,14 +140,14 @@ def _probe(root: nn.Module, modules: Dict[str, nn.Module]) -> Tuple[_Shapes, Lis
     return shapes, entered
 
 
-def resolution_stages(body: nn.Module) -> List[List[nn.Parameter]]:
-    """Parameters of ``body`` by resolution stage, stem first, in forward order.
+def resolution_stages(body: nn.Module, size: int = _PROBE_SIZE) -> List[List[nn.Parameter]]:
+    """Parameters of ``body`` by resolution stage, stem first, in forward order (probed at ``size`` px).
 
     A stage starts at the outermost module that enters exactly one new stride (ResNet: conv1,
     maxpool, layer2, layer3, layer4), so ResNets count stages as torchvision's trainable_layers.
     """
     modules = {name: module for name, module in body.named_modules() if name}
-    shapes, entered = _probe(body, modules)
+    shapes, entered = _probe(body, modules, size)
 
     def new_strides(name: str) -> set:
         entry = shapes[name][0]
@@ -215,8 +254,8 @@ def _load_detector_weights(model: nn.Module, path: str, prefix: Optional[str]) -
     logger.info("loaded detector weights from %s", path)
 
 
-def _freeze_stages(body: nn.Module, trainable_layers: Optional[int], pretrained: bool) -> None:
-    stages = resolution_stages(body)
+def _freeze_stages(body: nn.Module, trainable_layers: Optional[int], pretrained: bool, size: int) -> None:
+    stages = resolution_stages(body, size)
     if trainable_layers is None:
         trainable_layers = min(3, len(stages)) if pretrained else len(stages)
     if not 0 <= trainable_layers <= len(stages):
@@ -227,17 +266,53 @@ def _freeze_stages(body: nn.Module, trainable_layers: Optional[int], pretrained:
             parameter.requires_grad_(False)
 
 
+def _set_feature_extractor(detector: nn.Module, module: nn.Module) -> None:
+    if hasattr(detector.backbone, "body"):
+        detector.backbone.body = module
+    else:
+        detector.backbone = module
+
+
 def _anchor_generator(sizes: Sequence[Sequence[int]], aspect_ratios: Sequence[float]) -> AnchorGenerator:
     sizes = tuple(tuple(level) for level in sizes)
     return AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
 
 
-def _check_detector_kwargs(kwargs: dict) -> None:
-    """A TypeError for a kwarg neither FasterRCNN nor its transform takes (the transform would drop it)."""
-    unknown = sorted(set(kwargs) - _FASTER_RCNN_KWARGS - {"self", "backbone", "kwargs"})
+def _check_detector_kwargs(kwargs: dict, cls: type = FasterRCNN) -> None:
+    """A TypeError for a kwarg neither ``cls`` nor its transform takes (the transform would drop it)."""
+    unknown = sorted(set(kwargs) - _accepted_kwargs(cls) - {"self", "backbone", "kwargs"})
     if unknown:
         raise TypeError(f"build_detector() got an unexpected keyword argument '{unknown[0]}' "
-                        "(FasterRCNN and its transform do not take it either)")
+                        f"({cls.__name__} and its transform do not take it either)")
+
+
+def _detector_class(name: str) -> type:
+    return _DETECTOR_CLASSES[name.split("_")[0]]
+
+
+def _check_not_a_misspelt_detector(name: str) -> None:
+    """A ValueError naming the closest torchvision detectors for a name that starts like one but is none."""
+    bare = name.removeprefix("torchvision/")
+    if bare.split("_")[0] in _DETECTOR_CLASSES:
+        close = difflib.get_close_matches(bare, TORCHVISION_DETECTORS, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; torchvision's are {', '.join(TORCHVISION_DETECTORS)}"
+        raise ValueError(f"unknown detector name '{name}'{hint}")
+
+
+def _torchvision_detector(name: str, options: dict, anchor_sizes, aspect_ratios, strides, fpn_channels) -> nn.Module:
+    """torchvision's builder ``name``, random init; SSD/SSDlite keep their own fixed input size."""
+    cls = _detector_class(name)
+    if strides is not None or fpn_channels is not None:
+        raise ValueError(f"strides and fpn_channels shape the generic FPN; {name} has its own, remove them")
+    if anchor_sizes is not None:
+        if cls not in _RCNN:
+            raise ValueError(f"anchor_sizes sets the RPN anchors of an R-CNN; {name} ({cls.__name__}) has none, "
+                             "remove it")
+        options["rpn_anchor_generator"] = _anchor_generator(anchor_sizes, aspect_ratios)
+    if cls is SSD:
+        dropped = {key: options.pop(key) for key in ("min_size", "max_size")}
+        logger.info("%s resizes every image to its own fixed size; min_size/max_size %s do not apply", name, dropped)
+    return torchvision.models.get_model(name, weights=None, weights_backbone=None, **options)
 
 
 def build_detector(
@@ -257,14 +332,15 @@ def build_detector(
     anchor_sizes: Optional[Sequence[Sequence[int]]] = None,
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     **kwargs,
-) -> FasterRCNN:
-    """A Faster R-CNN (``num_classes`` counts the background) from a name or a spec dict of these arguments.
+) -> nn.Module:
+    """A detector (``num_classes`` counts the background) from a name or a spec dict of these arguments.
 
     ``backbone_checkpoint``: classifier weights for the body; ``checkpoint``: a whole detector (both
     weights_only, prefixes stripped). ``frozen_bn`` (default: when weights are loaded) makes the body's
     BatchNorm frozen; ``trainable_layers`` counts resolution stages from the deepest (default: 3 with
     weights, all without). ``strides``/``fpn_channels`` shape a generic FPN (default (4, 8, 16, 32), 256);
-    ``anchor_sizes`` gives one tuple per FPN map (levels + 'pool'). Other kwargs go to FasterRCNN.
+    ``anchor_sizes`` gives one tuple per FPN map (levels + 'pool'; R-CNNs only). Other kwargs go to the
+    detector class (FasterRCNN for a backbone name). The body options act on ``feature_extractor(model)``.
     """
     if isinstance(name, dict):
         spec = dict(name)
@@ -274,16 +350,13 @@ def build_detector(
         spec.setdefault("min_size", min_size)
         spec.setdefault("max_size", max_size)
         return build_detector(**spec)
-    _check_detector_kwargs(kwargs)
+    bare = name.removeprefix("torchvision/")
+    _check_detector_kwargs(kwargs, _detector_class(bare) if bare in TORCHVISION_DETECTORS else FasterRCNN)
     options = dict(num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
-    if name.removeprefix("torchvision/") in TORCHVISION_DETECTORS:
-        name = name.removeprefix("torchvision/")
-        if strides is not None or fpn_channels is not None:
-            raise ValueError(f"strides and fpn_channels shape the generic FPN; {name} has its own, remove them")
-        if anchor_sizes is not None:
-            options["rpn_anchor_generator"] = _anchor_generator(anchor_sizes, aspect_ratios)
-        model = torchvision.models.get_model(name, weights=None, weights_backbone=None, **options)
+    if bare in TORCHVISION_DETECTORS:
+        model = _torchvision_detector(bare, options, anchor_sizes, aspect_ratios, strides, fpn_channels)
     else:
+        _check_not_a_misspelt_detector(name)
         strides = tuple(strides or DEFAULT_STRIDES)
         backbone = build_fpn_backbone(name, strides, fpn_channels or 256)
         sizes = anchor_sizes or [(32 * 2 ** i,) for i in range(len(strides) + 1)]
@@ -291,10 +364,10 @@ def build_detector(
                            box_roi_pool=MultiScaleRoIAlign([str(i) for i in range(len(strides))], 7, 2), **options)
     pretrained = checkpoint is not None or backbone_checkpoint is not None
     if pretrained if frozen_bn is None else frozen_bn:
-        model.backbone.body = timm.layers.freeze_batch_norm_2d(model.backbone.body)
+        _set_feature_extractor(model, timm.layers.freeze_batch_norm_2d(feature_extractor(model)))
     if backbone_checkpoint:
-        _load_body_weights(model.backbone.body, backbone_checkpoint, backbone_checkpoint_prefix)
-    _freeze_stages(model.backbone.body, trainable_layers, pretrained)
+        _load_body_weights(feature_extractor(model), backbone_checkpoint, backbone_checkpoint_prefix)
+    _freeze_stages(feature_extractor(model), trainable_layers, pretrained, probe_size(fixed_input_size(model)))
     if checkpoint:
         _load_detector_weights(model, checkpoint, checkpoint_prefix)
     return model
