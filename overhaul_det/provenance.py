@@ -3,7 +3,7 @@ torch version and the CPU of a run.
 
 A recorded result is reused only while all six still hold (the same code rounds differently on
 another CPU); the commit is recorded for the reader, but the content decides, so a commit that
-changes only docs or tests, or adds a teacher another task loads, reruns nothing.
+changes only docs, tests or other configs, or adds a teacher another task loads, reruns nothing.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from typing import Dict, Iterator, List, Mapping, Optional
 __all__ = ["CODE_PATHS", "WEIGHT_SUFFIXES", "code_hash", "git_commit", "config_hash", "weights_hash", "cpu_model",
            "stamp", "stale_fields"]
 
-# What a training run executes besides its data and weights: the package, the configs, the install.
-CODE_PATHS = ("overhaul_det", "configs", "pyproject.toml")
+# What a training run executes besides its config, data and weights: the package and the install. The run's own
+# config (its ``_base_`` files merged) is ``config_hash``'s; editing or adding another config reruns nothing.
+CODE_PATHS = ("overhaul_det", "pyproject.toml")
 # A config's string values with these endings name weight files (teachers, backbones) the run loads.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 DECISIVE = ("code", "config", "weights", "threads", "torch", "cpu")
@@ -70,9 +71,13 @@ def _resolved(config_path: Path, options: Mapping[str, object]) -> dict:
     return cfg.to_dict()
 
 
+def _config_digest(resolved: dict) -> str:
+    return _digest([json.dumps(resolved, sort_keys=True, default=str).encode()])
+
+
 def config_hash(config_path: Path, options: Mapping[str, object]) -> str:
     """A hash of the config as mmengine resolves it (``_base_`` files merged) with ``options`` applied."""
-    return _digest([json.dumps(_resolved(config_path, options), sort_keys=True, default=str).encode()])
+    return _config_digest(_resolved(config_path, options))
 
 
 def _strings(tree) -> Iterator[str]:
@@ -89,7 +94,11 @@ def _strings(tree) -> Iterator[str]:
 def weights_hash(repo: Path, config_path: Path, options: Mapping[str, object]) -> str:
     """A hash of the weight files the resolved config names (paths relative to ``repo``, as configs
     write them): their names and bytes, a missing one by its name alone."""
-    names = sorted({s for s in _strings(_resolved(config_path, options)) if s.endswith(WEIGHT_SUFFIXES)})
+    return _weights_digest(repo, _resolved(config_path, options))
+
+
+def _weights_digest(repo: Path, resolved: dict) -> str:
+    names = sorted({s for s in _strings(resolved) if s.endswith(WEIGHT_SUFFIXES)})
 
     def chunks():
         for name in names:
@@ -116,9 +125,9 @@ def stamp(repo: Path, config_path: Path, options: Mapping[str, object], threads:
     hash, weights hash, threads, torch version, CPU model."""
     import torch
 
-    return dict(commit=git_commit(repo), code=code or code_hash(repo), config=config_hash(config_path, options),
-                weights=weights_hash(repo, config_path, options), threads=threads, torch=torch.__version__,
-                cpu=cpu_model())
+    resolved = _resolved(config_path, options)
+    return dict(commit=git_commit(repo), code=code or code_hash(repo), config=_config_digest(resolved),
+                weights=_weights_digest(repo, resolved), threads=threads, torch=torch.__version__, cpu=cpu_model())
 
 
 def stale_fields(recorded: Mapping[str, object], current: Mapping[str, object]) -> List[str]:

@@ -1,7 +1,7 @@
 """Run stamps: code and config hashes change with what a run executes, and nothing else."""
 from __future__ import annotations
 
-from overhaul_det.provenance import code_hash, config_hash, stale_fields, weights_hash
+from overhaul_det.provenance import code_hash, config_hash, stale_fields, stamp, weights_hash
 
 
 def test_code_hash_follows_the_code_only(tmp_path):
@@ -17,6 +17,9 @@ def test_code_hash_follows_the_code_only(tmp_path):
     (tmp_path / "checkpoints" / "README.md").write_text("how the teacher was trained\n")
     assert code_hash(tmp_path) == before
     (tmp_path / "checkpoints" / "teacher.safetensors").write_bytes(b"weights")  # weights_hash's business
+    assert code_hash(tmp_path) == before
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "another_task.py").write_text("model = dict(alpha=1)\n")  # config_hash's business
     assert code_hash(tmp_path) == before
     (tmp_path / "overhaul_det" / "ofd.py").write_text("alpha = 2\n")
     assert code_hash(tmp_path) != before
@@ -47,6 +50,17 @@ def test_config_hash_sees_bases_and_options(tmp_path):
     assert config_hash(config, {"model.alpha": 2}) != plain
     (tmp_path / "base.py").write_text("lr = 0.2\n")
     assert config_hash(config, {}) != plain
+
+
+def test_stamp_hashes_the_config_and_weights_as_the_single_functions_do(tmp_path):
+    config = tmp_path / "run.py"
+    config.write_text("model = dict(teacher=dict(checkpoint='t.safetensors'))\n")
+    (tmp_path / "t.safetensors").write_bytes(b"weights")
+    options = {"model.alpha": 3}
+    record = stamp(tmp_path, config, options, threads=2, code="c0de")
+    assert record["config"] == config_hash(config, options)
+    assert record["weights"] == weights_hash(tmp_path, config, options)
+    assert (record["code"], record["threads"]) == ("c0de", 2)
 
 
 def test_stale_fields_name_what_changed():

@@ -90,3 +90,13 @@ def test_cli_writes_only_the_requested_format(tmp_path):
 def test_bad_arguments_are_refused(tmp_path, kwargs):
     with pytest.raises(ValueError):
         make_scenes(tmp_path, num_images=1, **kwargs)
+
+
+def test_log_counts_objects_of_voc_only_scenes(tmp_path, fashion_files, caplog):
+    with caplog.at_level("INFO", logger="overhaul_det.datasets.scenes"):
+        make_scenes(tmp_path / "voc", "train", 3, SIZE, seed=0, fmt=("voc",), fashion_root=fashion_files)
+        make_scenes(tmp_path / "coco", "train", 3, SIZE, seed=0, fmt=("coco",), fashion_root=fashion_files)
+    summaries = [r.getMessage() for r in caplog.records if "objects ->" in r.getMessage()]
+    counts = [int(message.split(" objects")[0].rsplit(" ", 1)[1]) for message in summaries]
+    annotations = json.loads((tmp_path / "coco" / "annotations" / "instances_train.json").read_text())["annotations"]
+    assert counts == [len(annotations), len(annotations)] and counts[0] > 0

@@ -110,7 +110,11 @@ def test_the_pretrain_configs_classifier_exports_into_the_pretrained_students_ba
     assert cfg.model.teacher.checkpoint.endswith("_teacher_long.safetensors")
     assert {k: v for k, v in cfg.model.teacher.items() if k != "checkpoint"} == {
         k: v for k, v in teacher.model.student.items() if k != "backbone_checkpoint"}
-    assert cfg.model.data_preprocessor == teacher.model.data_preprocessor == pretrain.model.data_preprocessor
+    classifier_norm = [[round(v / 255, 3) for v in pretrain.model.data_preprocessor[k]] for k in ("mean", "std")]
+    for seg in (cfg, teacher):  # the scenes reach both networks normalised as the classifier's images were, once
+        for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            assert [seg[key].dataset.mean, seg[key].dataset.std] == classifier_norm
+        assert "mean" not in seg.model.data_preprocessor and "std" not in seg.model.data_preprocessor
     cfg.model.student.backbone_checkpoint = str(path)
     cfg.model.teacher = teacher.model.student
     if not (REPO / cfg.model.teacher.backbone_checkpoint).is_file():

@@ -105,3 +105,20 @@ def test_registry_build_and_class_defaults(scenes):
     assert voc_palette()[255 * 3:] == [224, 224, 192]
     with pytest.raises(ValueError, match="num_classes=5"):
         VOCSegmentation(str(scenes), classes=SCENE_CLASSES, num_classes=5)
+
+
+def _config(preprocessor, dataset_type="VOCSegmentation"):
+    from mmengine.config import Config
+
+    return Config(dict(model=dict(type="SegmentationDistiller", data_preprocessor=preprocessor),
+                       train_dataloader=dict(dataset=dict(type=dataset_type, mean=[0.286] * 3, std=[0.353] * 3))))
+
+
+def test_a_second_normalisation_of_voc_images_is_refused_by_name():
+    from overhaul_det.datasets.voc import check_normalised_once
+
+    with pytest.raises(ValueError, match=r"cfg\.py: model\.data_preprocessor normalises .*train_dataloader"):
+        check_normalised_once(_config(dict(type="ImgDataPreprocessor", mean=[72.93] * 3, std=[90.02] * 3)), "cfg.py")
+    check_normalised_once(_config(dict(type="ImgDataPreprocessor")), "cfg.py")
+    check_normalised_once(_config(dict(type="ImgDataPreprocessor", mean=[0.0] * 3, std=[1.0] * 3)), "cfg.py")
+    check_normalised_once(_config(dict(type="ImgDataPreprocessor", mean=[72.93] * 3), "FashionMNISTDataset"), "cfg.py")

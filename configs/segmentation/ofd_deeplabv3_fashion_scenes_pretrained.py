@@ -18,11 +18,14 @@ param_scheduler = [
     dict(type='PolyLR', power=0.9, eta_min=1e-4, by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(max_epochs=max_epochs)
-data_preprocessor = dict(type='ImgDataPreprocessor', mean=[72.93, 72.93, 72.93], std=[90.02, 90.02, 90.02])
+# VOCSegmentation normalises (model.data_preprocessor only stacks): Fashion-MNIST's mean and std, in [0, 1] units.
+fashion_mnist_norm = dict(mean=[0.286, 0.286, 0.286], std=[0.353, 0.353, 0.353])
+train_dataloader = dict(dataset=fashion_mnist_norm)
+val_dataloader = dict(dataset=fashion_mnist_norm)
+test_dataloader = dict(dataset=fashion_mnist_norm)
 default_hooks = dict(checkpoint=dict(interval=max_epochs))
 
 model = dict(
     teacher=dict(checkpoint='checkpoints/fashion_scenes_deeplabv3_resnet18_teacher_long.safetensors'),
     student=dict(backbone_checkpoint='checkpoints/fashionmnist_mobilenetv2_050.safetensors'),
-    data_preprocessor=data_preprocessor,
 )

@@ -12,7 +12,11 @@ _base_ = [
     '../_base_/schedules/segmentation_scenes_pretrained_16e.py',
     '../_base_/default_runtime.py',
 ]
-data_preprocessor = dict(type='ImgDataPreprocessor', mean=[72.93, 72.93, 72.93], std=[90.02, 90.02, 90.02])
+# VOCSegmentation normalises (model.data_preprocessor only stacks): Fashion-MNIST's mean and std, in [0, 1] units.
+fashion_mnist_norm = dict(mean=[0.286, 0.286, 0.286], std=[0.353, 0.353, 0.353])
+train_dataloader = dict(dataset=fashion_mnist_norm)
+val_dataloader = dict(dataset=fashion_mnist_norm)
+test_dataloader = dict(dataset=fashion_mnist_norm)
 default_hooks = dict(checkpoint=dict(interval={{_base_.max_epochs}}))
 
 model = dict(
@@ -22,5 +26,5 @@ model = dict(
                  backbone_checkpoint='checkpoints/fashionmnist_resnet18_teacher.safetensors'),
     num_classes={{_base_.num_classes}},
     ofd=dict(alpha=0),
-    data_preprocessor=data_preprocessor,
+    data_preprocessor={{_base_.data_preprocessor}},
 )

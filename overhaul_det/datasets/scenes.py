@@ -169,10 +169,12 @@ def make_scenes(
     split_key = zlib.crc32(split.encode())
     palette = voc_palette()
     coco_images, coco_annotations, voc_ids = [], [], []
+    num_objects = 0
     for index in range(num_images):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_key, index)))
         scene = _compose(rng, images, labels, image_size, min_objects, max_objects,
                          (float(scale_range[0]), float(scale_range[1])), mask_threshold, min_visible)
+        num_objects += len(scene.instances)
         picture = Image.fromarray(scene.image)
         if "coco" in fmt:
             file_name = f"{index:06d}.png"
@@ -198,7 +200,7 @@ def make_scenes(
     if "voc" in fmt:
         written["voc"] = out_dir / "ImageSets" / "Segmentation" / f"{split}.txt"
         _write_bytes(written["voc"], ("\n".join(voc_ids) + "\n").encode())
-    logger.info("scenes %s: %d images, %d objects -> %s", split, num_images, len(coco_annotations), out_dir)
+    logger.info("scenes %s: %d images, %d objects -> %s", split, num_images, num_objects, out_dir)
     return written
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..registry import DATASETS
 
-__all__ = ["VOCSegmentation", "VOC_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "voc_palette"]
+__all__ = ["VOCSegmentation", "VOC_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "voc_palette", "check_normalised_once"]
 
 logger = logging.getLogger(__name__)
 
@@ -222,3 +222,31 @@ class VOCSegmentation(BaseDataset):
         top = int(torch.randint(inputs.shape[1] - crop_h + 1, ()).item())
         left = int(torch.randint(inputs.shape[2] - crop_w + 1, ()).item())
         return inputs[:, top:top + crop_h, left:left + crop_w], gt_seg[top:top + crop_h, left:left + crop_w]
+
+
+def _normalises(preprocessor) -> bool:
+    """Whether a data preprocessor config changes its inputs' scale (a mean or std other than 0 and 1)."""
+    if not isinstance(preprocessor, dict):
+        return False
+    mean, std = preprocessor.get("mean"), preprocessor.get("std")
+    return any(m != 0 for m in mean or ()) or any(s != 1 for s in std or ())
+
+
+def check_normalised_once(cfg, source: str = "config") -> None:
+    """Refuse a config whose model preprocessor normalises the already normalised output of ``VOCSegmentation``.
+
+    The dataset subtracts its ``mean`` and divides by its ``std``; a second normalisation leaves the network
+    an almost constant input, on which training runs on to the all-background solution without an error.
+    """
+    preprocessor = (cfg.get("model") or {}).get("data_preprocessor")
+    if not _normalises(preprocessor):
+        return
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        dataset = (cfg.get(key) or {}).get("dataset") or {}
+        if dataset.get("type") in ("VOCSegmentation", VOCSegmentation):
+            raise ValueError(
+                f"{source}: model.data_preprocessor normalises (mean={preprocessor.get('mean')}, "
+                f"std={preprocessor.get('std')}) the images {key}'s VOCSegmentation already normalised; "
+                "normalise once: set the dataset's mean/std (in [0, 1] units, e.g. mean=[0.286]*3, std=[0.353]*3 "
+                "for Fashion-MNIST) and drop them from model.data_preprocessor"
+            )

@@ -18,6 +18,7 @@ import overhaul_det.engine  # noqa: F401  (safe loader, hooks, optim wrappers)
 import overhaul_det.evaluation  # noqa: F401  (registers metrics)
 import overhaul_det.tasks  # noqa: F401  (registers task models)
 from overhaul_det.datasets.classification import share_train_classes
+from overhaul_det.datasets.voc import check_normalised_once
 from overhaul_det.engine import install
 from overhaul_det.engine.checkpoint import load_checkpoint_file, load_state_into
 from overhaul_det.engine.logging_bridge import LoggingRunner
@@ -58,6 +59,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None, data_root: Option
     if data_root is not None:
         cfg.data_root = data_root
     validate_config(cfg, path)
+    check_normalised_once(cfg, path)
     fill_data_root(cfg, required=data_root is not None)
     resolve_repo_paths(cfg, path)
     _fit_workers(cfg)
