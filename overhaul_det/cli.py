@@ -34,7 +34,7 @@ def _test(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export_student
 
-    out = export_student(args.checkpoint, args.out, prefix=args.prefix)
+    out = export_student(args.checkpoint, args.out, prefix=args.prefix, dtype=args.dtype)
     sys.stdout.write(f"wrote {out}\n")
     return 0
 
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     test = sub.add_parser("test", help="evaluate a checkpoint")
     test.add_argument("config")
-    test.add_argument("checkpoint")
+    test.add_argument("checkpoint", help="a training checkpoint, or a student exported by `overhaul-det export`")
     test.add_argument("--work-dir")
     test.add_argument("--cfg-options", nargs="+", action=DictAction)
     test.add_argument("--data-root", help=DATA_ROOT_HELP)
@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint")
     export.add_argument("--out", required=True, help="student.safetensors or student.pth")
     export.add_argument("--prefix", help="key prefix of the student in the checkpoint (detected if omitted)")
+    export.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                        help="store floating-point weights in this dtype (default: as trained)")
     export.set_defaults(func=_export)
 
     taps = sub.add_parser("taps", help="print the OFD tap points of a timm/torchvision model")

@@ -10,7 +10,7 @@ import torch
 
 from .engine.checkpoint import load_checkpoint_file
 
-__all__ = ["STUDENT_PREFIXES", "student_state_dict", "export_student", "atomic_save"]
+__all__ = ["STUDENT_PREFIXES", "EXPORT_DTYPES", "student_state_dict", "export_student", "atomic_save"]
 
 STUDENT_PREFIXES = ("distiller.student.", "student_model.", "student.")
 
@@ -47,10 +47,19 @@ def atomic_save(write, path: os.PathLike) -> Path:
     return path
 
 
-def export_student(checkpoint_path: os.PathLike, out: os.PathLike, prefix: Optional[str] = None) -> Path:
-    """Write the student of ``checkpoint_path`` to ``out`` (.safetensors, or .pth/.pt)."""
+EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def export_student(checkpoint_path: os.PathLike, out: os.PathLike, prefix: Optional[str] = None,
+                   dtype: Optional[str] = None) -> Path:
+    """Write the student of ``checkpoint_path`` to ``out`` (.safetensors, or .pth/.pt); ``dtype`` (a key of
+    ``EXPORT_DTYPES``) casts its floating-point tensors (loading copies them back into a model's own dtype)."""
+    if dtype is not None and dtype not in EXPORT_DTYPES:
+        raise ValueError(f"dtype={dtype!r}; choose one of {sorted(EXPORT_DTYPES)}")
     state = student_state_dict(load_checkpoint_file(checkpoint_path), prefix)
-    state = {k: v.detach().clone().contiguous() for k, v in state.items()}
+    cast = EXPORT_DTYPES.get(dtype)
+    state = {k: (v.to(cast) if cast is not None and v.is_floating_point() else v).detach().clone().contiguous()
+             for k, v in state.items()}
     if str(out).endswith(".safetensors"):
         from safetensors.torch import save_file
 

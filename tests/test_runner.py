@@ -66,3 +66,32 @@ def test_base_dataset_configs_build_dataloaders_without_workers(tmp_path, base):
         loader = Runner.build_dataloader(dict(cfg[key], dataset=list(range(4))))
         assert loader.num_workers == 0 and not loader.persistent_workers
         assert next(iter(loader))
+
+
+@pytest.mark.usefixtures("fashion_data")
+def test_test_command_scores_a_float16_export(tmp_path, monkeypatch, capsys):
+    student = _ofd_checkpoint(tmp_path / "ofd.pth")
+    exported = tmp_path / "student.safetensors"
+    assert cli_main(["export", str(tmp_path / "ofd.pth"), "--out", str(exported), "--dtype", "float16"]) == 0
+    from safetensors.torch import load_file
+
+    stored = load_file(str(exported))
+    assert {str(v.dtype) for k, v in stored.items() if student[k].is_floating_point()} == {"torch.float16"}
+    assert all(stored[k].dtype == v.dtype for k, v in student.items() if not v.is_floating_point())
+    config = tmp_path / "config.py"
+    config.write_text(f"""
+_base_ = [{str(DEMO_CONFIG)!r}]
+test_dataloader = dict(batch_size=8, dataset=dict(num_samples=16))
+experiment_name = {tmp_path.name!r}
+""")
+    tested = []
+    run_test = Runner.test
+    monkeypatch.setattr(Runner, "test", lambda runner: tested.append(runner) or run_test(runner))
+    code = cli_main(["test", str(config), str(exported), "--work-dir", str(tmp_path / "work")])
+    assert code == 0, capsys.readouterr().err[-500:]
+    loaded = tested[0].model.student.state_dict()
+    assert all(loaded[k].dtype == v.dtype and torch.equal(loaded[k], v.half().to(v.dtype)) if v.is_floating_point()
+               else torch.equal(loaded[k], v) for k, v in student.items())
+    with pytest.raises(SystemExit):  # argparse names the choices
+        cli_main(["export", str(tmp_path / "ofd.pth"), "--out", str(exported), "--dtype", "float8"])
+    assert "invalid choice: 'float8'" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from overhaul_det.engine.logging_bridge import LoggingRunner
 from overhaul_det.engine.paths import DATALOADERS, fill_data_root, resolve_repo_paths
 from overhaul_det.engine.reliability import prepare_distributed
 from overhaul_det.engine.resume import prepare_resume
-from overhaul_det.export import student_state_dict
+from overhaul_det.export import STUDENT_PREFIXES, student_state_dict
 
 __all__ = ["load_config", "validate_config", "build_runner", "build_test_runner", "DictAction"]
 
@@ -115,10 +115,18 @@ def _student_only(model: dict) -> dict:
     return model
 
 
+def _student_weights(checkpoint: dict) -> dict:
+    """The student's part of a training checkpoint, or the whole of an exported (prefix-free) state_dict."""
+    state = checkpoint.get("state_dict", checkpoint)
+    if "state_dict" in checkpoint or any(key.startswith(STUDENT_PREFIXES) for key in state):
+        return student_state_dict(checkpoint)
+    return state
+
+
 def _load_student(model: nn.Module, checkpoint: str) -> None:
     """Load the student's weights strictly from a checkpoint of any method (``distiller.student.``
-    or ``student_model.`` keys)."""
-    state = student_state_dict(load_checkpoint_file(checkpoint))
+    or ``student_model.`` keys) or from a file ``overhaul-det export`` wrote."""
+    state = _student_weights(load_checkpoint_file(checkpoint))
     load_state_into(model.student, state, f"checkpoint {checkpoint}", "the config's student",
                     "test with the config the checkpoint was trained with")
 
