@@ -543,8 +543,6 @@ DETECTION_SIZE = 128
 SEGMENTATION_SIZE = 64
 TASK_NUM_CLASSES = 4
 NUM_KEYPOINTS = 17  # Keypoint R-CNN's default
-TORCHVISION_SEGMENTERS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
-                          "fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large")
 
 
 class TaskSection(NamedTuple):
@@ -562,10 +560,11 @@ class TaskSection(NamedTuple):
     description: Tuple[str, ...]
 
 
-def _detection_builders() -> List[str]:
+def _torchvision_builders(kind: str) -> List[str]:
+    """Every builder of ``torchvision.models.<kind>`` (``detection``, ``segmentation``), as torchvision lists them."""
     import torchvision
 
-    return torchvision.models.list_models(torchvision.models.detection)
+    return torchvision.models.list_models(getattr(torchvision.models, kind))
 
 
 def _detection_adapter(teacher: Dict, student: Dict):
@@ -625,7 +624,7 @@ def _segmentation_batch() -> Dict:
 DETECTION = TaskSection(
     name="detection",
     title="Detection: every torchvision detector as teacher and as student",
-    builders=_detection_builders,
+    builders=lambda: _torchvision_builders("detection"),
     spec=lambda builder: dict(name=builder),
     partner=dict(name="mobilenetv3_small_050", fpn_channels=32),
     adapter=_detection_adapter,
@@ -648,14 +647,15 @@ DETECTION = TaskSection(
 SEGMENTATION = TaskSection(
     name="segmentation",
     title="Segmentation: every torchvision segmenter as teacher and as student",
-    builders=lambda: TORCHVISION_SEGMENTERS,
+    builders=lambda: _torchvision_builders("segmentation"),
     spec=_segmentation_spec,
     partner=dict(backbone="timm/resnet18", channels=16),
     adapter=_segmentation_adapter,
     batch=_segmentation_batch,
     task_losses=lambda student: ("loss_ce", "loss_aux") if student.get("aux_loss") else ("loss_ce",),
     description=(
-        "Each torchvision segmenter, given to `SegmentationDistiller` by name (`dict(backbone=BUILDER)`, with",
+        "Each builder of `torchvision.models.list_models(torchvision.models.segmentation)`, given to",
+        "`SegmentationDistiller` by name (`dict(backbone=BUILDER)`, with",
         "`aux_loss=True` where torchvision's builder takes it) as the teacher of a small fixed student, then as the",
         "student of a small fixed teacher (the partner: `dict(backbone='timm/resnet18', channels=16)`, a DeepLabV3",
         f"over a timm ResNet18). Random init, CPU, one thread, {TASK_NUM_CLASSES} classes, "
