@@ -1,9 +1,9 @@
 # ofd_deeplabv3_fashion_scenes.py with a student that starts from classification weights, as students elsewhere start
 # from ImageNet's: timm mobilenetv2_050 trained on Fashion-MNIST
-# (configs/classification/pretrain_mobilenetv2_050_fashionmnist.py), and the 16-epoch teacher
-# (teacher_deeplabv3_resnet18_fashion_scenes_long.py). Both weight files are made by those configs first:
+# (configs/classification/pretrain_mobilenetv2_050_fashionmnist.py), and the DeepLabV3+ resnet18 teacher
+# (teacher_deeplabv3plus_resnet18_fashion_scenes.py). Both weight files are shipped; their configs make them:
 #   overhaul-det train configs/classification/pretrain_mobilenetv2_050_fashionmnist.py  (then its export)
-#   overhaul-det train configs/segmentation/teacher_deeplabv3_resnet18_fashion_scenes_long.py  (then its export)
+#   overhaul-det train configs/segmentation/teacher_deeplabv3plus_resnet18_fashion_scenes.py  (then its export)
 #   overhaul-det train configs/segmentation/ofd_deeplabv3_fashion_scenes_pretrained.py
 # Baseline: --cfg-options model.ofd.alpha=0
 # Schedule: the long teacher's (configs/_base_/schedules/segmentation_scenes_pretrained_16e.py: SGD 0.01, a
@@ -26,6 +26,6 @@ test_dataloader = dict(dataset=fashion_mnist_norm)
 default_hooks = dict(checkpoint=dict(interval=max_epochs))
 
 model = dict(
-    teacher=dict(checkpoint='checkpoints/fashion_scenes_deeplabv3_resnet18_teacher_long.safetensors'),
+    teacher=dict(decoder=True, checkpoint='checkpoints/fashion_scenes_deeplabv3plus_resnet18_teacher.safetensors'),
     student=dict(backbone_checkpoint='checkpoints/fashionmnist_mobilenetv2_050.safetensors'),
 )
