@@ -6,7 +6,7 @@
 #   overhaul-det train configs/segmentation/teacher_deeplabv3plus_resnet18_fashion_scenes.py  (then its export)
 #   overhaul-det train configs/segmentation/ofd_deeplabv3_fashion_scenes_pretrained.py
 # Baseline: --cfg-options model.ofd.alpha=0
-# Schedule: the long teacher's (configs/_base_/schedules/segmentation_scenes_pretrained_16e.py: SGD 0.01, a
+# Schedule: the teacher's (configs/_base_/schedules/segmentation_scenes_pretrained_16e.py: SGD 0.01, a
 # 100-iteration warm-up, poly over 16 epochs) rather than 8 epochs at 0.02 from the first step: a pretrained backbone
 # under a fresh head takes a smaller rate, and the head needs the iterations.
 # Inputs are normalised as the classifiers saw them (Fashion-MNIST's mean and std), for teacher and student alike.
