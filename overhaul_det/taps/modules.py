@@ -7,7 +7,7 @@ pre-activation points the FX path finds: such taps carry ``source='module'``."""
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
