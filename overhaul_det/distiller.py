@@ -21,7 +21,7 @@ from .taps import Tap, TapExtractor, attach_taps, capture_taps, find_taps
 from .taps.trace import sample_input
 from .teacher_mode import resolve_teacher_mode, teacher_autocast
 
-__all__ = ["FeatureDistiller", "pair_taps", "default_tap_weights", "loss_layout", "to_loss_layout"]
+__all__ = ["FeatureDistiller", "pair_taps", "default_tap_weights", "loss_layout", "to_loss_layout", "round_to_series"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,10 @@ TapSpec = Union[None, Sequence[Tap], Sequence[str]]
 # alpha='auto' sets the OFD term to this many times the task loss at the first iteration: at the
 # paper's own alphas it starts 17-68x the cross-entropy (tools/auto_alpha_ratio.py); the low end.
 AUTO_ALPHA_RATIO = 16.0
+# ... then rounded to the nearest value of the 1-3-10 series (1e-3, 3e-3, 1e-2, ...; nearest in log):
+# the first batch's noise moves the raw value by a few percent from seed to seed, and on the
+# classification demo that alone moved the final top-1 by up to 4 points (docs/results_classification_notes.md).
+AUTO_ALPHA_SERIES = (1.0, 3.0)
 MARGIN_MODES = ("auto", "bn", "data", "none")
 DISTANCES = ("partial_l2", "l2")
 
@@ -145,6 +149,13 @@ def _resolve_taps(model: nn.Module, spec: TapSpec, input_size, min_stride: int,
     return find_taps(model, input_size=input_size, nodes=list(spec), tracer_kwargs=tracer_kwargs)
 
 
+def round_to_series(value: float, series: Sequence[float] = AUTO_ALPHA_SERIES) -> float:
+    """The value of ``series`` x 10^k nearest to ``value`` > 0 in log scale (1-3-10: 0.0108 -> 0.01)."""
+    exponent = math.floor(math.log10(value))
+    candidates = [m * 10.0 ** e for e in (exponent - 1, exponent, exponent + 1) for m in series]
+    return min(candidates, key=lambda c: abs(math.log(c / value)))
+
+
 def _check_batch(x: Tensor, taps: Sequence[Tap], model: nn.Module, role: str) -> None:
     """Refuse a batch smaller than the deepest tap's stride: that tap would see a collapsed map."""
     deepest = max((t.stride for t in taps if not t.channel_last), default=1)
@@ -173,6 +184,8 @@ class FeatureDistiller(nn.Module):
     ``alpha_warmup=N`` ramps the weight linearly from ``alpha/N`` to ``alpha`` over the first N
     training forwards (counted in a buffer, so a resumed run continues the ramp): at the start
     the OFD term of a random student is tens of times the task loss and can drive it to chance.
+    ``alpha='auto'`` sets alpha at the first training iteration so that the OFD term is
+    ``alpha_ratio`` times the task loss, rounded to ``alpha_series`` x 10^k (None: unrounded).
     ``tracer_kwargs`` reaches the FX tracer of both models (``leaf_modules``, ``autowrap_functions``,
     ``autowrap_modules``, as in torchvision's feature extraction) for code FX cannot trace through.
     ``teacher_precision`` ('float32', 'auto', 'bfloat16', 'float16') and ``teacher_channels_last``
@@ -196,6 +209,7 @@ class FeatureDistiller(nn.Module):
         weights: Optional[Sequence[float]] = None,
         alpha: Union[float, str] = 1.0,
         alpha_ratio: float = AUTO_ALPHA_RATIO,
+        alpha_series: Optional[Sequence[float]] = AUTO_ALPHA_SERIES,
         margin: str = "auto",
         align: str = "interpolate",
         teacher_bn: str = "train",
@@ -240,6 +254,9 @@ class FeatureDistiller(nn.Module):
         self.weights = list(weights) if weights is not None else default_tap_weights(n)
         self.alpha = alpha
         self.alpha_ratio = alpha_ratio
+        if alpha_series is not None and (not alpha_series or not all(1 <= m < 10 for m in alpha_series)):
+            raise ValueError(f"alpha_series={alpha_series!r}; give mantissas in [1, 10), e.g. (1, 3), or None")
+        self.alpha_series = tuple(alpha_series) if alpha_series is not None else None
         if alpha == "auto":
             self.register_buffer("alpha_auto", torch.tensor(0.0, dtype=torch.float64))
         self.align = align
@@ -322,10 +339,11 @@ class FeatureDistiller(nn.Module):
         if not (ofd_sum > 0 and math.isfinite(ofd_sum) and math.isfinite(task_sum)):
             raise FloatingPointError(f"alpha='auto' cannot be set: OFD loss {ofd_sum}, task loss {task_sum} at the "
                                      "first iteration; give alpha a number")
-        self.alpha_auto.fill_(self.alpha_ratio * task_sum / ofd_sum)
-        logger.info("alpha='auto': alpha = %.4g, so that the OFD term (%.4g before weighting) is %g x the task loss "
-                    "(%.4g) at the first iteration; held fixed from here", float(self.alpha_auto), ofd_sum,
-                    self.alpha_ratio, task_sum)
+        raw = self.alpha_ratio * task_sum / ofd_sum
+        self.alpha_auto.fill_(round_to_series(raw, self.alpha_series) if self.alpha_series else raw)
+        logger.info("alpha='auto': alpha = %.4g (%.4g makes the OFD term, %.4g before weighting, %g x the task loss, "
+                    "%.4g, at the first iteration; rounded to the series %s x 10^k); held fixed from here",
+                    float(self.alpha_auto), raw, ofd_sum, self.alpha_ratio, task_sum, self.alpha_series)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:

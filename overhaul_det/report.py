@@ -15,15 +15,17 @@ __all__ = ["taps_table", "taps_main", "plot_taps"]
 
 
 def taps_table(model: torch.nn.Module, taps: Sequence[Tap]) -> str:
-    """A fixed-width table: node, shape, stride, feeding BN, activation, margin source and range."""
-    rows = [("node", "shape", "stride", "feeding BN", "activation", "margin")]
+    """A fixed-width table: node, source (an FX node before the activation, or a module's output where
+    FX cannot trace the model), shape, stride, feeding BN, activation, margin source and range."""
+    rows = [("node", "source", "shape", "stride", "feeding BN", "activation", "margin")]
     for tap in taps:
         if tap.norm:
             m = bn_margin(model.get_submodule(tap.norm))
             margin = f"bn [{m.min():.2f}, {m.max():.2f}]"
         else:
             margin = "data"
-        rows.append((tap.name, "x".join(map(str, tap.shape[1:])), str(tap.stride), tap.norm or "-",
+        source = "fx node" if tap.source == "fx" else "module output"
+        rows.append((tap.name, source, "x".join(map(str, tap.shape[1:])), str(tap.stride), tap.norm or "-",
                      tap.activation or "-", margin))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -40,6 +42,8 @@ def _margin(model: torch.nn.Module, tap: Tap, feature: torch.Tensor) -> torch.Te
 
 def _tap_context(tap: Tap) -> str:
     """What surrounds the tap: '<norm> -> [tap] -> <activation>', or the tokens' block output."""
+    if tap.source == "module":
+        return f"output of module {tap.module} (FX fallback)"
     if tap.layout == "tokens":
         return "block output (tokens), no activation after it"
     return f"{tap.norm or 'no norm'} -> [tap] -> {tap.activation or 'no activation'}"

@@ -322,7 +322,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("task", choices=sorted(TASKS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
-    parser.add_argument("--ablations", action="store_true", help="also the task's ablations (classification: the paper's four; detection: a smaller alpha)")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also the task's ablations: " + "; ".join(
+                            f"{task}: {', '.join(switches)}" for task, switches in TASK_ABLATIONS.items() if switches))
     parser.add_argument("--methods", nargs="+", help="a subset of the task's methods (runs can go in parallel)")
     parser.add_argument("--threads", type=_positive, nargs="+", default=[],
                         help="torch threads per run; several values run each (default: torch's own count)")

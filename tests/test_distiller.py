@@ -20,6 +20,7 @@ from overhaul_det import (
     pair_taps,
 )
 
+from overhaul_det.distiller import round_to_series
 from cifar_models import CifarResNet, WideResNet
 from conftest import assert_same_state, randomize_bn, snapshot_state
 
@@ -367,7 +368,8 @@ def _auto_step(distiller: FeatureDistiller, x: torch.Tensor, labels: torch.Tenso
 @pytest.mark.parametrize("warmup", [0, 4])
 def test_auto_alpha_sets_the_ofd_term_to_the_ratio_at_the_first_iteration(pair, warmup):
     teacher, student = pair
-    distiller = FeatureDistiller(teacher, student, input_size=SIZE, alpha="auto", alpha_warmup=warmup).train()
+    distiller = FeatureDistiller(teacher, student, input_size=SIZE, alpha="auto", alpha_warmup=warmup,
+                                 alpha_series=None).train()
     x, labels = _x(4), torch.tensor([0, 1, 2, 3])
     first, task = _auto_step(distiller, x, labels)
     ramp = 1 / warmup if warmup else 1.0
@@ -378,6 +380,34 @@ def test_auto_alpha_sets_the_ofd_term_to_the_ratio_at_the_first_iteration(pair, 
     out, losses = distiller(x)
     assert float(distiller.scale_to_task(losses["loss_ofd"], torch.tensor(100.0))) == pytest.approx(
         float(losses["loss_ofd"]) * alpha)
+
+
+def test_auto_alpha_is_rounded_to_the_series_by_default(pair):
+    teacher, student = pair
+    exact = FeatureDistiller(teacher, student, input_size=SIZE, alpha="auto", alpha_series=None).train()
+    rounded = FeatureDistiller(copy.deepcopy(teacher), copy.deepcopy(student), input_size=SIZE, alpha="auto").train()
+    x, labels = _x(4), torch.tensor([0, 1, 2, 3])
+    _auto_step(exact, x, labels)
+    _auto_step(rounded, x, labels)
+    raw = float(exact.alpha_auto)
+    assert float(rounded.alpha_auto) == pytest.approx(round_to_series(raw)) and float(rounded.alpha_auto) != raw
+
+
+@pytest.mark.parametrize("value,expected", [(0.0108, 0.01), (0.0096, 0.01), (7e-5, 1e-4), (5e-5, 3e-5),
+                                            (2e-3, 3e-3), (1.7e-3, 1e-3), (0.3, 0.3), (9, 10)])
+def test_round_to_series_is_nearest_in_log(value, expected):
+    assert round_to_series(value) == pytest.approx(expected)
+
+
+def test_round_to_series_takes_other_series():
+    assert round_to_series(0.0035, (1.0, 2.0, 5.0)) == pytest.approx(0.005)
+    assert round_to_series(0.0013, (1.0, 2.0, 5.0)) == pytest.approx(0.001)
+
+
+def test_auto_alpha_series_is_checked(pair):
+    for series in ((), (0.5, 3.0), (1.0, 30.0)):
+        with pytest.raises(ValueError, match="alpha_series="):
+            FeatureDistiller(*pair, input_size=SIZE, alpha="auto", alpha_series=series)
 
 
 def test_auto_alpha_resumes_from_its_buffer(make_model, pair):

@@ -262,7 +262,7 @@ def test_predict_takes_the_batch_as_forward_and_val_step_do(task):
 
 def test_alpha_auto_weights_loss_ofd_against_the_task_losses():
     model = ClassificationDistiller(teacher=dict(name="resnet18"), student=dict(name="timm/mobilenetv3_small_050"),
-                                    num_classes=10, ofd=dict(alpha="auto", input_size=(3, 32, 32))).train()
+                                    num_classes=10, ofd=dict(alpha="auto", alpha_series=None, input_size=(3, 32, 32))).train()
     inputs = torch.randn(4, 3, 32, 32)
     samples = [dict(gt_label=i) for i in range(4)]
     losses = model.loss(inputs, samples)

@@ -35,6 +35,8 @@ FAMILIES = [
     ("coat_lite_tiny", "timm", 64, {"img_size": 64}),  # sizes carried through every stage
     ("twins_svt_small", "timm", 64, {}),               # tokens <-> maps each stage, positional convs
     ("vit_tiny_r_s16_p8_224", "timm", 128, {"img_size": 128}),  # conv stem, then one ViT stride
+    ("vit_tiny_patch16_dinov3_qkvb", "timm", 64, {}),  # FX cannot trace (rotary): module taps
+    ("crossvit_tiny_240", "timm", 240, {}),            # two token branches, 2 stage ends: module taps
 ]
 
 

@@ -15,7 +15,7 @@ import inspect
 import logging
 import math
 from collections import OrderedDict
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -30,7 +30,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from .weights import load_state_dict_file, load_weights_into
+from .weights import classifier_key_candidates, load_state_dict_file, load_weights_into
 from .zoo import create_model, resolve_model_name
 
 __all__ = [
@@ -210,22 +210,11 @@ def build_fpn_backbone(name: str, strides: Sequence[int] = DEFAULT_STRIDES, fpn_
     return _timm_backbone(name, strides, fpn_channels)
 
 
-def _candidate_keys(key: str) -> Iterator[str]:
-    """Classifier keys that a body key may come from: itself, under 'features.' (torchvision
-    MobileNets), or with timm's flattening of nested sequences undone ('stages_1' for 'stages.1')."""
-    yield key
-    yield "features." + key
-    head, _, rest = key.partition(".")
-    for split in (head.partition("_"), head.rpartition("_")):
-        if split[1]:
-            yield f"{split[0]}.{split[2]}.{rest}"
-
-
 def _load_body_weights(body: nn.Module, path: str, prefix: Optional[str]) -> None:
     state = load_state_dict_file(path, prefix)
     matched, used, missing = {}, set(), []
     for key, value in body.state_dict().items():
-        source = next((c for c in _candidate_keys(key) if c in state and state[c].shape == value.shape), None)
+        source = next((c for c in classifier_key_candidates(key) if c in state and state[c].shape == value.shape), None)
         if source is not None:
             matched[key] = state[source]
             used.add(source)

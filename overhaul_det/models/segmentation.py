@@ -22,8 +22,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.models.segmentation.lraspp import LRASPPHead
 
 from ..taps import Tap, activation_name, applies_norm, find_taps, is_passthrough, qualified_name, trace
-from .detection import _candidate_keys
-from .weights import load_state_dict_file, load_weights_into
+from .weights import classifier_key_candidates, load_state_dict_file, load_weights_into
 from .zoo import create_model, resolve_model_name
 
 __all__ = [
@@ -235,7 +234,7 @@ def _load_backbone_weights(body: nn.Module, path: str, prefix: Optional[str], na
     matched: Dict[str, Tensor] = {}
     used, missing, wrong = set(), [], []
     for key, value in body.state_dict().items():
-        present = [c for c in _candidate_keys(key) if c in state]
+        present = [c for c in classifier_key_candidates(key) if c in state]
         source = next((c for c in present if state[c].shape == value.shape), None)
         if source is not None:
             matched[key] = state[source]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["UnsafeCheckpointError", "load_checkpoint_file", "load_state_dict_file", "load_weights_into",
+__all__ = ["UnsafeCheckpointError", "classifier_key_candidates", "load_checkpoint_file", "load_state_dict_file", "load_weights_into",
            "load_state_into"]
 
 
@@ -99,3 +99,15 @@ def load_state_into(model: torch.nn.Module, state: Dict[str, torch.Tensor], sour
             f"{source} does not match {what}: {len(missing)} missing keys (e.g. {missing[:3]}), "
             f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]}); {hint}"
         )
+
+
+def classifier_key_candidates(key: str) -> Iterator[str]:
+    """Classifier keys that a detector's or segmenter's body key may come from: itself, under
+    'features.' (torchvision MobileNets), or with timm's flattening of nested sequences undone
+    ('stages_1' for 'stages.1')."""
+    yield key
+    yield "features." + key
+    head, _, rest = key.partition(".")
+    for split in (head.partition("_"), head.rpartition("_")):
+        if split[1]:
+            yield f"{split[0]}.{split[2]}.{rest}"

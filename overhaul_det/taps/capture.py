@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from .discover import Tap
+from .modules import attach_module_taps, detach_module_taps
 from .predicates import ACTIVATION_FUNCTIONS, is_passthrough
+from .tap import Tap
 from .trace import closest_names, qualified_name, trace
 
 
@@ -144,11 +145,19 @@ def attach_taps(model: nn.Module, taps: Sequence[Tap],
 
     The forward is regenerated from the FX graph of each mode and bound to ``model`` itself,
     so state_dict keys, their order, and outputs stay as they were. Trace ``model`` with the
-    ``tracer_kwargs`` the taps were found with.
+    ``tracer_kwargs`` the taps were found with. Module taps (``source='module'``, the fallback for
+    models FX cannot trace) are captured by forward hooks instead; the forward is left as it is.
     """
+    sources = {t.source for t in taps}
+    if len(sources) > 1:
+        raise ValueError(f"taps {[t.name for t in taps]} mix FX nodes and module outputs; give taps of one source")
+    model._ofd_capture = _CaptureStore()
+    if sources == {"module"}:
+        attach_module_taps(model, taps, model._ofd_capture)
+        model._ofd_taps = tuple(taps)
+        return model
     names = [t.name for t in taps]
     functions = {}
-    model._ofd_capture = _CaptureStore()
     for training in (False, True):
         graph = trace(model, training=training, tracer_kwargs=tracer_kwargs)
         nodes = locate(graph, names, "train" if training else "eval")
@@ -165,7 +174,8 @@ def attach_taps(model: nn.Module, taps: Sequence[Tap],
 
 
 def detach_taps(model: nn.Module) -> nn.Module:
-    """Undo ``attach_taps``: the class's own forward is used again."""
+    """Undo ``attach_taps``: the class's own forward is used again, hooks are removed."""
+    detach_module_taps(model)
     for attribute in ("forward", "_ofd_capture", "_ofd_taps"):
         model.__dict__.pop(attribute, None)
     return model

@@ -4,38 +4,20 @@ collapse stages are refused."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, fx, nn
 
+from .modules import module_taps, named_module_taps, names_module
 from .predicates import (consumer_activation, cut_nodes, feeding_norm, in_layer_norm, input_dependent,
                          is_global_reduction, layout_of, not_a_feature, pre_activation, shape_of)
-from .trace import SampleRunError, closest_names, propagate_shapes, qualified_name, sample_input, trace
+from .tap import Tap
+from .trace import SampleRunError, TraceFailure, closest_names, propagate_shapes, qualified_name, sample_input, trace
 
 logger = logging.getLogger(__name__)
 
 
 REFERENCE_SIZE = 224
-
-
-@dataclass(frozen=True)
-class Tap:
-    """One tap point: the FX node, its feature shape and what feeds and consumes it."""
-
-    name: str
-    channels: int
-    stride: int
-    norm: Optional[str]
-    activation: Optional[str]
-    module: str = ""
-    shape: Tuple[int, ...] = ()
-    layout: str = "nchw"
-
-    @property
-    def channel_last(self) -> bool:
-        """True for tokens (N, L, C) and channel-last maps (N, H, W, C)."""
-        return self.layout != "nchw"
 
 
 def _block_id(node: fx.Node) -> str:
@@ -202,17 +184,35 @@ def find_taps(
     the (C, H, W) or (H, W) of the sample used to measure shapes and strides;
     ``position='post'`` takes the stage outputs after their activation (the paper's ablation);
     ``tracer_kwargs`` reaches the FX tracer (``leaf_modules``, ``autowrap_functions``, ...).
+
+    Where FX cannot trace ``model``, or finds fewer than three stage ends, the taps are the outputs of
+    the modules in timm's ``feature_info`` (``source='module'``: stage outputs, not pre-activation
+    points), and ``nodes`` names modules ('blocks.3', 'blocks.3[0]' for a tuple output's first).
     """
     if position not in ("pre", "post"):
         raise ValueError(f"position={position!r}; choose 'pre' (OFD) or 'post' (after the activation)")
-    graph = trace(model, tracer_kwargs=tracer_kwargs)
     sample = sample_input(model, input_size)
+    try:
+        graph = trace(model, tracer_kwargs=tracer_kwargs)
+    except TraceFailure as failure:
+        if nodes is not None:
+            return named_module_taps(model, nodes, sample)
+        fallback = module_taps(model, sample, min_stride)
+        if not fallback:
+            raise
+        logger.info("%s: %s; taps at the outputs of the modules in its feature_info instead (stage outputs, "
+                    "not pre-activation points): %s", type(model).__name__, failure.reason,
+                    [t.name for t in fallback])
+        return fallback
     if nodes is None:
         check_input_size(model, sample.shape, graph=graph, min_stride=min_stride)
     propagate_shapes(model, graph, sample)
     if nodes is not None:
         by_name = {qualified_name(n): n for n in graph.nodes}
         missing = [name for name in nodes if name not in by_name]
+        if len(missing) == len(nodes) and all(names_module(model, name) for name in nodes):
+            logger.info("%s: %s are modules, not graph nodes: taps at their outputs", type(model).__name__, nodes)
+            return named_module_taps(model, nodes, sample)
         if missing:
             valid = [qualified_name(n) for n in graph.nodes if layout_of(shape_of(n), sample) is not None]
             raise ValueError(
@@ -225,6 +225,13 @@ def find_taps(
     for end in _stage_ends(model, graph, sample, min_stride):
         node, activation = pre_activation(model, end) if position == "pre" else (end, None)
         taps.append(_make_tap(model, node, sample, activation))
+    if len(taps) < 3:
+        fallback = module_taps(model, sample, min_stride)
+        if len(fallback) > len(taps):
+            logger.info("%s: its graph has %d stage end(s) (strides %s); taps at the outputs of the modules in its "
+                        "feature_info instead (stage outputs, not pre-activation points): %s", type(model).__name__,
+                        len(taps), [t.stride for t in taps], [t.name for t in fallback])
+            return fallback
     if not taps:
         raise ValueError(
             f"no stage end of stride >= {min_stride} found in {type(model).__name__} "

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .capture import compile_graph, locate, make_consumers_out_of_place
-from .discover import Tap
+from .modules import ModuleTapRunner
 from .predicates import module_of
+from .tap import Tap
 from .trace import trace
 
 
@@ -42,13 +43,18 @@ class TapExtractor:
     """Runs a model only as far as its taps need and returns {tap name: tensor}.
 
     The model is not modified. With ``batch_stats=True`` every BatchNorm normalises with the
-    batch's statistics (OFD's teacher mode) and no running statistic is updated.
+    batch's statistics (OFD's teacher mode) and no running statistic is updated. Module taps
+    (``source='module'``) are read by forward hooks, the forward stopped after the last.
     """
 
     def __init__(self, model: nn.Module, taps: Sequence[Tap], batch_stats: bool = True,
                  tracer_kwargs: Optional[Dict[str, Sequence[Any]]] = None) -> None:
         self.model = model
         self.names = [t.name for t in taps]
+        if any(t.source == "module" for t in taps):
+            runner = ModuleTapRunner(model, taps, batch_stats)
+            self._fn = lambda module, *args, **kwargs: runner(*args, **kwargs)
+            return
         graph = trace(model, training=False, tracer_kwargs=tracer_kwargs)
         nodes = locate(graph, self.names, "eval")
         for node in nodes.values():

@@ -176,11 +176,12 @@ def _trace(model: nn.Module, training: bool, tracer: fx.Tracer) -> fx.Graph:
     try:
         return tracer.trace(model, concrete_args=_concrete_defaults(model) or None)
     except Exception as error:
-        raise ValueError(
+        raise TraceFailure(
             f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {error}. "
             "Pass a traceable part (e.g. the backbone, or model.backbone.body for a detector), "
             "or trace the failing submodule as one call: tracer_kwargs={'leaf_modules': [ItsClass]} "
-            "(find_taps, FeatureDistiller, or ofd=dict(tracer_kwargs=...) in a config, with dotted paths there)."
+            "(find_taps, FeatureDistiller, or ofd=dict(tracer_kwargs=...) in a config, with dotted paths there).",
+            reason=f"torch.fx cannot trace it ({type(error).__name__})",
         ) from error
     finally:
         model.train(was_training)
@@ -197,6 +198,14 @@ def sample_input(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tenso
         channels = first_conv.in_channels if first_conv is not None else 3
         input_size = (channels, *input_size)
     return torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+
+
+class TraceFailure(ValueError):
+    """torch.fx could not trace the model; ``reason`` says so in a few words."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SampleRunError(ValueError):
