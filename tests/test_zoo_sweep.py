@@ -179,3 +179,22 @@ def test_detection_only_runs_that_section_alone_and_the_report_keeps_each_sectio
     assert len(calls) == 8
     text = (tmp_path / "zoo.md").read_text()
     assert "(2/4 pass)" in text.split("## Segmentation")[0] and "(2/4 pass)" in text.split("## Segmentation")[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# Raising --max-params: models skipped under the lower bound run again, and the report says so until then.
+
+def test_models_skipped_under_a_lower_bound_run_again_and_are_reported_apart(tmp_path):
+    cache = tmp_path / "sweep.jsonl"
+    records = [dict(zoo="timm", name="small", status="ok", params=5e6, taps_ok=True, distil_ok=True),
+               dict(zoo="timm", name="mid", status="skipped", params=50e6, reason="50.0M parameters > bound"),
+               dict(zoo="timm", name="huge", status="skipped", params=300e6, reason="300.0M parameters > bound")]
+    cache.write_text("".join(json.dumps(r) + "\n" for r in records))
+    names = [("timm", "small"), ("timm", "mid"), ("timm", "huge")]
+    assert zoo_sweep.sweep_todo(names, cache, 30e6) == []
+    assert zoo_sweep.sweep_todo(names, cache, 100e6) == [("timm", "mid")]
+    out = tmp_path / "zoo.md"
+    zoo_sweep.write_report(zoo_sweep.read_cache(cache), out, 100e6)
+    assert "1/1 pass" in out.read_text() and "1 skipped by size; 1 within the bound not run yet" in out.read_text()
+    zoo_sweep.write_report(zoo_sweep.read_cache(cache), out, 30e6)
+    assert "2 skipped by size\n" in out.read_text()

@@ -233,7 +233,7 @@ def _worker(tasks: "mp.Queue", results: "mp.Queue", max_params: float, cap: int,
 
 def run_sweep(names: List[Tuple[str, str]], cache: Path, workers: int, max_params: float, cap: int, timeout: int,
               retry_failed: bool = False) -> None:
-    todo = _todo(names, read_cache(cache), _sweep_key, lambda name: name, retry_failed)
+    todo = sweep_todo(names, cache, max_params, retry_failed)
     logger.info("%d architectures, %d already in %s, %d to run", len(names), len(names) - len(todo), cache, len(todo))
     ctx = mp.get_context("spawn")
     tasks, results = ctx.Queue(), ctx.Queue()
@@ -276,6 +276,17 @@ def _todo(items: Sequence, records: Sequence[Dict], record_key: Callable[[Dict],
     return [item for item in items if item_key(item) not in done]
 
 
+def sweep_todo(names: List[Tuple[str, str]], cache: Path, max_params: float, retry_failed: bool = False) -> list:
+    """``names`` without a cached record; a model skipped by size under a lower bound runs again."""
+    records = [r for r in read_cache(cache) if not _below_bound(r, max_params)]
+    return _todo(names, records, _sweep_key, lambda name: name, retry_failed)
+
+
+def _below_bound(r: Dict, max_params: float) -> bool:
+    """A record skipped by size under a lower bound than ``max_params``: it runs again at this bound."""
+    return r["status"] == "skipped" and r.get("params", float("inf")) <= max_params
+
+
 def _sweep_key(r: Dict) -> Tuple[str, str]:
     return r["zoo"], r["name"]
 
@@ -305,11 +316,14 @@ def write_report(records: List[Dict], out: Path, max_params: float, pair_records
         tried = [r for r in records if r["zoo"] == zoo and r["status"] != "skipped"]
         ok = [r for r in tried if r["status"] == "ok"]
         skipped = [r for r in records if r["zoo"] == zoo and r["status"] == "skipped"]
+        not_run = [r for r in skipped if _below_bound(r, max_params)]
         through_modules = [r for r in ok if r.get("tap_source") == "module"]
         if tried:
             lines.append(f"- **{zoo}**: {len(ok)}/{len(tried)} pass ({100 * len(ok) / len(tried):.1f}%): "
                          f"{len(ok) - len(through_modules)} with FX taps, {len(through_modules)} with module taps; "
-                         f"{len(skipped)} skipped by size")
+                         f"{len(skipped) - len(not_run)} skipped by size"
+                         + (f"; {len(not_run)} within the bound not run yet (skipped under a lower bound: "
+                            f"run the sweep with this --max-params)" if not_run else ""))
     lines += ["", "| family | tried | taps found | module taps | rewrite exact | keys kept | distil ok |",
               "|---|---|---|---|---|---|---|"]
     for family in sorted(by_family):
