@@ -108,6 +108,20 @@ def test_ofd_loss_channel_last_equals_channel_first():
     torch.testing.assert_close(first, tokens, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("teacher_dtype", [torch.float32, torch.bfloat16])
+def test_ofd_loss_channels_last_teacher_is_read_in_the_students_layout(teacher_dtype):
+    s, t, m = random_case(torch.float32, shape=(2, 6, 5, 7))
+    t = t.detach().to(teacher_dtype)
+    t_last = t.contiguous(memory_format=torch.channels_last)
+    loss, grad, _ = _grad(ofd_loss, s, t, m)
+    s_last = s.detach().clone().requires_grad_(True)
+    loss_last = ofd_loss(s_last, t_last, m, overwrite_teacher=True)
+    loss_last.backward()
+    assert torch.equal(loss, loss_last.detach()) and torch.equal(grad, s_last.grad)
+    assert s_last.grad.is_contiguous()
+    assert torch.equal(t_last, t), "a teacher of another layout is copied into the student's, not overwritten"
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_ofd_loss_low_precision_student_float32_teacher(dtype):
     s, t, m = random_case(torch.float32)
