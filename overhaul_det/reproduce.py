@@ -35,10 +35,10 @@ TASKS = {
         methods=["baseline", "kd", "ofd", "ofd+kd", "ofd, bfloat16 teacher"]),
     "detection": dict(
         config="configs/detection/ofd_frcnn_fashion_scenes.py", metric="coco/bbox_mAP",
-        methods=["baseline", "ofd", "ofd, body+fpn"]),
+        methods=["baseline", "ofd", "ofd, body+fpn", "ofd, bfloat16 teacher"]),
     "segmentation": dict(
         config="configs/segmentation/ofd_deeplabv3_fashion_scenes_pretrained.py", metric="seg/mIoU",
-        methods=["baseline", "ofd"]),
+        methods=["baseline", "ofd", "ofd, bfloat16 teacher"]),
 }
 
 METHODS: Dict[str, Dict] = {
