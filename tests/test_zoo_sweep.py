@@ -7,6 +7,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import pytest
 _SPEC = importlib.util.spec_from_file_location("zoo_sweep", Path(__file__).parents[1] / "tools" / "zoo_sweep.py")
 zoo_sweep = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(zoo_sweep)
+sys.modules.setdefault("zoo_sweep", zoo_sweep)  # the sweep's worker processes import it by this name
 
 TINY = (
     zoo_sweep.Pair("CNN -> ViT", "timm/test_resnet", "timm/test_vit", 64, student_kwargs=(("img_size", 64),)),
@@ -198,3 +202,21 @@ def test_models_skipped_under_a_lower_bound_run_again_and_are_reported_apart(tmp
     assert "1/1 pass" in out.read_text() and "1 skipped by size; 1 within the bound not run yet" in out.read_text()
     zoo_sweep.write_report(zoo_sweep.read_cache(cache), out, 30e6)
     assert "2 skipped by size\n" in out.read_text()
+
+
+def _killed_on_second(zoo, name, max_params, cap, record):
+    """A model check whose process is killed on the model named 'second', as the OOM killer does."""
+    if name == "second":
+        os.kill(os.getpid(), signal.SIGKILL)
+    record.update(status="ok", params=1)
+
+
+def test_a_worker_killed_mid_check_fails_its_model_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "tools"))
+    cache = tmp_path / "sweep.jsonl"
+    names = [("timm", "first"), ("timm", "second"), ("timm", "third")]
+    zoo_sweep.run_sweep(names, cache, workers=1, max_params=1e9, cap=224, timeout=60, check=_killed_on_second)
+    records = {r["name"]: r for r in zoo_sweep.read_cache(cache)}
+    assert records["first"]["status"] == records["third"]["status"] == "ok"
+    assert records["second"]["status"] == "fail"
+    assert records["second"]["reason"].startswith("worker process died: SIGKILL (the kernel's out-of-memory killer")

@@ -215,46 +215,83 @@ def _run_check(record: Dict, timeout: int, check: Callable, *args) -> None:
     record["seconds"] = round(time.perf_counter() - start, 2)
 
 
-def _worker(tasks: "mp.Queue", results: "mp.Queue", max_params: float, cap: int, timeout: int) -> None:
+def _worker(todo: Sequence[Tuple[str, str]], current: "mp.Value", tasks: "mp.Queue", results: "mp.SimpleQueue",
+            max_params: float, cap: int, timeout: int, check: Callable) -> None:
+    """Run ``check`` on the items of ``todo`` whose indices come from ``tasks``; ``current`` holds the
+    index being checked (shared memory, so it survives the worker being killed)."""
     import torch
 
     torch.set_num_threads(1)
     logging.disable(logging.WARNING)
     signal.signal(signal.SIGALRM, _alarm)
     while True:
-        item = tasks.get()
-        if item is None:
+        index = tasks.get()
+        if index is None:
             return
-        zoo, name = item
+        zoo, name = todo[index]
+        current.value = index
         record: Dict = dict(zoo=zoo, name=name)
-        _run_check(record, timeout, check_model, zoo, name, max_params, cap, record)
+        _run_check(record, timeout, check, zoo, name, max_params, cap, record)
         results.put(record)
 
 
+def _died(exitcode: int) -> str:
+    """The reason recorded for a model whose worker process ended in the middle of its check."""
+    signal_name = signal.Signals(-exitcode).name if exitcode < 0 else f"exit code {exitcode}"
+    hint = " (the kernel's out-of-memory killer, most likely: run it alone with --workers 1)" \
+        if exitcode == -signal.SIGKILL else ""
+    return f"worker process died: {signal_name}{hint}"
+
+
 def run_sweep(names: List[Tuple[str, str]], cache: Path, workers: int, max_params: float, cap: int, timeout: int,
-              retry_failed: bool = False) -> None:
+              retry_failed: bool = False, check: Callable = check_model) -> None:
+    """Check every model of ``names`` not yet in ``cache`` on ``workers`` processes, appending each record
+    as it comes. A worker that dies (e.g. killed for memory) fails its model with the reason and is replaced."""
     todo = sweep_todo(names, cache, max_params, retry_failed)
     logger.info("%d architectures, %d already in %s, %d to run", len(names), len(names) - len(todo), cache, len(todo))
     ctx = mp.get_context("spawn")
-    tasks, results = ctx.Queue(), ctx.Queue()
-    for item in todo:
-        tasks.put(item)
-    procs = [ctx.Process(target=_worker, args=(tasks, results, max_params, cap, timeout), daemon=True)
-             for _ in range(workers)]
-    for p in procs:
+    # results: a SimpleQueue writes each record before the worker goes on, so a worker killed later loses none
+    tasks, results = ctx.Queue(), ctx.SimpleQueue()
+    for index in range(len(todo)):
+        tasks.put(index)
+
+    def start_worker() -> Tuple["mp.Process", "mp.Value"]:
+        current = ctx.Value("i", -1, lock=False)
+        proc = ctx.Process(target=_worker, daemon=True,
+                           args=(todo, current, tasks, results, max_params, cap, timeout, check))
         tasks.put(None)
-        p.start()
+        proc.start()
+        return proc, current
+
+    slots = [start_worker() for _ in range(workers)]
+    pending = {_sweep_key(dict(zoo=zoo, name=name)) for zoo, name in todo}
     start = time.perf_counter()
     with cache.open("a") as out:
-        for i in range(len(todo)):
-            record = results.get()
+        def write(record: Dict) -> None:
+            pending.discard(_sweep_key(record))
             out.write(json.dumps(record) + "\n")
             out.flush()
-            rate = (time.perf_counter() - start) / (i + 1)
-            logger.info("[%d/%d] %s %s: %s (eta %.0f min)", i + 1, len(todo), record["zoo"], record["name"],
-                        record["status"], rate * (len(todo) - i - 1) / 60)
-    for p in procs:
-        p.join()
+            done = len(todo) - len(pending)
+            logger.info("[%d/%d] %s %s: %s (eta %.0f min)", done, len(todo), record["zoo"], record["name"],
+                        record["status"], (time.perf_counter() - start) / done * len(pending) / 60)
+
+        while pending:
+            if not results.empty():
+                write(results.get())
+                continue
+            for i, (proc, current) in enumerate(slots):
+                if proc.exitcode in (None, 0):
+                    continue
+                if current.value >= 0 and _sweep_key(dict(zip(("zoo", "name"), todo[current.value]))) in pending:
+                    zoo, name = todo[current.value]
+                    write(dict(zoo=zoo, name=name, status="fail", reason=_died(proc.exitcode)))
+                slots[i] = start_worker()
+            if all(proc.exitcode is not None for proc, _ in slots) and results.empty():
+                logger.warning("%d models never reported: %s", len(pending), sorted(pending))
+                break
+            time.sleep(0.5)
+    for proc, _ in slots:
+        proc.join()
 
 
 def _read_keyed(cache: Path, key: Callable[[Dict], Hashable]) -> List[Dict]:
