@@ -264,7 +264,7 @@ def run_sweep(names: List[Tuple[str, str]], cache: Path, workers: int, max_param
         return proc, current
 
     slots = [start_worker() for _ in range(workers)]
-    pending = {_sweep_key(dict(zoo=zoo, name=name)) for zoo, name in todo}
+    pending = {tuple(item) for item in todo}
     start = time.perf_counter()
     with cache.open("a") as out:
         def write(record: Dict) -> None:
@@ -282,7 +282,7 @@ def run_sweep(names: List[Tuple[str, str]], cache: Path, workers: int, max_param
             for i, (proc, current) in enumerate(slots):
                 if proc.exitcode in (None, 0):
                     continue
-                if current.value >= 0 and _sweep_key(dict(zip(("zoo", "name"), todo[current.value]))) in pending:
+                if current.value >= 0 and tuple(todo[current.value]) in pending:
                     zoo, name = todo[current.value]
                     write(dict(zoo=zoo, name=name, status="fail", reason=_died(proc.exitcode)))
                 slots[i] = start_worker()
