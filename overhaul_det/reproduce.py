@@ -32,13 +32,13 @@ TASKS = {
     "classification": dict(
         config="configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py",
         metric="accuracy/top1", teacher_config="configs/classification/teacher_resnet18_fashionmnist.py",
-        methods=["baseline", "kd", "ofd", "ofd+kd", "ofd, bfloat16 teacher"]),
+        methods=["baseline", "kd", "ofd", "ofd+kd", "ofd, float32 teacher"]),
     "detection": dict(
         config="configs/detection/ofd_frcnn_fashion_scenes.py", metric="coco/bbox_mAP",
-        methods=["baseline", "ofd", "ofd, body+fpn", "ofd, bfloat16 teacher"]),
+        methods=["baseline", "ofd", "ofd, body+fpn", "ofd, float32 teacher"]),
     "segmentation": dict(
         config="configs/segmentation/ofd_deeplabv3_fashion_scenes_pretrained.py", metric="seg/mIoU",
-        methods=["baseline", "ofd", "ofd, bfloat16 teacher"]),
+        methods=["baseline", "ofd", "ofd, float32 teacher"]),
 }
 
 METHODS: Dict[str, Dict] = {
@@ -46,8 +46,8 @@ METHODS: Dict[str, Dict] = {
     "kd": {"model.ofd.alpha": 0, "model.kd_weight": 1.0},
     "ofd": {},
     "ofd+kd": {"model.kd_weight": 1.0},
-    # the teacher in bfloat16 (teacher_precision='auto' on CPUs and GPUs that run it natively)
-    "ofd, bfloat16 teacher": {"model.ofd.teacher_precision": "bfloat16"},
+    # the teacher as trained, whatever the device runs natively ('ofd' takes teacher_precision='auto')
+    "ofd, float32 teacher": {"model.ofd.teacher_precision": "float32"},
     # detection: the teacher's FPN outputs tapped besides its body's stage ends, alpha chosen against the task loss
     "ofd, body+fpn": {"model.feature_levels": "body+fpn", "model.ofd.alpha": "auto"},
 }
@@ -168,7 +168,7 @@ def _plot_alpha(task: str, results: List[Dict], metric: str, own_alpha: float, p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = _summary(results)
+    summary, digits = _summary(results), _digits(results)
     grid = sorted((float(m.split()[1]), m) for m in summary if m.startswith("alpha ") and m != "alpha auto")
     grid = sorted(grid + [(own_alpha, "ofd")] * ("ofd" in summary))
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -177,11 +177,11 @@ def _plot_alpha(task: str, results: List[Dict], metric: str, own_alpha: float, p
     if "baseline" in summary:
         base = summary["baseline"]
         ax.axhspan(base["mean"] - base["std"], base["mean"] + base["std"], color="grey", alpha=0.25,
-                   label=f"baseline {base['mean']:.2f} ± {base['std']:.2f}")
+                   label=f"baseline {base['mean']:.{digits}f} ± {base['std']:.{digits}f}")
     auto = [r for r in results if r["method"] == "alpha auto" and "alpha_auto" in r]
     if auto:
         ax.scatter([r["alpha_auto"] for r in auto], [r["final"] for r in auto], marker="*", s=120, color="C3",
-                   zorder=3, label=f"alpha='auto' (mean {summary['alpha auto']['mean']:.2f})")
+                   zorder=3, label=f"alpha='auto' (mean {summary['alpha auto']['mean']:.{digits}f})")
     ax.set_xscale("log")
     ax.set_xlabel("alpha")
     ax.set_ylabel(f"final test {metric}")
@@ -279,7 +279,7 @@ def _markdown(report: Dict, command: str, plot: str) -> str:
              f"options, history, wall time, thread count and stamp: `results_{report['task']}.json`); metric: test "
              f"`{report['metric']}` after the last epoch.", "",
              "| method | mean ± std | runs (seed/threads) | mean time (s) |", "|---|---|---|---|"]
-    digits = 4 if all(r["final"] <= 1 for r in report["results"]) else 2
+    digits = _digits(report["results"])
     for method, s in report["summary"].items():
         mine = [r for r in report["results"] if r["method"] == method]
         runs = ", ".join(f"{r['final']:.{digits}f} (s{r['seed']}/{r.get('threads', '?')}t)" for r in mine)
@@ -294,6 +294,11 @@ def _markdown(report: Dict, command: str, plot: str) -> str:
     if any(r["method"].startswith("alpha ") for r in report["results"]):
         lines += [f"![{report['task']} against alpha](results_{report['task']}_alpha.png)", ""]
     return "\n".join(lines)
+
+
+def _digits(results: List[Dict]) -> int:
+    """Decimals that show a metric's runs apart: 4 for fractions (mAP, mIoU), 2 for percentages."""
+    return 4 if all(r["final"] <= 1 for r in results) else 2
 
 
 def _paired_lines(results: List[Dict], digits: int) -> List[str]:
