@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from overhaul_det.datasets import fashion_mnist as fashion_mnist_module
 from overhaul_det.datasets.fashion_mnist import debian_dir, default_root, load_fashion_mnist_arrays
 
 RAW_IMAGES = "FashionMNIST/raw/train-images-idx3-ubyte"
@@ -17,6 +18,27 @@ def test_debian_files_are_unpacked_into_the_cache(fashion_files, tmp_path, monke
     assert labels.bincount().tolist() == [30] * 10
     expected_images, expected_labels = load_fashion_mnist_arrays(train=True, root=fashion_files)
     assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+
+
+def test_a_second_unpacking_that_finishes_first_does_not_break_the_first(fashion_files, tmp_path, monkeypatch):
+    """Two trainings started together on a new machine both unpack; the one that finishes first must
+    not take the other's half-unpacked files from under it."""
+    monkeypatch.setenv("OVERHAUL_DET_DEBIAN_DATA", str(fashion_files / "debian"))
+    monkeypatch.setenv("OVERHAUL_DET_DATA", str(tmp_path))
+    extract = fashion_mnist_module.extract_archive
+    raced = []
+
+    def extract_while_another_process_unpacks(source, target):
+        if not raced:
+            raced.append(source)
+            assert fashion_mnist_module._unpack_debian(tmp_path)
+        return extract(source, target)
+
+    monkeypatch.setattr(fashion_mnist_module, "extract_archive", extract_while_another_process_unpacks)
+    images, _ = load_fashion_mnist_arrays(train=True)
+    assert raced and images.shape == (300, 28, 28)
+    assert (tmp_path / RAW_IMAGES).read_bytes() == (fashion_files / RAW_IMAGES).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "FashionMNIST" / "raw").iterdir() if p.name.startswith(".")) == []
 
 
 def test_empty_folders_fail_naming_both_variables(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -47,8 +48,9 @@ def _unpack_debian(root: Path) -> bool:
     debian = debian_dir()
     if not all((debian / f"{name}.gz").exists() for name in _FILES):
         return False
-    partial = raw / ".partial"
-    partial.mkdir(parents=True, exist_ok=True)
+    raw.mkdir(parents=True, exist_ok=True)
+    # A folder of this process's own: trainings started together unpack side by side, each file lands whole.
+    partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=raw))
     for name in _FILES:
         if not (raw / name).exists():
             extract_archive(str(debian / f"{name}.gz"), str(partial))
