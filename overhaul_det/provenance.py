@@ -108,15 +108,30 @@ def _weights_digest(repo: Path, resolved: dict) -> str:
     return _digest(chunks())
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+def _cpuinfo() -> Dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (empty where there is none)."""
+    fields: Dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU: model name, family and model (one name covers generations apart, e.g. "AMD EPYC") and
+    the instruction set torch's kernels dispatch to (AVX2 and AVX512 round differently), e.g.
+    "AMD EPYC (family 25, model 1; torch AVX2)"."""
+    import torch
+
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine() or "unknown"
+    generation = f"family {info['cpu family']}, model {info['model']}; " if "cpu family" in info and "model" in info else ""
+    return f"{name} ({generation}torch {torch.backends.cpu.get_cpu_capability()})"
 
 
 def stamp(repo: Path, config_path: Path, options: Mapping[str, object], threads: int,

@@ -51,6 +51,8 @@ def _fake_training(calls):
     """Stands in for the training subprocess: records the call, writes a one-epoch scalar log."""
     def run(command, log_path, threads):
         calls.append((command, str(threads)))
+        log_path.write_text("2026-11-30 00:00:00,000 INFO teacher ResNet on cpu runs in bfloat16, channels-last "
+                            "(teacher_precision='auto')\n")
         work_dir = command[command.index("--work-dir") + 1]
         log = reproduce.Path(work_dir) / "20261130_000000" / "vis_data" / "scalars.json"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +66,7 @@ def test_a_run_is_reused_only_while_its_stamp_holds(tmp_path, monkeypatch):
     first = reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de")
     assert calls[0][1] == "1" and first["threads"] == 1 and first["final"] == 71.0
     assert set(first["provenance"]) == {"commit", "code", "config", "weights", "threads", "torch", "cpu"}
+    assert first["teacher"] == "bfloat16, channels-last"  # what 'auto' resolved to, from the distiller's log line
     assert reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de") == first  # reused
     assert len(calls) == 1
 
@@ -78,6 +81,12 @@ def test_a_run_is_reused_only_while_its_stamp_holds(tmp_path, monkeypatch):
     assert len(calls) == 3 and calls[-1][1] == "2"
     reproduce._run("classification", "ofd", {"model.ofd.alpha": 0.1}, 0, 1, tmp_path, epochs=1, code="c0de")  # other config
     assert len(calls) == 4
+
+
+def test_a_run_without_a_teacher_records_none(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("INFO Epoch(train) [1][10/40] loss: 0.5\nINFO student runs in eval mode\n")
+    assert reproduce._teacher_mode(log) is None
 
 
 def test_a_training_gets_its_thread_count(tmp_path):
