@@ -220,3 +220,21 @@ def test_a_worker_killed_mid_check_fails_its_model_and_the_sweep_goes_on(tmp_pat
     assert records["first"]["status"] == records["third"]["status"] == "ok"
     assert records["second"]["status"] == "fail"
     assert records["second"]["reason"].startswith("worker process died: SIGKILL (the kernel's out-of-memory killer")
+
+
+def _reports_then_dies(todo, current, tasks, results, max_params, cap, timeout, check):
+    """A worker killed right after it sent its record, before it took the next model."""
+    index = tasks.get()
+    current.value = index
+    zoo, name = todo[index]
+    results.put(dict(zoo=zoo, name=name, status="ok", params=1))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_record_sent_before_the_worker_died_is_kept_not_failed(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo_sweep, "_worker", _reports_then_dies)
+    cache = tmp_path / "sweep.jsonl"
+    zoo_sweep.run_sweep([("timm", "first"), ("timm", "second")], cache, workers=1, max_params=1e9, cap=224,
+                        timeout=60)
+    lines = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert [(r["name"], r["status"]) for r in lines] == [("first", "ok"), ("second", "ok")]

@@ -276,17 +276,17 @@ def run_sweep(names: List[Tuple[str, str]], cache: Path, workers: int, max_param
                         record["status"], (time.perf_counter() - start) / done * len(pending) / 60)
 
         while pending:
-            if not results.empty():
+            dead = [i for i, (proc, _) in enumerate(slots) if proc.exitcode not in (None, 0)]
+            # Drained after the deaths were seen: a record a worker sent before it died is read, not failed.
+            while not results.empty():
                 write(results.get())
-                continue
-            for i, (proc, current) in enumerate(slots):
-                if proc.exitcode in (None, 0):
-                    continue
+            for i in dead:
+                proc, current = slots[i]
                 if current.value >= 0 and tuple(todo[current.value]) in pending:
                     zoo, name = todo[current.value]
                     write(dict(zoo=zoo, name=name, status="fail", reason=_died(proc.exitcode)))
                 slots[i] = start_worker()
-            if all(proc.exitcode is not None for proc, _ in slots) and results.empty():
+            if pending and all(proc.exitcode is not None for proc, _ in slots) and results.empty():
                 logger.warning("%d models never reported: %s", len(pending), sorted(pending))
                 break
             time.sleep(0.5)
