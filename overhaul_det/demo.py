@@ -15,7 +15,9 @@ from typing import Dict, List, Optional
 import torch
 from mmengine.config import Config
 
+from .cpuinfo import cpu_model
 from .engine.history import read_val_history
+from .engine.hooks import find_distiller
 from .engine.runner import build_runner, load_config
 from .export import export_student
 from .provenance import git_commit
@@ -58,7 +60,9 @@ def _train_student(work_dir: Path, name: str, alpha: float, teacher: Path, epoch
     runner.train()
     seconds = time.perf_counter() - start
     history = read_val_history(Path(runner.work_dir), "accuracy/top1")
-    return dict(method=name, top1=history[-1], history=history, seconds=seconds, alpha=alpha)
+    distiller = find_distiller(runner.model)
+    teacher_mode = ", ".join(sorted(set(distiller.teacher_runs_in.values()))) if distiller else None
+    return dict(method=name, top1=history[-1], history=history, seconds=seconds, alpha=alpha, teacher=teacher_mode)
 
 
 def _plot(results: List[Dict], teacher_top1: float, path: Path) -> None:
@@ -85,7 +89,8 @@ def _plot(results: List[Dict], teacher_top1: float, path: Path) -> None:
 def _table(teacher_top1: float, teacher_seconds: float, results: List[Dict], trained: bool) -> str:
     label = "teacher resnet18 (trained, tested)" if trained else "teacher resnet18 (shipped, tested)"
     rows = [("model", "top-1 (%)", "time (s)"), (label, f"{teacher_top1:.2f}", f"{teacher_seconds:.0f}")]
-    rows += [(f"{r['method']} student", f"{r['top1']:.2f}", f"{r['seconds']:.0f}") for r in results]
+    rows += [(f"{r['method']} student" + (f" ({r['teacher']} teacher)" if r.get("teacher") else ""), f"{r['top1']:.2f}",
+              f"{r['seconds']:.0f}") for r in results]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -111,11 +116,11 @@ def run_demo(work_dir: str = "work_dirs/demo", epochs: Optional[int] = None, ret
     ofd = _train_student(out, "ofd", alpha, TEACHER_CHECKPOINT, epochs)
     results = [baseline, ofd]
     _plot(results, teacher_top1, out / "demo_accuracy.png")
-    origin = dict(commit=git_commit(REPO), torch=torch.__version__, threads=torch.get_num_threads(),
+    origin = dict(commit=git_commit(REPO), torch=torch.__version__, cpu=cpu_model(), threads=torch.get_num_threads(),
                   seed=load_config(str(STUDENT_CONFIG)).randomness.seed)
     summary = dict(teacher_top1=teacher_top1, results=results, total_seconds=time.perf_counter() - start, **origin)
     (out / "demo_results.json").write_text(json.dumps(summary, indent=2))
     sys.stdout.write("\n" + _table(teacher_top1, teacher_seconds, results, trained) + "\n")
-    sys.stdout.write("commit {commit}, torch {torch}, {threads} thread(s), seed {seed}\n".format(**origin))
+    sys.stdout.write("commit {commit}, torch {torch}, {cpu}, {threads} thread(s), seed {seed}\n".format(**origin))
     sys.stdout.write(f"plot: {out / 'demo_accuracy.png'}   results: {out / 'demo_results.json'}\n")
     return 0

@@ -19,7 +19,7 @@ from .ofd import (DataMarginEstimator, Regressor, TokenRegressor, bn_margin, mar
                   ofd_loss_reference)
 from .taps import Tap, TapExtractor, attach_taps, capture_taps, find_taps
 from .taps.trace import sample_input
-from .teacher_mode import resolve_teacher_mode, teacher_autocast
+from .teacher_mode import describe_teacher_mode, resolve_teacher_mode, teacher_autocast
 
 __all__ = ["FeatureDistiller", "pair_taps", "default_tap_weights", "loss_layout", "to_loss_layout", "round_to_series"]
 
@@ -400,10 +400,14 @@ class FeatureDistiller(nn.Module):
             if channels_last:
                 self.teacher.to(memory_format=torch.channels_last)
             self._teacher_mode[device] = dtype, channels_last
-            logger.info("teacher %s on %s runs in %s%s (teacher_precision=%r)", type(self.teacher).__name__, device,
-                        str(dtype).replace("torch.", ""), ", channels-last" if channels_last else "",
-                        self.teacher_precision)
+            logger.info("teacher %s on %s runs in %s (teacher_precision=%r)", type(self.teacher).__name__, device,
+                        describe_teacher_mode(dtype, channels_last), self.teacher_precision)
         return self._teacher_mode[device]
+
+    @property
+    def teacher_runs_in(self) -> Dict[str, str]:
+        """How the teacher has run, per device: {'cpu': 'bfloat16, channels-last'}; empty before its first forward."""
+        return {str(device): describe_teacher_mode(*mode) for device, mode in self._teacher_mode.items()}
 
     @contextlib.contextmanager
     def capture_student(self) -> Iterator[Dict[str, Tensor]]:

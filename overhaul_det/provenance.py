@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import subprocess
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional
+
+from .cpuinfo import cpu_model
 
 __all__ = ["CODE_PATHS", "WEIGHT_SUFFIXES", "code_hash", "git_commit", "config_hash", "weights_hash", "cpu_model",
            "stamp", "stale_fields"]
@@ -106,32 +107,6 @@ def _weights_digest(repo: Path, resolved: dict) -> str:
             yield name.encode() + b"\0"
             yield path.read_bytes() if path.is_file() else b"missing"
     return _digest(chunks())
-
-
-def _cpuinfo() -> Dict[str, str]:
-    """The first processor's fields in /proc/cpuinfo (empty where there is none)."""
-    fields: Dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if not line.strip():
-                break
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return fields
-
-
-def cpu_model() -> str:
-    """The CPU: model name, family and model (one name covers generations apart, e.g. "AMD EPYC") and
-    the instruction set torch's kernels dispatch to (AVX2 and AVX512 round differently), e.g.
-    "AMD EPYC (family 25, model 1; torch AVX2)"."""
-    import torch
-
-    info = _cpuinfo()
-    name = info.get("model name") or platform.processor() or platform.machine() or "unknown"
-    generation = f"family {info['cpu family']}, model {info['model']}; " if "cpu family" in info and "model" in info else ""
-    return f"{name} ({generation}torch {torch.backends.cpu.get_cpu_capability()})"
 
 
 def stamp(repo: Path, config_path: Path, options: Mapping[str, object], threads: int,

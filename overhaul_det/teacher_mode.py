@@ -10,28 +10,16 @@ on CUDA devices that support bfloat16; float32, as the model is, everywhere else
 from __future__ import annotations
 
 import contextlib
-import functools
-from pathlib import Path
 from typing import ContextManager, Tuple, Union
 
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "cpu_has_native_bf16", "resolve_teacher_mode", "teacher_autocast"]
+from .cpuinfo import cpu_has_native_bf16
+
+__all__ = ["PRECISIONS", "cpu_has_native_bf16", "describe_teacher_mode", "resolve_teacher_mode", "teacher_autocast"]
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes in bfloat16 natively: AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo
-    flags; False elsewhere)."""
-    try:
-        flags = next((line.split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _auto_dtype(device: torch.device) -> torch.dtype:
@@ -57,6 +45,11 @@ def resolve_teacher_mode(precision: str, channels_last: Union[str, bool], device
     if channels_last == "auto":
         channels_last = dtype != torch.float32 and any(isinstance(m, nn.Conv2d) for m in teacher.modules())
     return dtype, bool(channels_last)
+
+
+def describe_teacher_mode(dtype: torch.dtype, channels_last: bool) -> str:
+    """How a teacher runs, as the log line and run records name it: 'bfloat16, channels-last', 'float32'."""
+    return str(dtype).replace("torch.", "") + (", channels-last" if channels_last else "")
 
 
 def teacher_autocast(precision: str, dtype: torch.dtype, device: torch.device) -> ContextManager:

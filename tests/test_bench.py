@@ -14,6 +14,7 @@ from overhaul_det.bench import BenchConfig, build_model, format_table, main, run
 from overhaul_det.bench.cli import build_parser, config_from_args
 from overhaul_det.bench.config import TASK_DEFAULTS, TIMED, check_teacher_precision, validate
 from overhaul_det.bench.memory import measure_memory_subprocess
+from overhaul_det.cpuinfo import cpu_model
 
 TINY = dict(teacher="resnet18", student="mobilenet_v3_small", batch_size=2, input_size=64, repeats=1, warmup=0,
             loss_shape=(2, 16, 8, 8), rewrite_model="resnet18", measure_memory=False)
@@ -73,6 +74,7 @@ def test_float16_teacher_and_channels_last_student_add_their_steps_and_ratios():
     assert checks["ofd_step_channels_last_speedup"]["value"] == pytest.approx(
         median["ofd_step"] / median["ofd_step_channels_last"])
     table = format_table(result)
+    assert result["environment"]["cpu"] == cpu_model() and f"threads on {cpu_model()}" in table  # which CPU timed it
     for label in ("(d') full OFD step, float16 teacher", "OFD step, float16 teacher / original OFD step (d'/r)",
                   "(d) full OFD step, channels-last student", "speed-up ofd_step / ofd_step_channels_last"):
         assert label in table

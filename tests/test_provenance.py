@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from overhaul_det import provenance
+from overhaul_det import cpuinfo, provenance
 from overhaul_det.provenance import code_hash, config_hash, stale_fields, stamp, weights_hash
 
 
@@ -78,10 +78,10 @@ def test_stale_fields_name_what_changed():
 def test_cpu_model_tells_apart_generations_that_share_a_name(monkeypatch):
     """Two "AMD EPYC" machines, AVX2 and AVX512, give other digits for one seed: the stamp must differ."""
     zen3 = {"model name": "AMD EPYC", "cpu family": "25", "model": "1"}
-    monkeypatch.setattr(provenance, "_cpuinfo", lambda: zen3)
+    monkeypatch.setattr(cpuinfo, "cpu_fields", lambda: zen3)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     older = provenance.cpu_model()
-    monkeypatch.setattr(provenance, "_cpuinfo", lambda: dict(zen3, model="17"))
+    monkeypatch.setattr(cpuinfo, "cpu_fields", lambda: dict(zen3, model="17"))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     newer = provenance.cpu_model()
     assert older == "AMD EPYC (family 25, model 1; torch AVX2)"
@@ -89,6 +89,6 @@ def test_cpu_model_tells_apart_generations_that_share_a_name(monkeypatch):
 
 
 def test_cpu_model_without_cpuinfo_still_names_the_kernels(monkeypatch):
-    monkeypatch.setattr(provenance, "_cpuinfo", dict)
-    monkeypatch.setattr(provenance.platform, "processor", lambda: "arm")
+    monkeypatch.setattr(cpuinfo, "cpu_fields", dict)
+    monkeypatch.setattr(cpuinfo.platform, "processor", lambda: "arm")
     assert provenance.cpu_model() == f"arm (torch {torch.backends.cpu.get_cpu_capability()})"

@@ -5,8 +5,9 @@ import json
 import statistics
 
 import pytest
+import torch
 
-from overhaul_det import reproduce
+from overhaul_det import FeatureDistiller, reproduce
 
 
 def _fake_run(root, method, seed, final, threads=1):
@@ -81,6 +82,17 @@ def test_a_run_is_reused_only_while_its_stamp_holds(tmp_path, monkeypatch):
     assert len(calls) == 3 and calls[-1][1] == "2"
     reproduce._run("classification", "ofd", {"model.ofd.alpha": 0.1}, 0, 1, tmp_path, epochs=1, code="c0de")  # other config
     assert len(calls) == 4
+
+
+def test_the_record_reads_the_distillers_own_log_line(make_model, tmp_path, caplog):
+    """The teacher's mode reaches result.json from the distiller's log line: parse the real one."""
+    distiller = FeatureDistiller(make_model("tv", "resnet18"), make_model("tv", "mobilenet_v3_large"),
+                                 input_size=(3, 64, 64), teacher_precision="bfloat16")
+    with caplog.at_level("INFO", logger="overhaul_det.distiller"):
+        distiller.teacher_features(torch.randn(2, 3, 64, 64))
+    log = tmp_path / "train.log"
+    log.write_text(caplog.text)
+    assert reproduce._teacher_mode(log) == distiller.teacher_runs_in["cpu"] == "bfloat16, channels-last"
 
 
 def test_a_run_without_a_teacher_records_none(tmp_path):

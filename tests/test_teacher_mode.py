@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import overhaul_det.cpuinfo
 from overhaul_det import FeatureDistiller
 from overhaul_det import teacher_mode
 from overhaul_det.teacher_mode import cpu_has_native_bf16, resolve_teacher_mode
@@ -25,7 +26,7 @@ def test_auto_is_bfloat16_only_where_the_cpu_runs_it_natively(make_model, monkey
 
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    monkeypatch.setattr(teacher_mode, "Path", lambda _: cpuinfo)
+    monkeypatch.setattr(overhaul_det.cpuinfo, "CPUINFO", cpuinfo)
     for flags, expected in (("fpu avx512f avx512_bf16 sse", True), ("fpu amx_bf16 amx_tile", True),
                             ("fpu avx512f avx2", False)):
         cpuinfo.write_text(f"processor : 0\nflags\t\t: {flags}\n")
@@ -62,6 +63,16 @@ def test_bfloat16_teacher_loss_within_tolerance(make_model, randomized):
     assert all(f.dtype == torch.float32 for f in features)  # handed on in the student's dtype
     assert abs(reduced - reference) / reference < BFLOAT16_LOSS_TOLERANCE
     assert reduced != reference  # the teacher really ran in bfloat16
+
+
+def test_the_distiller_says_how_its_teacher_ran(make_model, caplog):
+    distiller = FeatureDistiller(make_model("tv", "resnet18"), make_model("tv", "mobilenet_v3_large"), input_size=SIZE,
+                                 teacher_precision="bfloat16")
+    assert distiller.teacher_runs_in == {}
+    with caplog.at_level("INFO", logger="overhaul_det.distiller"):
+        distiller.teacher_features(torch.randn(2, *SIZE))
+    assert distiller.teacher_runs_in == {"cpu": "bfloat16, channels-last"}
+    assert "teacher ResNet on cpu runs in bfloat16, channels-last (teacher_precision='bfloat16')" in caplog.text
 
 
 def test_auto_leaves_a_float64_teacher_as_it_is(make_model, monkeypatch):

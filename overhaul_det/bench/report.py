@@ -58,12 +58,13 @@ def _ratio_rows(checks: Dict[str, Any]) -> List[Tuple[str, str, str, str]]:
 
 def format_table(result: Dict[str, Any]) -> str:
     """The result as a plain-text table (median times, ratios, compile times, memory, pass/fail per target)."""
-    cfg, median, checks = result["config"], result["median_s"], result["checks"]
+    cfg, median, checks, env = result["config"], result["median_s"], result["checks"], result["environment"]
     labels = _step_labels(cfg)
     task = "" if cfg["task"] == "classification" else f"{cfg['task']}: "
     lines = [f"{task}{cfg['teacher']} -> {cfg['student']}, batch {cfg['batch_size']}, {cfg['input_size']} px, "
              f"device {cfg['device']}, amp {cfg['amp']}, channels_last {cfg['channels_last']}, "
-             f"median of {cfg['repeats']} (warm-up {cfg['warmup']}), {result['environment']['torch_threads']} threads",
+             f"median of {cfg['repeats']} (warm-up {cfg['warmup']}), {env['torch_threads']} threads on "
+             f"{env.get('device_name') or env.get('cpu', 'an unrecorded CPU')}",
              f"{'measurement':<56} {'median':>12}"]
     lines += [f"{labels[name]:<56} {median[name] * 1e3:>9.1f} ms" for name in result["order"]]
     lines.append(f"{'check':<56} {'value':>12} {'target':>12}  result")

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ..cpuinfo import cpu_model
 from .config import REDUCED_PRECISIONS, TARGETS, BenchConfig, validate
 from .memory import activation_sizes, measure_memory
 from .runtime import Runtime, Step
@@ -111,7 +112,7 @@ def _environment(rt: Runtime) -> Dict[str, Any]:
 
     env = {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "device": str(rt.device)}
+           "cpu": cpu_model(), "device": str(rt.device)}
     with contextlib.suppress(ImportError):
         import timm
 
