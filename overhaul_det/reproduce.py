@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -369,7 +370,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         _plot_alpha(args.task, report["results"], report["metric"], own_alpha,
                     args.out / f"results_{args.task}_alpha.png")
     (args.out / f"results_{args.task}.json").write_text(json.dumps(report, indent=2))
-    command = "overhaul-det reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(["overhaul-det", "reproduce", *(argv if argv is not None else sys.argv[1:])])
     section = args.out / f"results_{args.task}.md"
     section.write_text(_markdown(report, command, plot.name))
     _write_index(args.out)

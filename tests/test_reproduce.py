@@ -38,6 +38,17 @@ def test_report_from_finished_runs(tmp_path):
     assert plot.stat().st_size > 1000
 
 
+def test_the_report_names_a_command_that_runs_as_pasted(tmp_path, capsys):
+    _fake_run(tmp_path, "ofd, teacher BN eval", 0, 80.0)
+    argv = ["classification", "--report-only", "--methods", "ofd, teacher BN eval", "--work-dir", str(tmp_path),
+            "--out", str(tmp_path / "out")]
+    assert reproduce.main(argv) == 0
+    written = (tmp_path / "out" / "results_classification.md").read_text()
+    assert f"`overhaul-det reproduce classification --report-only --methods 'ofd, teacher BN eval' --work-dir {tmp_path}" \
+        in written  # the method name quoted, as a shell needs it
+    assert "80.00" in capsys.readouterr().out
+
+
 def test_report_without_runs_names_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="overhaul-det reproduce detection"):
         reproduce.collect_task("detection", tmp_path)
