@@ -5,6 +5,9 @@ count, records the test metric after every epoch, the wall time and where it cam
 code, config and weights hashes, threads, torch version, CPU; ``provenance.py``). A run whose result exists is
 skipped while that record still matches the current code, so the command resumes; otherwise it
 is trained again. Writes a JSON file, a markdown table and a plot per task.
+
+``--teacher-precision`` fixes the OFD teacher's precision for every run that distils features, instead of the
+config's 'auto' (which depends on the CPU); such a run is named '<method>, <precision> teacher'.
 """
 from __future__ import annotations
 
@@ -19,10 +22,11 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .engine.history import read_val_history
 from .provenance import code_hash, git_commit, stamp, stale_fields
+from .teacher_mode import PRECISIONS
 
 __all__ = ["TASKS", "METHODS", "ABLATIONS", "TASK_ABLATIONS", "main", "run_task"]
 
@@ -49,7 +53,6 @@ METHODS: Dict[str, Dict] = {
     "ofd+kd": {"model.kd_weight": 1.0},
     # 'ofd' takes teacher_precision='auto': bfloat16 on CPUs and GPUs that run it natively, float32 elsewhere
     "ofd, bfloat16 teacher": {"model.ofd.teacher_precision": "bfloat16"},
-    "ofd, float32 teacher": {"model.ofd.teacher_precision": "float32"},
     # detection: the teacher's FPN outputs tapped besides its body's stage ends, alpha chosen against the task loss
     "ofd, body+fpn": {"model.feature_levels": "body+fpn", "model.ofd.alpha": "auto"},
 }
@@ -68,6 +71,29 @@ TASK_ABLATIONS: Dict[str, Dict[str, Dict]] = {
     "detection": {"teacher BN train": {"model.ofd.teacher_bn": "train"}, "data margins": {"model.ofd.margin": "data"}},
     "segmentation": {},
 }
+
+
+def with_teacher_precision(name: str, overrides: Dict, precision: str) -> Tuple[str, Dict]:
+    """Run ``name`` with its OFD teacher in ``precision``: renamed '<name>, <precision> teacher', the override
+    added. 'auto', and a run without OFD (alpha 0; KD's teacher runs as it is), leave the run as it is."""
+    if precision == "auto" or overrides.get("model.ofd.alpha") == 0:
+        return name, overrides
+    fixed = overrides.get("model.ofd.teacher_precision")
+    if fixed is not None and fixed != precision:
+        raise ValueError(f"method {name!r} runs its teacher in {fixed}; drop it from --methods or use "
+                         f"--teacher-precision {fixed}")
+    if fixed is not None:
+        return name, overrides
+    return f"{name}, {precision} teacher", {**overrides, "model.ofd.teacher_precision": precision}
+
+
+def split_teacher_precision(method: str) -> Tuple[str, str]:
+    """('ofd+kd', 'float32') for 'ofd+kd, float32 teacher'; (method, 'auto') for a name without a precision."""
+    for precision in PRECISIONS:
+        suffix = f", {precision} teacher"
+        if method.endswith(suffix):
+            return method[: -len(suffix)], precision
+    return method, "auto"
 
 
 def _options(overrides: Dict, seed: int, epochs: Optional[int]) -> Dict[str, object]:
@@ -152,12 +178,16 @@ def _plot(task: str, results: List[Dict], metric: str, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    methods = [m for m in dict.fromkeys(r["method"] for r in results) if not m.startswith("alpha ")]
+    bases = {m: split_teacher_precision(m) for m in dict.fromkeys(r["method"] for r in results)}
+    methods = [m for m, (base, _) in bases.items() if not base.startswith("alpha ")]
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
-    ablations = [m for m in methods if m.startswith("ofd, ")]
-    panels = [("methods", [m for m in methods if m not in ablations])]
-    if ablations:
-        panels.append(("ablations (one switch away from OFD)", ["ofd"] * ("ofd" in methods) + ablations))
+    switches = {f"ofd, {name}" for name in TASK_ABLATIONS[task]}
+    ablations = [m for m in methods if bases[m][0] in switches]
+    precisions = {bases[m][1] for m in ablations}
+    references = [m for m in methods if bases[m][0] == "ofd" and bases[m][1] in precisions]
+    panels = [("methods", [m for m in methods if m not in ablations]),
+              ("ablations (one switch away from OFD)", references + ablations)]
+    panels = [panel for panel in panels if panel[1]] or panels[:1]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), sharey=True, squeeze=False)
     for ax, (title, names) in zip(axes[0], panels):
         for method in names:
@@ -166,7 +196,8 @@ def _plot(task: str, results: List[Dict], metric: str, path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{task}, {title}: mean and ±1 std over seeds", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if names:
+            ax.legend(fontsize=8)
     axes[0][0].set_ylabel(f"test {metric}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -174,27 +205,37 @@ def _plot(task: str, results: List[Dict], metric: str, path: Path) -> None:
 
 
 def _plot_alpha(task: str, results: List[Dict], metric: str, own_alpha: float, path: Path) -> None:
-    """Final test metric against alpha (log scale), mean ± std over runs, the baseline as a band,
-    alpha='auto' drawn at the alphas it chose."""
+    """Final test metric against alpha (log scale), mean ± std over runs, one curve per teacher precision
+    the sweep ran with, the baseline as a band, alpha='auto' drawn at the alphas it chose."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     summary, digits = _summary(results), _digits(results)
-    grid = sorted((float(m.split()[1]), m) for m in summary if m.startswith("alpha ") and m != "alpha auto")
-    grid = sorted(grid + [(own_alpha, "ofd")] * ("ofd" in summary))
+    by_precision: Dict[str, Dict[str, str]] = {}
+    for method in summary:
+        base, precision = split_teacher_precision(method)
+        by_precision.setdefault(precision, {})[base] = method
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar([a for a, _ in grid], [summary[m]["mean"] for _, m in grid], [summary[m]["std"] for _, m in grid],
-                marker="o", capsize=3, label="OFD at a fixed alpha")
+    sweeps = [(p, named) for p, named in sorted(by_precision.items(), key=lambda item: PRECISIONS.index(item[0]))
+              if any(base.startswith("alpha ") for base in named)]
+    for i, (precision, named) in enumerate(sweeps):
+        teacher = "" if precision == "auto" else f", {precision} teacher"
+        grid = sorted((float(base.split()[1]), m) for base, m in named.items()
+                      if base.startswith("alpha ") and base != "alpha auto")
+        grid = sorted(grid + [(own_alpha, named["ofd"])] * ("ofd" in named))
+        ax.errorbar([a for a, _ in grid], [summary[m]["mean"] for _, m in grid], [summary[m]["std"] for _, m in grid],
+                    marker="o", capsize=3, color=f"C{2 * i}", label=f"OFD at a fixed alpha{teacher}")
+        auto = [r for r in results if r["method"] == named.get("alpha auto") and "alpha_auto" in r]
+        if auto:
+            ax.scatter([r["alpha_auto"] for r in auto], [r["final"] for r in auto], marker="*", s=120,
+                       color=f"C{2 * i + 1}", zorder=3,
+                       label=f"alpha='auto'{teacher} (mean {summary[named['alpha auto']]['mean']:.{digits}f})")
     if "baseline" in summary:
         base = summary["baseline"]
         ax.axhspan(base["mean"] - base["std"], base["mean"] + base["std"], color="grey", alpha=0.25,
                    label=f"baseline {base['mean']:.{digits}f} ± {base['std']:.{digits}f}")
-    auto = [r for r in results if r["method"] == "alpha auto" and "alpha_auto" in r]
-    if auto:
-        ax.scatter([r["alpha_auto"] for r in auto], [r["final"] for r in auto], marker="*", s=120, color="C3",
-                   zorder=3, label=f"alpha='auto' (mean {summary['alpha auto']['mean']:.{digits}f})")
     ax.set_xscale("log")
     ax.set_xlabel("alpha")
     ax.set_ylabel(f"final test {metric}")
@@ -233,17 +274,17 @@ def _alpha_runs(task: str, alphas: Sequence[str]) -> List:
 
 def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations: bool,
              methods: Optional[List[str]] = None, threads: Sequence[int] = (), jobs: int = 1,
-             alphas: Sequence[str] = ()) -> Dict:
+             alphas: Sequence[str] = (), teacher_precision: str = "auto") -> Dict:
     """All methods (and, with ``ablations``, the task's ablations; with ``alphas``, OFD at each
-    alpha) over ``seeds`` seeds at each thread count (default: torch's), ``jobs`` trainings at a time."""
+    alpha) over ``seeds`` seeds at each thread count (default: torch's), ``jobs`` trainings at a time;
+    every run that distils features with its teacher in ``teacher_precision``."""
     spec = TASKS[task]
-    unknown = sorted(set(methods or []) - set(spec["methods"]))
-    if unknown:
-        raise ValueError(f"methods {unknown} are not run for {task}; choose from {spec['methods']}")
+    _check_methods(task, methods or [])
     runs = [(m, METHODS[m]) for m in (methods or spec["methods"])]
     if ablations:
         runs += [(f"ofd, {name}", o) for name, o in TASK_ABLATIONS[task].items()]
     runs += _alpha_runs(task, alphas)
+    runs = [with_teacher_precision(name, overrides, teacher_precision) for name, overrides in runs]
     if not threads:
         import torch
 
@@ -255,6 +296,17 @@ def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations
     return _report(task, results, seeds, epochs)
 
 
+def _check_methods(task: str, methods: Sequence[str]) -> None:
+    """Refuse a method the task does not run, naming the flag for a teacher precision it spells out."""
+    known = TASKS[task]["methods"]
+    unknown = [m for m in methods if m not in known]
+    if not unknown:
+        return
+    hints = [f"for {m!r} use --methods {shlex.quote(base)} --teacher-precision {precision}"
+             for m in unknown for base, precision in [split_teacher_precision(m)] if precision != "auto" and base in known]
+    raise ValueError(f"methods {unknown} are not run for {task}; choose from {known}" + "".join(f"; {h}" for h in hints))
+
+
 def _alpha_order(method: str) -> float:
     """Runs of the alpha sweep by alpha, 'auto' last; 0 for every other method."""
     if not method.startswith("alpha "):
@@ -264,12 +316,19 @@ def _alpha_order(method: str) -> float:
 
 
 def collect_task(task: str, root: Path) -> Dict:
-    """The report of every finished run of ``task`` under ``root``, whatever methods and seeds ran."""
+    """The report of every finished run of ``task`` under ``root``, whatever methods and seeds ran: by
+    method, each method's teacher precisions together, then threads and seed."""
     order = {m: i for i, m in enumerate(list(METHODS) + [f"ofd, {a}" for a in TASK_ABLATIONS[task]])}
     results = [json.loads(p.read_text()) for p in (root / task).glob("*/threads*/seed*/result.json")]
     if not results:
         raise FileNotFoundError(f"no finished run under {root / task}; run `overhaul-det reproduce {task}` first")
-    results.sort(key=lambda r: (order.get(r["method"], len(order)), _alpha_order(r["method"]), r["threads"], r["seed"]))
+
+    def key(result: Dict) -> Tuple:
+        base, precision = split_teacher_precision(result["method"])
+        return (order.get(base, len(order)), _alpha_order(base), PRECISIONS.index(precision), result["threads"],
+                result["seed"])
+
+    results.sort(key=key)
     return _report(task, results, max(r["seed"] for r in results) + 1, None)
 
 
@@ -304,7 +363,7 @@ def _markdown(report: Dict, command: str, plot: str) -> str:
     if chosen:
         lines += ["", "alpha='auto' chose: " + ", ".join(chosen) + "."]
     lines += ["", f"![{report['task']}]({plot})", ""]
-    if any(r["method"].startswith("alpha ") for r in report["results"]):
+    if any(split_teacher_precision(r["method"])[0].startswith("alpha ") for r in report["results"]):
         lines += [f"![{report['task']} against alpha](results_{report['task']}_alpha.png)", ""]
     return "\n".join(lines)
 
@@ -315,16 +374,24 @@ def _digits(results: List[Dict]) -> int:
 
 
 def _paired_lines(results: List[Dict], digits: int) -> List[str]:
-    """Baseline and OFD run by run (same seed and thread count), with OFD's gain."""
+    """Baseline and OFD run by run (same seed and thread count), with OFD's gain; a column pair per
+    teacher precision OFD ran with ('ofd', 'ofd, float32 teacher', ...)."""
     by_key = {(r["method"], r["seed"], r.get("threads")): r["final"] for r in results}
-    keys = sorted({(seed, threads) for method, seed, threads in by_key if method == "ofd"
+    variants = sorted({m for m, _, _ in by_key if split_teacher_precision(m)[0] == "ofd"},
+                      key=lambda m: PRECISIONS.index(split_teacher_precision(m)[1]))
+    keys = sorted({(seed, threads) for method, seed, threads in by_key if method in variants
                    and ("baseline", seed, threads) in by_key}, key=lambda k: (k[1] or 0, k[0]))
     if not keys:
         return []
-    lines = ["", "| seed | threads | baseline | ofd | gain |", "|---|---|---|---|---|"]
+    lines = ["", "| seed | threads | baseline | " + " | ".join(f"{v} | gain" for v in variants) + " |",
+             "|---|---|---|" + "---|---|" * len(variants)]
     for seed, threads in keys:
-        base, ofd = by_key[("baseline", seed, threads)], by_key[("ofd", seed, threads)]
-        lines.append(f"| {seed} | {threads} | {base:.{digits}f} | {ofd:.{digits}f} | {ofd - base:+.{digits}f} |")
+        base = by_key[("baseline", seed, threads)]
+        cells = []
+        for variant in variants:
+            ofd = by_key.get((variant, seed, threads))
+            cells += ["–", "–"] if ofd is None else [f"{ofd:.{digits}f}", f"{ofd - base:+.{digits}f}"]
+        lines.append(f"| {seed} | {threads} | {base:.{digits}f} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -349,21 +416,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--jobs", type=_positive, default=1, help="trainings at a time (each with --threads threads)")
     parser.add_argument("--alphas", nargs="+", default=[],
                         help="also OFD at each alpha (numbers, or auto); the config's own alpha is the ofd run")
+    parser.add_argument("--teacher-precision", choices=PRECISIONS, default="auto",
+                        help="the OFD teacher's precision in every run that distils features, named '<method>, "
+                             "<precision> teacher' (default: the config's 'auto', bfloat16 where the CPU or GPU "
+                             "computes it natively, else float32); float32 trains what README's tables trained")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; report every finished run in the work dir (methods may differ in seeds)")
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/reproduce"))
     parser.add_argument("--out", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.report_only:
-        report = collect_task(args.task, args.work_dir)
-    else:
-        report = run_task(args.task, args.seeds, args.work_dir, args.epochs, args.ablations, args.methods,
-                          args.threads, args.jobs, args.alphas)
+    try:
+        if args.report_only:
+            report = collect_task(args.task, args.work_dir)
+        else:
+            report = run_task(args.task, args.seeds, args.work_dir, args.epochs, args.ablations, args.methods,
+                              args.threads, args.jobs, args.alphas, args.teacher_precision)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
     args.out.mkdir(parents=True, exist_ok=True)
     plot = args.out / f"results_{args.task}.png"
     _plot(args.task, report["results"], report["metric"], plot)
-    if any(r["method"].startswith("alpha ") for r in report["results"]):
+    if any(split_teacher_precision(r["method"])[0].startswith("alpha ") for r in report["results"]):
         from mmengine.config import Config
 
         own_alpha = Config.fromfile(str(REPO / TASKS[args.task]["config"])).model.ofd.alpha
@@ -385,8 +459,9 @@ def _write_index(out: Path) -> None:
                 for part in ("", "_notes")]
     body = "\n".join(p.read_text() for p in sections if p.exists())
     header = ("# Results: baseline vs KD vs OFD on real images (CPU)\n\n"
-              "Every number below comes from `overhaul-det reproduce TASK` on this code; each section names its "
-              "command, commit and config. Per-run values, histories and wall times are in `results_TASK.json`.\n\n")
+              "Every number below comes from `overhaul-det reproduce TASK`; each section names its command, the "
+              "commit that wrote it, its config, and the commit, code hash and CPU its runs ran at. Per-run values, "
+              "histories and wall times are in `results_TASK.json`.\n\n")
     (out / "results.md").write_text(header + body)
 
 

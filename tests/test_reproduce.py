@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import warnings
 
 import pytest
 import torch
@@ -144,3 +145,85 @@ def test_alpha_sweep_skips_the_configs_own_alpha_and_plots_auto(tmp_path):
     plot = tmp_path / "alpha.png"
     reproduce._plot_alpha("classification", report["results"], report["metric"], 1e-2, plot)
     assert plot.stat().st_size > 1000
+
+
+def test_a_teacher_precision_renames_and_overrides_only_runs_that_distil_features():
+    assert reproduce.with_teacher_precision("ofd", {}, "float32") == (
+        "ofd, float32 teacher", {"model.ofd.teacher_precision": "float32"})
+    assert reproduce.with_teacher_precision("ofd+kd", {"model.kd_weight": 1.0}, "bfloat16") == (
+        "ofd+kd, bfloat16 teacher", {"model.kd_weight": 1.0, "model.ofd.teacher_precision": "bfloat16"})
+    kd = reproduce.METHODS["kd"]
+    assert reproduce.with_teacher_precision("kd", kd, "float32") == ("kd", kd)  # no OFD: KD's teacher runs as it is
+    assert reproduce.with_teacher_precision("ofd", {}, "auto") == ("ofd", {})
+    bf16 = reproduce.METHODS["ofd, bfloat16 teacher"]
+    assert reproduce.with_teacher_precision("ofd, bfloat16 teacher", bf16, "bfloat16") == ("ofd, bfloat16 teacher", bf16)
+    with pytest.raises(ValueError, match="runs its teacher in bfloat16; drop it from --methods"):
+        reproduce.with_teacher_precision("ofd, bfloat16 teacher", bf16, "float32")
+    assert reproduce.split_teacher_precision("ofd, no margin (identity teacher), float32 teacher") == (
+        "ofd, no margin (identity teacher)", "float32")
+    assert reproduce.split_teacher_precision("ofd, no margin (identity teacher)") == (
+        "ofd, no margin (identity teacher)", "auto")
+
+
+def test_a_sweep_with_a_teacher_precision_trains_it_and_pairs_it_with_the_baseline(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reproduce, "_train", _fake_training(calls))
+    report = reproduce.run_task("classification", 1, tmp_path, 1, False, methods=["baseline", "ofd", "ofd+kd"],
+                                threads=[1], teacher_precision="float32")
+    assert [r["method"] for r in report["results"]] == ["baseline", "ofd, float32 teacher", "ofd+kd, float32 teacher"]
+    options = [command[command.index("--cfg-options") + 1:] for command, _ in calls]
+    assert "model.ofd.teacher_precision=float32" not in options[0]
+    assert all("model.ofd.teacher_precision=float32" in o for o in options[1:])
+    assert (tmp_path / "classification" / "ofd_kd,_float32_teacher" / "threads1" / "seed0" / "result.json").exists()
+    table = reproduce._markdown(report, "overhaul-det reproduce classification", "plot.png")
+    assert "| seed | threads | baseline | ofd, float32 teacher | gain |" in table
+    assert "| 0 | 1 | 71.00 | 72.00 | +1.00 |" in table
+
+
+def test_a_method_spelled_with_its_precision_is_refused_with_the_flag_to_use(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["classification", "--methods", "ofd+kd, float32 teacher", "--work-dir", str(tmp_path)])
+    assert "use --methods ofd+kd --teacher-precision float32" in capsys.readouterr().err
+    assert not (tmp_path / "classification").exists()  # refused before anything trained
+
+
+def test_each_methods_teacher_precisions_are_reported_together(tmp_path):
+    for method in ["ofd+kd, float32 teacher", "ofd, bfloat16 teacher", "ofd+kd", "ofd", "baseline",
+                   "ofd, no margin (identity teacher), float32 teacher", "ofd, float32 teacher"]:
+        _fake_run(tmp_path, method, 0, 80.0)
+    report = reproduce.collect_task("classification", tmp_path)
+    assert list(report["summary"]) == ["baseline", "ofd", "ofd, float32 teacher", "ofd, bfloat16 teacher", "ofd+kd",
+                                       "ofd+kd, float32 teacher", "ofd, no margin (identity teacher), float32 teacher"]
+    table = reproduce._markdown(report, "overhaul-det reproduce classification", "plot.png")
+    assert ("| baseline | ofd | gain | ofd, float32 teacher | gain | ofd, bfloat16 teacher | gain |") in table
+
+
+@pytest.mark.parametrize("methods", [["ofd, bfloat16 teacher"], ["ofd, teacher BN eval", "ofd, full L2 (not partial)"]])
+def test_a_report_of_one_kind_of_run_plots_without_an_empty_panel(tmp_path, methods):
+    for method in methods:
+        _fake_run(tmp_path, method, 0, 80.0)
+    report = reproduce.collect_task("classification", tmp_path)
+    plot = tmp_path / "plot.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns of a legend without labelled curves
+        reproduce._plot("classification", report["results"], report["metric"], plot)
+    assert plot.stat().st_size > 1000
+
+
+def test_an_alpha_sweep_per_teacher_precision_is_plotted_per_precision(tmp_path, monkeypatch):
+    for method, final in [("ofd", 81.0), ("alpha 1e-3", 78.0), ("ofd, float32 teacher", 82.0),
+                          ("alpha 1e-3, float32 teacher", 79.0), ("ofd, bfloat16 teacher", 80.0)]:
+        _fake_run(tmp_path, method, 0, final)
+    report = reproduce.collect_task("classification", tmp_path)
+    curves = []
+    from matplotlib.axes import Axes
+
+    def errorbar(ax, x, y, *args, **kwargs):
+        curves.append((kwargs["label"], x, y))
+        return draw(ax, x, y, *args, **kwargs)
+
+    draw = Axes.errorbar
+    monkeypatch.setattr(Axes, "errorbar", errorbar)
+    reproduce._plot_alpha("classification", report["results"], report["metric"], 1e-2, tmp_path / "alpha.png")
+    assert curves == [("OFD at a fixed alpha", [1e-3, 1e-2], [78.0, 81.0]),
+                      ("OFD at a fixed alpha, float32 teacher", [1e-3, 1e-2], [79.0, 82.0])]  # no bfloat16 sweep ran
