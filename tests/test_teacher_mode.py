@@ -79,3 +79,30 @@ def test_auto_leaves_a_float64_teacher_as_it_is(make_model, monkeypatch):
     monkeypatch.setattr(teacher_mode, "cpu_has_native_bf16", lambda: True)
     teacher = make_model("tv", "resnet18").double()
     assert resolve_teacher_mode("auto", "auto", torch.device("cpu"), teacher) == (torch.float32, False)
+
+
+def _trained_student(make_model, randomized, precision, steps=3):
+    teacher, student = make_model("tv", "resnet18"), make_model("tv", "mobilenet_v3_large")
+    torch.manual_seed(0)
+    distiller = FeatureDistiller(randomized(teacher), student, input_size=SIZE, teacher_precision=precision).train()
+    optimizer = torch.optim.SGD([p for p in distiller.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    batches = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, labels = torch.randn(4, *SIZE, generator=batches), torch.randint(0, 1000, (4,), generator=batches)
+        logits, losses = distiller(x)
+        optimizer.zero_grad()
+        (torch.nn.functional.cross_entropy(logits, labels) + losses["loss_ofd"]).backward()
+        optimizer.step()
+    return distiller
+
+
+def test_an_explicit_float32_teacher_trains_what_auto_trains_without_native_bfloat16(make_model, randomized):
+    """'auto' on a CPU without bfloat16 arithmetic (conftest) and an explicit 'float32' are one computation:
+    `reproduce --teacher-precision float32` trains what the tables' float32 'auto' runs trained."""
+    auto = _trained_student(make_model, randomized, "auto")
+    explicit = _trained_student(make_model, randomized, "float32")
+    assert auto.teacher_runs_in == explicit.teacher_runs_in == {"cpu": "float32"}
+    assert_same_state(explicit.student, snapshot_state(auto.student))
+    assert_same_state(explicit, snapshot_state(auto))  # the regressors too
+    assert not torch.equal(auto.student.state_dict()["features.0.0.weight"],
+                           make_model("tv", "mobilenet_v3_large").state_dict()["features.0.0.weight"])  # it trained
