@@ -27,6 +27,16 @@ from overhaul_det import teacher_mode
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    """Build yapf's grammar cache once, before pytest-xdist starts its workers.
+
+    mmengine.config imports yapf, which writes ``~/.cache/YAPF/.../Grammar*.pickle`` on first
+    import and renames it into place before flushing it; two workers importing at once on a
+    machine without that cache can read it empty (EOFError while collecting)."""
+    if not hasattr(config, "workerinput"):
+        import yapf  # noqa: F401
+
+
 @pytest.fixture(autouse=True)
 def teacher_auto_is_float32(monkeypatch):
     """teacher_precision='auto' (the default) resolves to float32 in every test, on CPUs with bfloat16
