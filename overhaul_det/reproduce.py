@@ -79,10 +79,10 @@ def with_teacher_precision(name: str, overrides: Dict, precision: str) -> Tuple[
     if precision == "auto" or overrides.get("model.ofd.alpha") == 0:
         return name, overrides
     fixed = overrides.get("model.ofd.teacher_precision")
-    if fixed is not None and fixed != precision:
-        raise ValueError(f"method {name!r} runs its teacher in {fixed}; drop it from --methods or use "
-                         f"--teacher-precision {fixed}")
     if fixed is not None:
+        if fixed != precision:
+            raise ValueError(f"method {name!r} runs its teacher in {fixed}; drop it from --methods or use "
+                             f"--teacher-precision {fixed}")
         return name, overrides
     return f"{name}, {precision} teacher", {**overrides, "model.ofd.teacher_precision": precision}
 
@@ -94,6 +94,11 @@ def split_teacher_precision(method: str) -> Tuple[str, str]:
         if method.endswith(suffix):
             return method[: -len(suffix)], precision
     return method, "auto"
+
+
+def _is_alpha_run(method: str) -> bool:
+    """Whether ``method`` is a run of the alpha sweep ('alpha 1e-3', 'alpha auto, bfloat16 teacher')."""
+    return split_teacher_precision(method)[0].startswith("alpha ")
 
 
 def _options(overrides: Dict, seed: int, epochs: Optional[int]) -> Dict[str, object]:
@@ -179,7 +184,7 @@ def _plot(task: str, results: List[Dict], metric: str, path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     bases = {m: split_teacher_precision(m) for m in dict.fromkeys(r["method"] for r in results)}
-    methods = [m for m, (base, _) in bases.items() if not base.startswith("alpha ")]
+    methods = [m for m in bases if not _is_alpha_run(m)]
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     switches = {f"ofd, {name}" for name in TASK_ABLATIONS[task]}
     ablations = [m for m in methods if bases[m][0] in switches]
@@ -289,11 +294,25 @@ def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations
         import torch
 
         threads = [torch.get_num_threads()]
+    _warn_if_oversubscribed(jobs, max(threads))
     todo = [(name, overrides, seed, n) for n in threads for seed in range(seeds) for name, overrides in runs]
     code = code_hash(REPO)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(lambda run: _run(task, *run, root, epochs, code), todo))
     return _report(task, results, seeds, epochs)
+
+
+def _warn_if_oversubscribed(jobs: int, threads: int) -> None:
+    """Warn when ``jobs`` trainings of ``threads`` threads each ask for more cores than this process may use:
+    their OpenMP threads then spin against each other and each training runs several times slower."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if jobs > 1 and jobs * threads > cores:
+        fits = [f"--jobs {max(1, cores // threads)} --threads {threads}"]
+        if cores >= jobs:
+            fits.insert(0, f"--jobs {jobs} --threads {cores // jobs}")
+        logger.warning("--jobs %d x --threads %d asks for %d threads on %d CPU cores: the trainings will contend "
+                       "and each runs several times slower; fits the cores: %s",
+                       jobs, threads, jobs * threads, cores, " or ".join(fits))
 
 
 def _check_methods(task: str, methods: Sequence[str]) -> None:
@@ -363,7 +382,7 @@ def _markdown(report: Dict, command: str, plot: str) -> str:
     if chosen:
         lines += ["", "alpha='auto' chose: " + ", ".join(chosen) + "."]
     lines += ["", f"![{report['task']}]({plot})", ""]
-    if any(split_teacher_precision(r["method"])[0].startswith("alpha ") for r in report["results"]):
+    if any(_is_alpha_run(r["method"]) for r in report["results"]):
         lines += [f"![{report['task']} against alpha](results_{report['task']}_alpha.png)", ""]
     return "\n".join(lines)
 
@@ -413,7 +432,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--methods", nargs="+", help="a subset of the task's methods (runs can go in parallel)")
     parser.add_argument("--threads", type=_positive, nargs="+", default=[],
                         help="torch threads per run; several values run each (default: torch's own count)")
-    parser.add_argument("--jobs", type=_positive, default=1, help="trainings at a time (each with --threads threads)")
+    parser.add_argument("--jobs", type=_positive, default=1, help="trainings at a time, each with --threads threads: keep jobs x threads within the CPU cores")
     parser.add_argument("--alphas", nargs="+", default=[],
                         help="also OFD at each alpha (numbers, or auto); the config's own alpha is the ofd run")
     parser.add_argument("--teacher-precision", choices=PRECISIONS, default="auto",
@@ -437,7 +456,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     plot = args.out / f"results_{args.task}.png"
     _plot(args.task, report["results"], report["metric"], plot)
-    if any(split_teacher_precision(r["method"])[0].startswith("alpha ") for r in report["results"]):
+    if any(_is_alpha_run(r["method"]) for r in report["results"]):
         from mmengine.config import Config
 
         own_alpha = Config.fromfile(str(REPO / TASKS[args.task]["config"])).model.ofd.alpha

@@ -227,3 +227,20 @@ def test_an_alpha_sweep_per_teacher_precision_is_plotted_per_precision(tmp_path,
     reproduce._plot_alpha("classification", report["results"], report["metric"], 1e-2, tmp_path / "alpha.png")
     assert curves == [("OFD at a fixed alpha", [1e-3, 1e-2], [78.0, 81.0]),
                       ("OFD at a fixed alpha, float32 teacher", [1e-3, 1e-2], [79.0, 82.0])]  # no bfloat16 sweep ran
+
+
+@pytest.mark.parametrize("jobs, threads, warned", [(2, 2, True), (2, 1, False), (1, 4, False)])
+def test_more_threads_than_cores_is_warned_with_counts_that_fit(jobs, threads, warned, tmp_path, monkeypatch,
+                                                                caplog):
+    monkeypatch.setattr(reproduce.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(reproduce, "_train", _fake_training([]))
+    with caplog.at_level("WARNING", logger="overhaul_det.reproduce"):
+        reproduce.run_task("classification", 1, tmp_path, 1, False, methods=["baseline"], threads=[threads],
+                           jobs=jobs)
+    warnings_logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if warned:
+        assert warnings_logged == ["--jobs 2 x --threads 2 asks for 4 threads on 2 CPU cores: the trainings will "
+                                   "contend and each runs several times slower; fits the cores: --jobs 2 "
+                                   "--threads 1 or --jobs 1 --threads 2"]
+    else:
+        assert warnings_logged == []
