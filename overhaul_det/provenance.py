@@ -3,7 +3,8 @@ torch version and the CPU of a run.
 
 A recorded result is reused only while all six still hold (the same code rounds differently on
 another CPU); the commit is recorded for the reader, but the content decides, so a commit that
-changes only docs, tests or other configs, or adds a teacher another task loads, reruns nothing.
+changes only docs, tests, other configs or the tools that start and report runs (``NOT_TRAINING``), or adds a
+teacher another task loads, reruns nothing.
 """
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ from typing import Dict, Iterator, List, Mapping, Optional
 
 from .cpuinfo import cpu_model
 
-__all__ = ["CODE_PATHS", "WEIGHT_SUFFIXES", "code_hash", "git_commit", "config_hash", "weights_hash", "cpu_model",
+__all__ = ["CODE_PATHS", "NOT_TRAINING", "WEIGHT_SUFFIXES", "code_hash", "git_commit", "config_hash", "weights_hash", "cpu_model",
            "stamp", "stale_fields"]
 
 # What a training run executes besides its config, data and weights: the package and the install. The run's own
 # config (its ``_base_`` files merged) is ``config_hash``'s; editing or adding another config reruns nothing.
 CODE_PATHS = ("overhaul_det", "pyproject.toml")
+# The package's parts that no training imports: they start, time or report runs, so editing them reruns nothing
+# (tests/test_provenance.py checks that a training and every module it may import leave them out).
+NOT_TRAINING = ("overhaul_det/reproduce.py", "overhaul_det/provenance.py", "overhaul_det/demo.py",
+                "overhaul_det/report.py", "overhaul_det/bench")
 # A config's string values with these endings name weight files (teachers, backbones) the run loads.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 DECISIVE = ("code", "config", "weights", "threads", "torch", "cpu")
@@ -39,12 +44,17 @@ def _code_files(repo: Path) -> List[Path]:
         path = repo / name
         candidates = (sorted(repo.glob(name)) if "*" in name else [path] if path.is_file()
                       else sorted(path.rglob("*")) if path.is_dir() else [])
-        files += [f for f in candidates if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"]
+        files += [f for f in candidates if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
+                  and not _outside_training(f.relative_to(repo))]
     return files
 
 
+def _outside_training(relative: Path) -> bool:
+    return any(relative == Path(part) or Path(part) in relative.parents for part in NOT_TRAINING)
+
+
 def code_hash(repo: Path) -> str:
-    """A hash of the content of every file under ``CODE_PATHS`` (path and bytes)."""
+    """A hash of the content of every file under ``CODE_PATHS`` but ``NOT_TRAINING`` (path and bytes)."""
     def chunks():
         for f in _code_files(repo):
             yield f.relative_to(repo).as_posix().encode() + b"\0"

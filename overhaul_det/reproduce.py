@@ -73,6 +73,10 @@ TASK_ABLATIONS: Dict[str, Dict[str, Dict]] = {
 }
 
 
+# How the curve of a run with each teacher precision is drawn, in the colour of its method.
+LINE_STYLES = {"auto": "-", "float32": ":", "bfloat16": "--", "float16": "-."}
+
+
 def with_teacher_precision(name: str, overrides: Dict, precision: str) -> Tuple[str, Dict]:
     """Run ``name`` with its OFD teacher in ``precision``: renamed '<name>, <precision> teacher', the override
     added. 'auto', and a run without OFD (alpha 0; KD's teacher runs as it is), leave the run as it is."""
@@ -175,8 +179,9 @@ def _summary(results: List[Dict]) -> Dict[str, Dict]:
 
 
 def _plot(task: str, results: List[Dict], metric: str, path: Path) -> None:
-    """Test metric per epoch, mean and ±1 std band per method; ablations, if any, in a second
-    panel beside OFD, so that neither panel holds more than five curves."""
+    """Test metric per epoch, mean and ±1 std band per method; ablations, if any, in a second panel beside OFD.
+    A colour per method, a line style per teacher precision, so that a method's runs with each teacher share
+    its colour and no two curves in a panel look alike."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,7 +190,7 @@ def _plot(task: str, results: List[Dict], metric: str, path: Path) -> None:
 
     bases = {m: split_teacher_precision(m) for m in dict.fromkeys(r["method"] for r in results)}
     methods = [m for m in bases if not _is_alpha_run(m)]
-    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    colors = {base: f"C{i % 10}" for i, base in enumerate(dict.fromkeys(bases[m][0] for m in methods))}
     switches = {f"ofd, {name}" for name in TASK_ABLATIONS[task]}
     ablations = [m for m in methods if bases[m][0] in switches]
     precisions = {bases[m][1] for m in ablations}
@@ -196,7 +201,9 @@ def _plot(task: str, results: List[Dict], metric: str, path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), sharey=True, squeeze=False)
     for ax, (title, names) in zip(axes[0], panels):
         for method in names:
-            _plot_method(ax, method, [r["history"] for r in results if r["method"] == method], colors[method])
+            base, precision = bases[method]
+            _plot_method(ax, method, [r["history"] for r in results if r["method"] == method], colors[base],
+                         LINE_STYLES[precision])
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{task}, {title}: mean and ±1 std over seeds", fontsize=10)
@@ -252,14 +259,15 @@ def _plot_alpha(task: str, results: List[Dict], metric: str, own_alpha: float, p
     plt.close(fig)
 
 
-def _plot_method(ax, method: str, curves: List[List[float]], color: str) -> None:
+def _plot_method(ax, method: str, curves: List[List[float]], color: str, linestyle: str) -> None:
     import numpy as np
 
     length = min(len(c) for c in curves)
     values = np.array([c[:length] for c in curves])
     epochs = np.arange(1, length + 1)
     mean, std = values.mean(0), values.std(0)
-    ax.plot(epochs, mean, marker="o", markersize=3, color=color, label=f"{method} (n={len(curves)})")
+    ax.plot(epochs, mean, marker="o", markersize=3, color=color, linestyle=linestyle,
+            label=f"{method} (n={len(curves)})")
     ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
 
 
@@ -432,7 +440,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--methods", nargs="+", help="a subset of the task's methods (runs can go in parallel)")
     parser.add_argument("--threads", type=_positive, nargs="+", default=[],
                         help="torch threads per run; several values run each (default: torch's own count)")
-    parser.add_argument("--jobs", type=_positive, default=1, help="trainings at a time, each with --threads threads: keep jobs x threads within the CPU cores")
+    parser.add_argument("--jobs", type=_positive, default=1,
+                        help="trainings at a time, each with --threads threads: keep jobs x threads within the CPU cores")
     parser.add_argument("--alphas", nargs="+", default=[],
                         help="also OFD at each alpha (numbers, or auto); the config's own alpha is the ofd run")
     parser.add_argument("--teacher-precision", choices=PRECISIONS, default="auto",

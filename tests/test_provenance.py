@@ -1,10 +1,20 @@
 """Run stamps: code and config hashes change with what a run executes, and nothing else."""
 from __future__ import annotations
 
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 from overhaul_det import cpuinfo, provenance
 from overhaul_det.provenance import code_hash, config_hash, stale_fields, stamp, weights_hash
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
 
 
 def test_code_hash_follows_the_code_only(tmp_path):
@@ -24,8 +34,67 @@ def test_code_hash_follows_the_code_only(tmp_path):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "another_task.py").write_text("model = dict(alpha=1)\n")  # config_hash's business
     assert code_hash(tmp_path) == before
+    (tmp_path / "overhaul_det" / "reproduce.py").write_text("plot = 'dashed'\n")  # starts and reports runs
+    (tmp_path / "overhaul_det" / "bench").mkdir()
+    (tmp_path / "overhaul_det" / "bench" / "run.py").write_text("repeats = 7\n")
+    assert code_hash(tmp_path) == before
     (tmp_path / "overhaul_det" / "ofd.py").write_text("alpha = 2\n")
     assert code_hash(tmp_path) != before
+
+
+def _imported_package_modules(path: Path) -> set:
+    """The package's modules that ``path`` imports anywhere in it (inside functions too), as file paths."""
+    package = path.relative_to(REPO).with_suffix("").parts[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            parts = (*base, *(node.module or "").split(".")) if node.module else base
+            found |= {(*parts, alias.name) for alias in node.names} | {tuple(parts)}
+        elif isinstance(node, ast.Import):
+            found |= {tuple(alias.name.split(".")) for alias in node.names}
+    return {Path(*parts) for parts in found if parts and parts[0] == "overhaul_det"}
+
+
+def test_no_module_a_training_may_import_imports_one_left_out_of_the_code_hash():
+    """Only the command line reaches reproduce, bench, demo and the taps report, from their own subcommands."""
+    left_out = [Path(p) for p in provenance.NOT_TRAINING]
+    hashed = [f for f in provenance._code_files(REPO) if f.suffix == ".py" and f.name != "cli.py"]
+    reaching = {f.relative_to(REPO).as_posix(): sorted(str(m) for m in _imported_package_modules(f)
+                                                       if any(m == p.with_suffix("") or p in m.parents for p in left_out))
+                for f in hashed}
+    assert not {f: m for f, m in reaching.items() if m}
+    assert len(hashed) > 40  # the scan saw the package
+
+
+@pytest.mark.usefixtures("fashion_data")
+def test_a_training_imports_nothing_left_out_of_the_code_hash(tmp_path):
+    config = tmp_path / "one_iteration.py"
+    config.write_text(f"""
+_base_ = [{str(DEMO_CONFIG)!r}]
+model = dict(teacher=dict(_delete_=True, name='resnet18'))
+train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(num_samples=8))
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=1)
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
+test_dataloader = None
+test_cfg = None
+test_evaluator = None
+param_scheduler = []
+log_processor = dict(by_epoch=False)
+""")
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: print('MODULES', *sorted(m for m in sys.modules if m.startswith('overhaul_det'))))\n"
+             "from overhaul_det.cli import main\n"
+             f"sys.exit(main(['train', {str(config)!r}, '--work-dir', {str(tmp_path / 'work')!r}]))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    modules = next(line for line in done.stdout.splitlines() if line.startswith("MODULES")).split()[1:]
+    assert "overhaul_det.engine.runner" in modules
+    left_out = {p.removesuffix(".py").replace("/", ".") for p in provenance.NOT_TRAINING}
+    assert not [m for m in modules if any(m == p or m.startswith(p + ".") for p in left_out)]
 
 
 def test_weights_hash_follows_the_files_the_config_names(tmp_path):

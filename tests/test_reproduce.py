@@ -210,6 +210,25 @@ def test_a_report_of_one_kind_of_run_plots_without_an_empty_panel(tmp_path, meth
     assert plot.stat().st_size > 1000
 
 
+def test_a_methods_runs_with_each_teacher_share_its_colour_and_no_two_curves_look_alike(tmp_path, monkeypatch):
+    methods = ["baseline", "ofd", *(f"ofd, {a}" for a in reproduce.ABLATIONS)]
+    for method in methods + [f"{m}, bfloat16 teacher" for m in methods[1:]]:
+        _fake_run(tmp_path, method, 0, 80.0)
+    report = reproduce.collect_task("classification", tmp_path)
+    drawn = []
+    monkeypatch.setattr(reproduce, "_plot_method", lambda ax, method, curves, color, linestyle:
+                        drawn.append((id(ax), method, color, linestyle)))
+    reproduce._plot("classification", report["results"], report["metric"], tmp_path / "plot.png")
+    ablation_panel = {(color, style): method for ax, method, color, style in drawn if ax == drawn[-1][0]}
+    assert len(ablation_panel) == 10  # OFD and four ablations, each with both teachers
+    for ax in {ax for ax, *_ in drawn}:
+        looks = [(color, style) for a, _, color, style in drawn if a == ax]
+        assert len(looks) == len(set(looks))
+    colour = {method: color for _, method, color, _ in drawn}
+    assert all(colour[f"{m}, bfloat16 teacher"] == colour[m] for m in methods[1:])
+    assert len({colour[m] for m in methods}) == len(methods)
+
+
 def test_an_alpha_sweep_per_teacher_precision_is_plotted_per_precision(tmp_path, monkeypatch):
     for method, final in [("ofd", 81.0), ("alpha 1e-3", 78.0), ("ofd, float32 teacher", 82.0),
                           ("alpha 1e-3, float32 teacher", 79.0), ("ofd, bfloat16 teacher", 80.0)]:
