@@ -342,13 +342,14 @@ def _alpha_order(method: str) -> float:
     return float("inf") if value == "auto" else float(value)
 
 
-def collect_task(task: str, root: Path) -> Dict:
-    """The report of every finished run of ``task`` under ``root``, whatever methods and seeds ran: by
-    method, each method's teacher precisions together, then threads and seed."""
+def collect_task(task: str, root: Path, methods: Sequence[str] = (), threads: Sequence[int] = ()) -> Dict:
+    """The report of every finished run of ``task`` under ``root`` (of ``methods`` and at ``threads`` alone, if
+    given), whatever seeds ran: by method, each method's teacher precisions together, then threads and seed."""
     order = {m: i for i, m in enumerate(list(METHODS) + [f"ofd, {a}" for a in TASK_ABLATIONS[task]])}
     results = [json.loads(p.read_text()) for p in (root / task).glob("*/threads*/seed*/result.json")]
     if not results:
         raise FileNotFoundError(f"no finished run under {root / task}; run `overhaul-det reproduce {task}` first")
+    results = _select(results, methods, threads, root / task)
 
     def key(result: Dict) -> Tuple:
         base, precision = split_teacher_precision(result["method"])
@@ -357,6 +358,18 @@ def collect_task(task: str, root: Path) -> Dict:
 
     results.sort(key=key)
     return _report(task, results, max(r["seed"] for r in results) + 1, None)
+
+
+def _select(results: List[Dict], methods: Sequence[str], threads: Sequence[int], where: Path) -> List[Dict]:
+    """The runs of ``methods`` at ``threads`` (all, where empty); a method or thread count no run has is refused
+    with those that ran."""
+    for flag, asked, key in (("--methods", methods, "method"), ("--threads", threads, "threads")):
+        ran = list(dict.fromkeys(r[key] for r in results))
+        absent = [value for value in asked if value not in ran]
+        if absent:
+            raise ValueError(f"{flag} {', '.join(map(repr, absent))}: no finished run under {where}; "
+                             f"runs there: {', '.join(map(repr, sorted(ran, key=str)))}")
+    return [r for r in results if (not methods or r["method"] in methods) and (not threads or r["threads"] in threads)]
 
 
 _ORIGIN = (("commit", "unrecorded"), ("code", "-"), ("torch", "-"), ("cpu", "unrecorded"))
@@ -432,34 +445,39 @@ def _positive(text: str) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="overhaul-det reproduce", description=__doc__)
     parser.add_argument("task", choices=sorted(TASKS))
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=_positive, help="seeds 0 .. N-1 of each run (default 3)")
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     parser.add_argument("--ablations", action="store_true",
                         help="also the task's ablations: " + "; ".join(
                             f"{task}: {', '.join(switches)}" for task, switches in TASK_ABLATIONS.items() if switches))
-    parser.add_argument("--methods", nargs="+", help="a subset of the task's methods (runs can go in parallel)")
+    parser.add_argument("--methods", nargs="+", default=[],
+                        help="a subset of the task's methods; with --report-only, the recorded runs to report")
     parser.add_argument("--threads", type=_positive, nargs="+", default=[],
-                        help="torch threads per run; several values run each (default: torch's own count)")
-    parser.add_argument("--jobs", type=_positive, default=1,
-                        help="trainings at a time, each with --threads threads: keep jobs x threads within the CPU cores")
+                        help="torch threads per run; several values run each (default: torch's own count); with "
+                             "--report-only, the thread counts to report")
+    parser.add_argument("--jobs", type=_positive,
+                        help="trainings at a time (default 1), each with --threads threads: keep jobs x threads "
+                             "within the CPU cores")
     parser.add_argument("--alphas", nargs="+", default=[],
                         help="also OFD at each alpha (numbers, or auto); the config's own alpha is the ofd run")
-    parser.add_argument("--teacher-precision", choices=PRECISIONS, default="auto",
+    parser.add_argument("--teacher-precision", choices=PRECISIONS,
                         help="the OFD teacher's precision in every run that distils features, named '<method>, "
                              "<precision> teacher' (default: the config's 'auto', bfloat16 where the CPU or GPU "
                              "computes it natively, else float32); float32 trains what README's tables trained")
     parser.add_argument("--report-only", action="store_true",
-                        help="train nothing; report every finished run in the work dir (methods may differ in seeds)")
+                        help="train nothing; report the finished runs in the work dir (methods may differ in seeds)")
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/reproduce"))
     parser.add_argument("--out", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         if args.report_only:
-            report = collect_task(args.task, args.work_dir)
+            _refuse_training_flags(args)
+            report = collect_task(args.task, args.work_dir, args.methods, args.threads)
         else:
-            report = run_task(args.task, args.seeds, args.work_dir, args.epochs, args.ablations, args.methods,
-                              args.threads, args.jobs, args.alphas, args.teacher_precision)
+            report = run_task(args.task, 3 if args.seeds is None else args.seeds, args.work_dir, args.epochs,
+                              args.ablations, args.methods, args.threads, args.jobs or 1, args.alphas,
+                              args.teacher_precision or "auto")
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -478,6 +496,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     _write_index(args.out)
     sys.stdout.write(section.read_text())
     return 0
+
+
+def _refuse_training_flags(args: argparse.Namespace) -> None:
+    """--report-only trains nothing: a flag that only shapes trainings would be ignored, so it is refused."""
+    flags = (("--seeds", args.seeds), ("--epochs", args.epochs), ("--ablations", args.ablations), ("--jobs", args.jobs),
+             ("--alphas", args.alphas), ("--teacher-precision", args.teacher_precision))
+    given = [flag for flag, value in flags if value]
+    if given:
+        raise ValueError(f"{', '.join(given)} shape trainings, and --report-only trains none: drop them; choose the "
+                         f"runs to report with --methods (the names in the table) and --threads")
 
 
 def _write_index(out: Path) -> None:

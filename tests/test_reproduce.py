@@ -263,3 +263,26 @@ def test_more_threads_than_cores_is_warned_with_counts_that_fit(jobs, threads, w
                                    "--threads 1 or --jobs 1 --threads 2"]
     else:
         assert warnings_logged == []
+
+
+def test_report_only_reports_the_methods_and_threads_asked_for(tmp_path):
+    for method in ["baseline", "ofd", "ofd, bfloat16 teacher"]:
+        for threads in (1, 2):
+            _fake_run(tmp_path, method, 0, 80.0, threads=threads)
+    report = reproduce.collect_task("classification", tmp_path, methods=["baseline", "ofd, bfloat16 teacher"],
+                                    threads=[2])
+    assert [(r["method"], r["threads"]) for r in report["results"]] == [("baseline", 2), ("ofd, bfloat16 teacher", 2)]
+    with pytest.raises(ValueError, match=r"--methods 'ofd,kd': no finished run under .*runs there: 'baseline', 'ofd'"):
+        reproduce.collect_task("classification", tmp_path, methods=["ofd,kd"])
+    with pytest.raises(ValueError, match="--threads 4: .*runs there: 1, 2"):
+        reproduce.collect_task("classification", tmp_path, threads=[4])
+
+
+@pytest.mark.parametrize("flags", [["--seeds", "6"], ["--jobs", "2"], ["--ablations"], ["--alphas", "1e-3"],
+                                   ["--teacher-precision", "float32"], ["--epochs", "2"]])
+def test_report_only_refuses_the_flags_that_shape_trainings(tmp_path, capsys, flags):
+    _fake_run(tmp_path, "ofd", 0, 80.0)
+    with pytest.raises(SystemExit):
+        reproduce.main(["classification", "--report-only", *flags, "--work-dir", str(tmp_path), "--out", str(tmp_path)])
+    assert f"{flags[0]} shape trainings, and --report-only trains none" in capsys.readouterr().err
+    assert not (tmp_path / "results_classification.md").exists()
