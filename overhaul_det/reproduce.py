@@ -6,8 +6,9 @@ code, config and weights hashes, threads, torch version, CPU; ``provenance.py``)
 skipped while that record still matches the current code, so the command resumes; otherwise it
 is trained again. Writes a JSON file, a markdown table and a plot per task.
 
-``--teacher-precision`` fixes the OFD teacher's precision for every run that distils features, instead of the
-config's 'auto' (which depends on the CPU); such a run is named '<method>, <precision> teacher'.
+The OFD teacher runs in the config's precision, 'auto' (bfloat16 on CPUs and GPUs that compute it natively, float32
+elsewhere). ``--teacher-precision`` fixes it for every run that distils features; such a run is named '<method>,
+<precision> teacher', and ``--methods`` takes that name too ('ofd, float32 teacher').
 """
 from __future__ import annotations
 
@@ -37,13 +38,13 @@ TASKS = {
     "classification": dict(
         config="configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py",
         metric="accuracy/top1", teacher_config="configs/classification/teacher_resnet18_fashionmnist.py",
-        methods=["baseline", "kd", "ofd", "ofd+kd", "ofd, bfloat16 teacher"]),
+        methods=["baseline", "kd", "ofd", "ofd+kd"]),
     "detection": dict(
         config="configs/detection/ofd_frcnn_fashion_scenes.py", metric="coco/bbox_mAP",
-        methods=["baseline", "ofd", "ofd, body+fpn", "ofd, bfloat16 teacher"]),
+        methods=["baseline", "ofd", "ofd, body+fpn"]),
     "segmentation": dict(
         config="configs/segmentation/ofd_deeplabv3_fashion_scenes_pretrained.py", metric="seg/mIoU",
-        methods=["baseline", "ofd", "ofd, bfloat16 teacher"]),
+        methods=["baseline", "ofd"]),
 }
 
 METHODS: Dict[str, Dict] = {
@@ -51,8 +52,6 @@ METHODS: Dict[str, Dict] = {
     "kd": {"model.ofd.alpha": 0, "model.kd_weight": 1.0},
     "ofd": {},
     "ofd+kd": {"model.kd_weight": 1.0},
-    # 'ofd' takes teacher_precision='auto': bfloat16 on CPUs and GPUs that run it natively, float32 elsewhere
-    "ofd, bfloat16 teacher": {"model.ofd.teacher_precision": "bfloat16"},
     # detection: the teacher's FPN outputs tapped besides its body's stage ends, alpha chosen against the task loss
     "ofd, body+fpn": {"model.feature_levels": "body+fpn", "model.ofd.alpha": "auto"},
 }
@@ -293,7 +292,8 @@ def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations
     every run that distils features with its teacher in ``teacher_precision``."""
     spec = TASKS[task]
     _check_methods(task, methods or [])
-    runs = [(m, METHODS[m]) for m in (methods or spec["methods"])]
+    runs = [with_teacher_precision(base, METHODS[base], precision)
+            for base, precision in map(split_teacher_precision, methods or spec["methods"])]
     if ablations:
         runs += [(f"ofd, {name}", o) for name, o in TASK_ABLATIONS[task].items()]
     runs += _alpha_runs(task, alphas)
@@ -324,14 +324,17 @@ def _warn_if_oversubscribed(jobs: int, threads: int) -> None:
 
 
 def _check_methods(task: str, methods: Sequence[str]) -> None:
-    """Refuse a method the task does not run, naming the flag for a teacher precision it spells out."""
+    """Refuse a method the task does not run, or a teacher precision spelled out for one without an OFD teacher."""
     known = TASKS[task]["methods"]
-    unknown = [m for m in methods if m not in known]
-    if not unknown:
-        return
-    hints = [f"for {m!r} use --methods {shlex.quote(base)} --teacher-precision {precision}"
-             for m in unknown for base, precision in [split_teacher_precision(m)] if precision != "auto" and base in known]
-    raise ValueError(f"methods {unknown} are not run for {task}; choose from {known}" + "".join(f"; {h}" for h in hints))
+    unknown = [m for m in methods if split_teacher_precision(m)[0] not in known]
+    if unknown:
+        raise ValueError(f"methods {unknown} are not run for {task}; choose from {known}, each with an OFD teacher "
+                         f"also as '<method>, <precision> teacher' (precisions: {', '.join(PRECISIONS[1:])})")
+    no_teacher = [m for m in methods if split_teacher_precision(m)[1] != "auto"
+                  and METHODS[split_teacher_precision(m)[0]].get("model.ofd.alpha") == 0]
+    if no_teacher:
+        raise ValueError(f"methods {no_teacher} distil no features, so they have no OFD teacher to set the precision "
+                         f"of; drop the precision from their names")
 
 
 def _alpha_order(method: str) -> float:

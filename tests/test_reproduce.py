@@ -155,7 +155,7 @@ def test_a_teacher_precision_renames_and_overrides_only_runs_that_distil_feature
     kd = reproduce.METHODS["kd"]
     assert reproduce.with_teacher_precision("kd", kd, "float32") == ("kd", kd)  # no OFD: KD's teacher runs as it is
     assert reproduce.with_teacher_precision("ofd", {}, "auto") == ("ofd", {})
-    bf16 = reproduce.METHODS["ofd, bfloat16 teacher"]
+    bf16 = {"model.ofd.teacher_precision": "bfloat16"}
     assert reproduce.with_teacher_precision("ofd, bfloat16 teacher", bf16, "bfloat16") == ("ofd, bfloat16 teacher", bf16)
     with pytest.raises(ValueError, match="runs its teacher in bfloat16; drop it from --methods"):
         reproduce.with_teacher_precision("ofd, bfloat16 teacher", bf16, "float32")
@@ -180,11 +180,29 @@ def test_a_sweep_with_a_teacher_precision_trains_it_and_pairs_it_with_the_baseli
     assert "| 0 | 1 | 71.00 | 72.00 | +1.00 |" in table
 
 
-def test_a_method_spelled_with_its_precision_is_refused_with_the_flag_to_use(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        reproduce.main(["classification", "--methods", "ofd+kd, float32 teacher", "--work-dir", str(tmp_path)])
-    assert "use --methods ofd+kd --teacher-precision float32" in capsys.readouterr().err
-    assert not (tmp_path / "classification").exists()  # refused before anything trained
+def test_a_method_spelled_with_its_precision_trains_as_the_flag_does(tmp_path, monkeypatch):
+    """A name the report shows ('ofd+kd, float32 teacher') is a method: the same run as --teacher-precision makes."""
+    calls = []
+    monkeypatch.setattr(reproduce, "_train", _fake_training(calls))
+    named = reproduce.run_task("classification", 1, tmp_path / "named", 1, False, threads=[1],
+                               methods=["ofd+kd, float32 teacher", "ofd"])
+    flagged = reproduce.run_task("classification", 1, tmp_path / "flag", 1, False, threads=[1], methods=["ofd+kd"],
+                                 teacher_precision="float32")
+    assert [r["method"] for r in named["results"]] == ["ofd+kd, float32 teacher", "ofd"]
+    assert named["results"][0]["overrides"] == flagged["results"][0]["overrides"] == {
+        "model.kd_weight": 1.0, "model.ofd.teacher_precision": "float32"}
+    assert named["results"][0]["provenance"]["config"] == flagged["results"][0]["provenance"]["config"]
+
+
+@pytest.mark.parametrize("methods, refusal", [
+    (["ofd, float23 teacher"], r"not run for classification; choose from .* '<method>, <precision> teacher'"),
+    (["kd, bfloat16 teacher"], "distil no features, so they have no OFD teacher"),
+    (["ofd, bfloat16 teacher"], "runs its teacher in bfloat16; drop it from --methods or use --teacher-precision")])
+def test_a_precision_a_method_cannot_take_is_refused_before_training(tmp_path, monkeypatch, methods, refusal):
+    monkeypatch.setattr(reproduce, "_train", _fake_training([]))
+    with pytest.raises(ValueError, match=refusal):
+        reproduce.run_task("classification", 1, tmp_path, 1, False, methods=methods, teacher_precision="float32")
+    assert not (tmp_path / "classification").exists()
 
 
 def test_each_methods_teacher_precisions_are_reported_together(tmp_path):
