@@ -24,7 +24,7 @@ __all__ = ["CODE_PATHS", "NOT_TRAINING", "WEIGHT_SUFFIXES", "code_hash", "git_co
 CODE_PATHS = ("overhaul_det", "pyproject.toml")
 # The package's parts that no training imports: they start, time or report runs, so editing them reruns nothing
 # (tests/test_provenance.py checks that a training and every module it may import leave them out).
-NOT_TRAINING = ("overhaul_det/reproduce.py", "overhaul_det/provenance.py", "overhaul_det/demo.py",
+NOT_TRAINING = ("overhaul_det/reproduce", "overhaul_det/provenance.py", "overhaul_det/demo.py",
                 "overhaul_det/report.py", "overhaul_det/bench")
 # A config's string values with these endings name weight files (teachers, backbones) the run loads.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")

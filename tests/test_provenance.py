@@ -34,7 +34,8 @@ def test_code_hash_follows_the_code_only(tmp_path):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "another_task.py").write_text("model = dict(alpha=1)\n")  # config_hash's business
     assert code_hash(tmp_path) == before
-    (tmp_path / "overhaul_det" / "reproduce.py").write_text("plot = 'dashed'\n")  # starts and reports runs
+    (tmp_path / "overhaul_det" / "reproduce").mkdir()
+    (tmp_path / "overhaul_det" / "reproduce" / "plots.py").write_text("style = 'dashed'\n")  # starts and reports runs
     (tmp_path / "overhaul_det" / "bench").mkdir()
     (tmp_path / "overhaul_det" / "bench" / "run.py").write_text("repeats = 7\n")
     assert code_hash(tmp_path) == before

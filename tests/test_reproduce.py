@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from overhaul_det import FeatureDistiller, reproduce
+from overhaul_det.reproduce import plots, runs
+from overhaul_det.reproduce.methods import alpha_runs
+from overhaul_det.reproduce.report import markdown
 
 
 def _fake_run(root, method, seed, final, threads=1):
@@ -30,12 +35,12 @@ def test_report_from_finished_runs(tmp_path):
     assert report["summary"]["ofd"]["mean"] == pytest.approx(82.0)
     assert report["summary"]["baseline"]["std"] == pytest.approx(statistics.stdev([75.0, 76.0, 74.0]))
     assert report["summary"]["ofd, teacher BN eval"]["std"] == 0.0
-    table = reproduce._markdown(report, "overhaul-det reproduce classification", "plot.png")
+    table = markdown(report, "overhaul-det reproduce classification", "plot.png")
     assert "| ofd | 82.00 ± 1.00 | 82.00 (s0/1t), 81.00 (s1/1t), 83.00 (s2/1t) | 11 |" in table
     assert "| 1 | 1 | 76.00 | 81.00 | +5.00 |" in table  # baseline and OFD run by run
     assert "commit `abc1234` (code `c0de`, torch 2.x, CPU Some CPU)" in table
     plot = tmp_path / "plot.png"
-    reproduce._plot("classification", report["results"], report["metric"], plot)
+    plots.plot_curves("classification", report["results"], report["metric"], plot)
     assert plot.stat().st_size > 1000
 
 
@@ -67,7 +72,7 @@ def _fake_training(calls):
         log_path.write_text("2026-11-30 00:00:00,000 INFO teacher ResNet on cpu runs in bfloat16, channels-last "
                             "(teacher_precision='auto')\n")
         work_dir = command[command.index("--work-dir") + 1]
-        log = reproduce.Path(work_dir) / "20261130_000000" / "vis_data" / "scalars.json"
+        log = Path(work_dir) / "20261130_000000" / "vis_data" / "scalars.json"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(json.dumps({"accuracy/top1": 70.0 + len(calls)}) + "\n")
     return run
@@ -75,24 +80,24 @@ def _fake_training(calls):
 
 def test_a_run_is_reused_only_while_its_stamp_holds(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(reproduce, "_train", _fake_training(calls))
-    first = reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de")
+    monkeypatch.setattr(runs, "_train", _fake_training(calls))
+    first = runs._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de")
     assert calls[0][1] == "1" and first["threads"] == 1 and first["final"] == 71.0
     assert set(first["provenance"]) == {"commit", "code", "config", "weights", "threads", "torch", "cpu"}
     assert first["teacher"] == "bfloat16, channels-last"  # what 'auto' resolved to, from the distiller's log line
-    assert reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de") == first  # reused
+    assert runs._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de") == first  # reused
     assert len(calls) == 1
 
     result_file = tmp_path / "classification" / "ofd" / "threads1" / "seed0" / "result.json"
     recorded = json.loads(result_file.read_text())
     recorded["provenance"]["cpu"] = "another CPU"
     result_file.write_text(json.dumps(recorded))
-    again = reproduce._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de")  # another CPU: rerun
+    again = runs._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de")  # another CPU: rerun
     assert len(calls) == 2 and again["final"] == 72.0
 
-    reproduce._run("classification", "ofd", {}, 0, 2, tmp_path, epochs=1, code="c0de")  # another thread count: its own run
+    runs._run("classification", "ofd", {}, 0, 2, tmp_path, epochs=1, code="c0de")  # another thread count: its own run
     assert len(calls) == 3 and calls[-1][1] == "2"
-    reproduce._run("classification", "ofd", {"model.ofd.alpha": 0.1}, 0, 1, tmp_path, epochs=1, code="c0de")  # other config
+    runs._run("classification", "ofd", {"model.ofd.alpha": 0.1}, 0, 1, tmp_path, epochs=1, code="c0de")  # other config
     assert len(calls) == 4
 
 
@@ -104,19 +109,19 @@ def test_the_record_reads_the_distillers_own_log_line(make_model, tmp_path, capl
         distiller.teacher_features(torch.randn(2, 3, 64, 64))
     log = tmp_path / "train.log"
     log.write_text(caplog.text)
-    assert reproduce._teacher_mode(log) == distiller.teacher_runs_in["cpu"] == "bfloat16, channels-last"
+    assert runs._teacher_mode(log) == distiller.teacher_runs_in["cpu"] == "bfloat16, channels-last"
 
 
 def test_a_run_without_a_teacher_records_none(tmp_path):
     log = tmp_path / "train.log"
     log.write_text("INFO Epoch(train) [1][10/40] loss: 0.5\nINFO student runs in eval mode\n")
-    assert reproduce._teacher_mode(log) is None
+    assert runs._teacher_mode(log) is None
 
 
 def test_a_training_gets_its_thread_count(tmp_path):
     log = tmp_path / "train.log"
     code = "import torch; print(torch.get_num_threads())"
-    reproduce._train([reproduce.sys.executable, "-c", code], log, threads=1)
+    runs._train([sys.executable, "-c", code], log, threads=1)
     assert log.read_text().strip() == "1"
 
 
@@ -128,8 +133,8 @@ def test_zero_threads_or_jobs_is_refused(flag, capsys):
 
 
 def test_alpha_sweep_skips_the_configs_own_alpha_and_plots_auto(tmp_path):
-    runs = reproduce._alpha_runs("classification", ["1e-3", "1e-2", "auto"])
-    assert runs == [("alpha 1e-3", {"model.ofd.alpha": 1e-3}), ("alpha auto", {"model.ofd.alpha": "auto"})]
+    sweep = alpha_runs("classification", ["1e-3", "1e-2", "auto"])
+    assert sweep == [("alpha 1e-3", {"model.ofd.alpha": 1e-3}), ("alpha auto", {"model.ofd.alpha": "auto"})]
     for seed in range(2):
         _fake_run(tmp_path, "baseline", seed, 75.0 + seed)
         _fake_run(tmp_path, "ofd", seed, 81.0 + seed)
@@ -139,11 +144,11 @@ def test_alpha_sweep_skips_the_configs_own_alpha_and_plots_auto(tmp_path):
         result_file.write_text(json.dumps(dict(json.loads(result_file.read_text()), alpha_auto=0.004 + seed / 1000)))
     report = reproduce.collect_task("classification", tmp_path)
     assert list(report["summary"]) == ["baseline", "ofd", "alpha 1e-3", "alpha auto"]
-    table = reproduce._markdown(report, "overhaul-det reproduce classification", "plot.png")
+    table = markdown(report, "overhaul-det reproduce classification", "plot.png")
     assert "alpha='auto' chose: 0.004 (s0/1t), 0.005 (s1/1t)." in table
     assert "results_classification_alpha.png" in table
     plot = tmp_path / "alpha.png"
-    reproduce._plot_alpha("classification", report["results"], report["metric"], 1e-2, plot)
+    plots.plot_alpha("classification", report["results"], report["metric"], 1e-2, plot)
     assert plot.stat().st_size > 1000
 
 
@@ -167,7 +172,7 @@ def test_a_teacher_precision_renames_and_overrides_only_runs_that_distil_feature
 
 def test_a_sweep_with_a_teacher_precision_trains_it_and_pairs_it_with_the_baseline(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(reproduce, "_train", _fake_training(calls))
+    monkeypatch.setattr(runs, "_train", _fake_training(calls))
     report = reproduce.run_task("classification", 1, tmp_path, 1, False, methods=["baseline", "ofd", "ofd+kd"],
                                 threads=[1], teacher_precision="float32")
     assert [r["method"] for r in report["results"]] == ["baseline", "ofd, float32 teacher", "ofd+kd, float32 teacher"]
@@ -175,7 +180,7 @@ def test_a_sweep_with_a_teacher_precision_trains_it_and_pairs_it_with_the_baseli
     assert "model.ofd.teacher_precision=float32" not in options[0]
     assert all("model.ofd.teacher_precision=float32" in o for o in options[1:])
     assert (tmp_path / "classification" / "ofd_kd,_float32_teacher" / "threads1" / "seed0" / "result.json").exists()
-    table = reproduce._markdown(report, "overhaul-det reproduce classification", "plot.png")
+    table = markdown(report, "overhaul-det reproduce classification", "plot.png")
     assert "| seed | threads | baseline | ofd, float32 teacher | gain |" in table
     assert "| 0 | 1 | 71.00 | 72.00 | +1.00 |" in table
 
@@ -183,7 +188,7 @@ def test_a_sweep_with_a_teacher_precision_trains_it_and_pairs_it_with_the_baseli
 def test_a_method_spelled_with_its_precision_trains_as_the_flag_does(tmp_path, monkeypatch):
     """A name the report shows ('ofd+kd, float32 teacher') is a method: the same run as --teacher-precision makes."""
     calls = []
-    monkeypatch.setattr(reproduce, "_train", _fake_training(calls))
+    monkeypatch.setattr(runs, "_train", _fake_training(calls))
     named = reproduce.run_task("classification", 1, tmp_path / "named", 1, False, threads=[1],
                                methods=["ofd+kd, float32 teacher", "ofd"])
     flagged = reproduce.run_task("classification", 1, tmp_path / "flag", 1, False, threads=[1], methods=["ofd+kd"],
@@ -199,7 +204,7 @@ def test_a_method_spelled_with_its_precision_trains_as_the_flag_does(tmp_path, m
     (["kd, bfloat16 teacher"], "distil no features, so they have no OFD teacher"),
     (["ofd, bfloat16 teacher"], "runs its teacher in bfloat16; drop it from --methods or use --teacher-precision")])
 def test_a_precision_a_method_cannot_take_is_refused_before_training(tmp_path, monkeypatch, methods, refusal):
-    monkeypatch.setattr(reproduce, "_train", _fake_training([]))
+    monkeypatch.setattr(runs, "_train", _fake_training([]))
     with pytest.raises(ValueError, match=refusal):
         reproduce.run_task("classification", 1, tmp_path, 1, False, methods=methods, teacher_precision="float32")
     assert not (tmp_path / "classification").exists()
@@ -212,7 +217,7 @@ def test_each_methods_teacher_precisions_are_reported_together(tmp_path):
     report = reproduce.collect_task("classification", tmp_path)
     assert list(report["summary"]) == ["baseline", "ofd", "ofd, float32 teacher", "ofd, bfloat16 teacher", "ofd+kd",
                                        "ofd+kd, float32 teacher", "ofd, no margin (identity teacher), float32 teacher"]
-    table = reproduce._markdown(report, "overhaul-det reproduce classification", "plot.png")
+    table = markdown(report, "overhaul-det reproduce classification", "plot.png")
     assert ("| baseline | ofd | gain | ofd, float32 teacher | gain | ofd, bfloat16 teacher | gain |") in table
 
 
@@ -224,7 +229,7 @@ def test_a_report_of_one_kind_of_run_plots_without_an_empty_panel(tmp_path, meth
     plot = tmp_path / "plot.png"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns of a legend without labelled curves
-        reproduce._plot("classification", report["results"], report["metric"], plot)
+        plots.plot_curves("classification", report["results"], report["metric"], plot)
     assert plot.stat().st_size > 1000
 
 
@@ -234,9 +239,9 @@ def test_a_methods_runs_with_each_teacher_share_its_colour_and_no_two_curves_loo
         _fake_run(tmp_path, method, 0, 80.0)
     report = reproduce.collect_task("classification", tmp_path)
     drawn = []
-    monkeypatch.setattr(reproduce, "_plot_method", lambda ax, method, curves, color, linestyle:
+    monkeypatch.setattr(plots, "_plot_method", lambda ax, method, curves, color, linestyle:
                         drawn.append((id(ax), method, color, linestyle)))
-    reproduce._plot("classification", report["results"], report["metric"], tmp_path / "plot.png")
+    plots.plot_curves("classification", report["results"], report["metric"], tmp_path / "plot.png")
     ablation_panel = {(color, style): method for ax, method, color, style in drawn if ax == drawn[-1][0]}
     assert len(ablation_panel) == 10  # OFD and four ablations, each with both teachers
     for ax in {ax for ax, *_ in drawn}:
@@ -261,7 +266,7 @@ def test_an_alpha_sweep_per_teacher_precision_is_plotted_per_precision(tmp_path,
 
     draw = Axes.errorbar
     monkeypatch.setattr(Axes, "errorbar", errorbar)
-    reproduce._plot_alpha("classification", report["results"], report["metric"], 1e-2, tmp_path / "alpha.png")
+    plots.plot_alpha("classification", report["results"], report["metric"], 1e-2, tmp_path / "alpha.png")
     assert curves == [("OFD at a fixed alpha", [1e-3, 1e-2], [78.0, 81.0]),
                       ("OFD at a fixed alpha, float32 teacher", [1e-3, 1e-2], [79.0, 82.0])]  # no bfloat16 sweep ran
 
@@ -269,8 +274,8 @@ def test_an_alpha_sweep_per_teacher_precision_is_plotted_per_precision(tmp_path,
 @pytest.mark.parametrize("jobs, threads, warned", [(2, 2, True), (2, 1, False), (1, 4, False)])
 def test_more_threads_than_cores_is_warned_with_counts_that_fit(jobs, threads, warned, tmp_path, monkeypatch,
                                                                 caplog):
-    monkeypatch.setattr(reproduce.os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(reproduce, "_train", _fake_training([]))
+    monkeypatch.setattr(runs.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(runs, "_train", _fake_training([]))
     with caplog.at_level("WARNING", logger="overhaul_det.reproduce"):
         reproduce.run_task("classification", 1, tmp_path, 1, False, methods=["baseline"], threads=[threads],
                            jobs=jobs)
