@@ -23,6 +23,28 @@ from torchvision.datasets import FashionMNIST
 
 from overhaul_det import teacher_mode
 
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
+
+
+def iteration_config(path: Path, max_iters: int, extra: str = "") -> str:
+    """Write at ``path`` the demo config with a random-init resnet18 teacher, ``max_iters`` iterations, no
+    validation or test and no LR schedule; the ``extra`` config lines follow (a key they set again wins)."""
+    path.write_text(f"""
+_base_ = [{str(DEMO_CONFIG)!r}]
+model = dict(teacher=dict(_delete_=True, name='resnet18'))
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters={max_iters})
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
+test_dataloader = None
+test_cfg = None
+test_evaluator = None
+param_scheduler = []
+log_processor = dict(by_epoch=False)
+{extra}""")
+    return str(path)
+
+
 # Small inputs gain nothing from intra-op threads, and spinning threads stall on a shared CPU.
 torch.set_num_threads(1)
 

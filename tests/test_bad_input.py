@@ -16,10 +16,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from conftest import iteration_config
 from overhaul_det.cli import main as cli_main
-
-REPO = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
 
 
 def _image_folder(root: Path, classes: int, per_class: int = 1, broken: bool = False) -> Path:
@@ -128,23 +126,11 @@ CASES: Dict[str, Case] = {
 def write_config(tmp: Path, teacher: str = "", model: str = "",
                  data: str = "batch_size=4, dataset=dict(num_samples=8)") -> str:
     """The demo config with a random-init teacher, 2 iterations, no validation, and the fragments."""
-    config = tmp / "bad_input_config.py"
-    config.write_text(f"""
-_base_ = [{str(DEMO_CONFIG)!r}]
+    return iteration_config(tmp / "bad_input_config.py", max_iters=2, extra=f"""
 model = dict(teacher=dict(_delete_=True, name='resnet18', {teacher}), {model})
 train_dataloader = dict({data})
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2)
-val_dataloader = None
-val_cfg = None
-val_evaluator = None
-test_dataloader = None
-test_cfg = None
-test_evaluator = None
-param_scheduler = []
 default_hooks = dict(checkpoint=dict(interval=1, by_epoch=False), logger=dict(interval=1))
-log_processor = dict(by_epoch=False)
 """)
-    return str(config)
 
 
 def run_case(tmp: Path, case: Case, capsys) -> str:

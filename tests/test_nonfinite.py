@@ -8,34 +8,19 @@ import pytest
 import torch
 from mmengine.logging import MessageHub
 
+from conftest import iteration_config
 from overhaul_det.cli import main as cli_main
 from overhaul_det.engine.checkpoint import load_checkpoint_file
 from overhaul_det.engine.runner import build_runner, load_config
 from overhaul_det.tasks.classification import ClassificationDistiller
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
-
 
 def _write_config(tmp_path: Path, lr: float) -> str:
-    config = tmp_path / "nonfinite_config.py"
-    config.write_text(f"""
-_base_ = [{str(DEMO_CONFIG)!r}]
-model = dict(teacher=dict(_delete_=True, name='resnet18'))
+    return iteration_config(tmp_path / "nonfinite_config.py", max_iters=4, extra=f"""
 train_dataloader = dict(batch_size=4, dataset=dict(num_samples=16))
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=4)
-val_dataloader = None
-val_cfg = None
-val_evaluator = None
-test_dataloader = None
-test_cfg = None
-test_evaluator = None
 optim_wrapper = dict(optimizer=dict(lr={lr!r}))
-param_scheduler = []
 default_hooks = dict(checkpoint=dict(interval=1, by_epoch=False), logger=dict(interval=1))
-log_processor = dict(by_epoch=False)
 """)
-    return str(config)
 
 
 def _parameters(model: torch.nn.Module) -> dict:

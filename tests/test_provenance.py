@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import iteration_config
 from overhaul_det import cpuinfo, provenance
 from overhaul_det.provenance import code_hash, config_hash, stale_fields, stamp, weights_hash
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
 
 
 def test_code_hash_follows_the_code_only(tmp_path):
@@ -70,25 +70,12 @@ def test_no_module_a_training_may_import_imports_one_left_out_of_the_code_hash()
 
 @pytest.mark.usefixtures("fashion_data")
 def test_a_training_imports_nothing_left_out_of_the_code_hash(tmp_path):
-    config = tmp_path / "one_iteration.py"
-    config.write_text(f"""
-_base_ = [{str(DEMO_CONFIG)!r}]
-model = dict(teacher=dict(_delete_=True, name='resnet18'))
-train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(num_samples=8))
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=1)
-val_dataloader = None
-val_cfg = None
-val_evaluator = None
-test_dataloader = None
-test_cfg = None
-test_evaluator = None
-param_scheduler = []
-log_processor = dict(by_epoch=False)
-""")
+    config = iteration_config(tmp_path / "one_iteration.py", max_iters=1,
+                              extra="train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(num_samples=8))")
     probe = ("import atexit, sys\n"
              "atexit.register(lambda: print('MODULES', *sorted(m for m in sys.modules if m.startswith('overhaul_det'))))\n"
              "from overhaul_det.cli import main\n"
-             f"sys.exit(main(['train', {str(config)!r}, '--work-dir', {str(tmp_path / 'work')!r}]))\n")
+             f"sys.exit(main(['train', {config!r}, '--work-dir', {str(tmp_path / 'work')!r}]))\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -239,8 +239,13 @@ def test_a_methods_runs_with_each_teacher_share_its_colour_and_no_two_curves_loo
         _fake_run(tmp_path, method, 0, 80.0)
     report = reproduce.collect_task("classification", tmp_path)
     drawn = []
-    monkeypatch.setattr(plots, "_plot_method", lambda ax, method, curves, color, linestyle:
-                        drawn.append((id(ax), method, color, linestyle)))
+    draw = plots._plot_method
+
+    def record(ax, method, curves, color, linestyle):
+        drawn.append((id(ax), method, color, linestyle))
+        draw(ax, method, curves, color, linestyle)
+
+    monkeypatch.setattr(plots, "_plot_method", record)
     plots.plot_curves("classification", report["results"], report["metric"], tmp_path / "plot.png")
     ablation_panel = {(color, style): method for ax, method, color, style in drawn if ax == drawn[-1][0]}
     assert len(ablation_panel) == 10  # OFD and four ablations, each with both teachers

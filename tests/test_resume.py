@@ -14,6 +14,7 @@ import pytest
 import torch
 from mmengine.fileio import get_file_backend
 
+from conftest import iteration_config
 from overhaul_det.cli import main as cli_main
 from overhaul_det.engine.checkpoint import load_checkpoint_file
 from overhaul_det.engine import install
@@ -21,30 +22,17 @@ from overhaul_det.engine.fileio import AtomicLocalBackend
 from overhaul_det.engine.resume import checkpoint_candidates, find_resume_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
 MAX_ITERS = 6  # 20 images in batches of 4: the sampler starts its second epoch at iteration 6
 
 
 def _write_config(tmp_path: Path, max_iters: int = MAX_ITERS) -> str:
     """The demo config: random-init teacher, 20 augmented 32 px images, deterministic, no validation."""
-    config = tmp_path / "resume_config.py"
-    config.write_text(f"""
-_base_ = [{str(DEMO_CONFIG)!r}]
-model = dict(teacher=dict(_delete_=True, name='resnet18'))
+    return iteration_config(tmp_path / "resume_config.py", max_iters, extra=f"""
 train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(num_samples=20))
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters={max_iters})
-val_dataloader = None
-val_cfg = None
-val_evaluator = None
-test_dataloader = None
-test_cfg = None
-test_evaluator = None
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end={max_iters})]
 default_hooks = dict(checkpoint=dict(interval=1, by_epoch=False, max_keep_ckpts=3), logger=dict(interval=1))
-log_processor = dict(by_epoch=False)
 randomness = dict(seed=0, deterministic=True)
 """)
-    return str(config)
 
 
 def _state(path: Path) -> dict:
