@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..teacher_mode import PRECISIONS
-from .methods import REPO, TASK_ABLATIONS, TASKS, is_alpha_run
+from .methods import TASK_ABLATIONS, TASKS, config_alpha, is_alpha_run
 from .plots import plot_alpha, plot_curves
 from .report import collect_task, markdown, write_index
 from .runs import run_task
@@ -76,11 +76,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     plot = args.out / f"results_{args.task}.png"
     plot_curves(args.task, report["results"], report["metric"], plot)
     if any(is_alpha_run(r["method"]) for r in report["results"]):
-        from mmengine.config import Config
-
-        own_alpha = Config.fromfile(str(REPO / TASKS[args.task]["config"])).model.ofd.alpha
-        plot_alpha(args.task, report["results"], report["metric"], own_alpha,
-                    args.out / f"results_{args.task}_alpha.png")
+        plot_alpha(args.task, report["results"], report["metric"], config_alpha(args.task),
+                   args.out / f"results_{args.task}_alpha.png")
     (args.out / f"results_{args.task}.json").write_text(json.dumps(report, indent=2))
     command = shlex.join(["overhaul-det", "reproduce", *(argv if argv is not None else sys.argv[1:])])
     section = args.out / f"results_{args.task}.md"

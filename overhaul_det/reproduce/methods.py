@@ -51,10 +51,22 @@ TASK_ABLATIONS: Dict[str, Dict[str, Dict]] = {
 }
 
 
+def distils_features(overrides: Dict) -> bool:
+    """Whether a run with ``overrides`` has an OFD teacher (alpha 0 has none; KD's teacher is not OFD's)."""
+    return overrides.get("model.ofd.alpha") != 0
+
+
+def config_alpha(task: str) -> float:
+    """The alpha of the task's config: the 'ofd' method's."""
+    from mmengine.config import Config
+
+    return Config.fromfile(str(REPO / TASKS[task]["config"])).model.ofd.alpha
+
+
 def with_teacher_precision(name: str, overrides: Dict, precision: str) -> Tuple[str, Dict]:
     """Run ``name`` with its OFD teacher in ``precision``: renamed '<name>, <precision> teacher', the override
     added. 'auto', and a run without OFD (alpha 0; KD's teacher runs as it is), leave the run as it is."""
-    if precision == "auto" or overrides.get("model.ofd.alpha") == 0:
+    if precision == "auto" or not distils_features(overrides):
         return name, overrides
     fixed = overrides.get("model.ofd.teacher_precision")
     if fixed is not None:
@@ -82,12 +94,13 @@ def is_alpha_run(method: str) -> bool:
 def check_methods(task: str, methods: Sequence[str]) -> None:
     """Refuse a method the task does not run, or a teacher precision spelled out for one without an OFD teacher."""
     known = TASKS[task]["methods"]
-    unknown = [m for m in methods if split_teacher_precision(m)[0] not in known]
+    named = {m: split_teacher_precision(m) for m in methods}
+    unknown = [m for m, (base, _) in named.items() if base not in known]
     if unknown:
         raise ValueError(f"methods {unknown} are not run for {task}; choose from {known}, each with an OFD teacher "
                          f"also as '<method>, <precision> teacher' (precisions: {', '.join(PRECISIONS[1:])})")
-    no_teacher = [m for m in methods if split_teacher_precision(m)[1] != "auto"
-                  and METHODS[split_teacher_precision(m)[0]].get("model.ofd.alpha") == 0]
+    no_teacher = [m for m, (base, precision) in named.items() if precision != "auto"
+                  and not distils_features(METHODS[base])]
     if no_teacher:
         raise ValueError(f"methods {no_teacher} distil no features, so they have no OFD teacher to set the precision "
                          f"of; drop the precision from their names")
@@ -96,9 +109,7 @@ def check_methods(task: str, methods: Sequence[str]) -> None:
 def alpha_runs(task: str, alphas: Sequence[str]) -> List:
     """('alpha A', overrides) per alpha in ``alphas`` ('auto' or a number); the config's own alpha is
     the 'ofd' method's run, so it is not trained twice."""
-    from mmengine.config import Config
-
-    own = Config.fromfile(str(REPO / TASKS[task]["config"])).model.ofd.alpha
+    own = config_alpha(task)
     runs = []
     for text in alphas:
         value = text if text == "auto" else float(text)
