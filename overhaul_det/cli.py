@@ -1,4 +1,4 @@
-"""The ``overhaul-det`` command: train, test, export, taps, demo, bench, make-scenes."""
+"""The ``overhaul-det`` command: train, test, export, taps, demo, bench, make-scenes, reproduce."""
 from __future__ import annotations
 
 import argparse

@@ -63,12 +63,14 @@ def code_hash(repo: Path) -> str:
 
 
 def git_commit(repo: Path) -> str:
-    """The short commit of ``repo``, with ``+modified`` when the code differs from it; 'unknown' outside git."""
+    """The short commit of ``repo``, with ``+modified`` when the hashed code differs from it (``code_hash``'s
+    files: an edit under ``NOT_TRAINING`` does not count); 'unknown' outside git."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=repo,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], capture_output=True, text=True,
-                               cwd=repo, check=True).stdout.strip()
+        excluded = [f":(exclude){part}" for part in NOT_TRAINING]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS, *excluded], capture_output=True,
+                               text=True, cwd=repo, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+modified" if dirty else "")

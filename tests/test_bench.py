@@ -270,8 +270,10 @@ def test_cuda_request_without_cuda_is_a_clear_error(capsys):
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="unknown model name 'no_such_net'"):
         validate(BenchConfig(student="no_such_net"))
+    with pytest.raises(ValueError, match=r"unknown model name 'resnet5'.*; did you mean torchvision/resnet50"):
+        validate(BenchConfig(teacher="resnet5"))
 
 
 def test_memory_is_measured_in_a_fresh_process():

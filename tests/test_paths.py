@@ -28,6 +28,32 @@ def test_config_loaded_from_another_folder_finds_its_checkpoint(tmp_path, monkey
     build_classifier(**teacher, num_classes=10)
 
 
+def test_a_relative_config_path_not_found_here_is_the_clones(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    relative = str(DEMO_CONFIG.relative_to(REPO))
+    with caplog.at_level("INFO"):
+        cfg = load_config(relative)
+    assert Path(cfg.filename) == DEMO_CONFIG
+    assert f"config {relative} is not in {tmp_path}; using the clone's {DEMO_CONFIG}" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["here", "the clone"])
+def test_a_misspelt_config_name_gets_the_nearest_names(tmp_path, monkeypatch, capsys, where):
+    monkeypatch.chdir(REPO if where == "here" else tmp_path)
+    typo = "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnet.py"
+    assert cli_main(["train", typo]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"overhaul-det train: error: config {typo} does not exist; did you mean "
+        "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py?")
+
+
+def test_a_config_path_unlike_any_names_the_shipped_configs(tmp_path, capsys):
+    assert cli_main(["test", str(tmp_path / "zzz.py"), "student.pth"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"overhaul-det test: error: config {tmp_path / 'zzz.py'} does not exist; "
+        f"the shipped configs are under {REPO / 'configs'}")
+
+
 def test_path_that_exists_here_is_kept(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "checkpoints").mkdir()

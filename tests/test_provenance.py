@@ -43,6 +43,25 @@ def test_code_hash_follows_the_code_only(tmp_path):
     assert code_hash(tmp_path) != before
 
 
+def test_git_commit_is_modified_by_the_hashed_code_only(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "overhaul_det" / "reproduce").mkdir(parents=True)
+    (tmp_path / "overhaul_det" / "ofd.py").write_text("alpha = 1\n")
+    (tmp_path / "overhaul_det" / "reproduce" / "plots.py").write_text("style = 'solid'\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "code")
+    clean = provenance.git_commit(tmp_path)
+    assert len(clean) >= 7 and not clean.endswith("+modified")
+    (tmp_path / "overhaul_det" / "reproduce" / "plots.py").write_text("style = 'dashed'\n")
+    (tmp_path / "README.md").write_text("a new table\n")
+    assert provenance.git_commit(tmp_path) == clean
+    (tmp_path / "overhaul_det" / "ofd.py").write_text("alpha = 2\n")
+    assert provenance.git_commit(tmp_path) == clean + "+modified"
+
+
 def _imported_package_modules(path: Path) -> set:
     """The package's modules that ``path`` imports anywhere in it (inside functions too), as file paths."""
     package = path.relative_to(REPO).with_suffix("").parts[:-1]

@@ -1,5 +1,6 @@
 """Scene composer: COCO and VOC files that load, agree with each other, and repeat under a seed."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,14 @@ def test_cli_writes_only_the_requested_format(tmp_path):
                             "--format", "coco"]) == 0
     assert len(COCO(str(tmp_path / "annotations" / "instances_test.json")).imgs) == 3
     assert not (tmp_path / "JPEGImages").exists()
+
+
+def test_cli_refuses_a_misspelt_split_before_writing(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        make_scenes_cli([str(tmp_path / "out"), "--split", "vall"])
+    assert re.search(r"--split: invalid choice: 'vall' \(choose from '?train'?, '?val'?, '?test'?\)",
+                     capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("kwargs", [dict(min_objects=3, max_objects=2), dict(fmt=("yolo",)), dict(image_size=4),

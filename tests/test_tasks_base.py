@@ -166,6 +166,22 @@ def test_a_misspelt_spec_key_is_named_with_the_nearest_valid_one(build, message)
         build()
 
 
+@pytest.mark.parametrize("build", [
+    lambda ofd: ClassificationDistiller("resnet18", "timm/resnet10t", num_classes=3, ofd=ofd),
+    lambda ofd: DetectionDistiller(None, dict(name="resnet18", fpn_channels=32), num_classes=3, ofd=ofd),
+    lambda ofd: SegmentationDistiller(None, dict(backbone="timm/resnet10t", channels=16), num_classes=3, ofd=ofd),
+], ids=["classification", "detection", "segmentation"])
+@pytest.mark.parametrize("ofd, message", [
+    (dict(alpah=1e-2), r"^model\.ofd\.alpah: unknown key; did you mean model\.ofd\.alpha\? FeatureDistiller takes "
+                       r"teacher_taps, .*alpha, .*tracer_kwargs$"),
+    (dict(alpha=0, teacher_precison="float32"), r"^model\.ofd\.teacher_precison: .*did you mean "
+                                                 r"model\.ofd\.teacher_precision\?"),
+], ids=["alpha", "baseline"])
+def test_a_misspelt_ofd_key_is_named_before_any_model_is_built(build, ofd, message):
+    with pytest.raises(TypeError, match=message):
+        build(ofd)
+
+
 # ---------------------------------------------------------------------------------------------
 # The teacher guard
 

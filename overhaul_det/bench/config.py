@@ -96,7 +96,8 @@ def resolve_device(name: str, amp: str) -> torch.device:
     return device
 
 
-def _known_model(name: str, task: str) -> bool:
+def _unknown_model(name: str, task: str) -> Optional[str]:
+    """None when ``task`` can build ``name``; else the resolver's error, with its close names."""
     from ..models.zoo import resolve_model_name
 
     if task == "detection":
@@ -106,12 +107,12 @@ def _known_model(name: str, task: str) -> bool:
     else:
         presets = ()
     if name.removeprefix("torchvision/") in presets:
-        return True
+        return None
     try:
         resolve_model_name(name)
-    except ValueError:
-        return False
-    return True
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def check_teacher_precision(precision: str, device: torch.device) -> None:
@@ -156,6 +157,6 @@ def validate(cfg: BenchConfig) -> None:
         for precision in cfg.teacher_precisions:
             check_teacher_precision(precision, device)
     names = [cfg.teacher, cfg.student] + ([cfg.rewrite_model] if cfg.task == "classification" else [])
-    unknown = [n for n in names if not _known_model(n, cfg.task)]
+    unknown = [reason for reason in (_unknown_model(name, cfg.task) for name in names) if reason]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown} for task {cfg.task}: neither torchvision nor timm knows them")
+        raise ValueError(f"task {cfg.task}: " + "; ".join(unknown))

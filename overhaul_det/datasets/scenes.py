@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 SCENE_CLASSES = ("background",) + CLASSES
 FORMATS = ("coco", "voc")
+CLI_SPLITS = ("train", "val", "test")
 _ITEM_SIZE = 28
 
 
@@ -208,7 +209,9 @@ def make_scenes_cli(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: ``make-scenes OUT [--split S] [--num-images N] ...``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="overhaul-det make-scenes", description=make_scenes.__doc__.splitlines()[0])
     parser.add_argument("out", help="output folder (created if missing)")
-    parser.add_argument("--split", default="train", help="split name; 'train' uses Fashion-MNIST training items")
+    parser.add_argument("--split", default="train", choices=CLI_SPLITS,
+                        help="'train' uses Fashion-MNIST training items, the others its test items "
+                             "(make_scenes() takes any other name)")
     parser.add_argument("--num-images", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--min-objects", type=int, default=1)

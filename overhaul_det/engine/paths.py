@@ -6,25 +6,59 @@ clone this package runs from). Configs and checkpoints come with a clone, not wi
 """
 from __future__ import annotations
 
+import difflib
+import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Optional
 
 from mmengine.config import Config
 
-__all__ = ["REPO_FOLDERS", "DATALOADERS", "clone_roots", "resolve_repo_paths", "fill_data_root"]
+__all__ = ["REPO_FOLDERS", "DATALOADERS", "clone_roots", "find_config", "resolve_repo_paths", "fill_data_root"]
+
+logger = logging.getLogger(__name__)
 
 REPO_FOLDERS = ("checkpoints", "data")
 DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+
+
+def _package_clone() -> Optional[Path]:
+    """The clone this package runs from; None when it is installed from a wheel."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "configs").is_dir() else None
 
 
 def clone_roots(config_path: str) -> List[Path]:
     """The clones a config can mean: the folder above the nearest ``configs`` holding the file, then the
     clone this package runs from (none when installed from a wheel)."""
     roots = [parent.parent for parent in Path(config_path).resolve().parents if parent.name == "configs"][:1]
-    package_clone = Path(__file__).resolve().parents[2]
-    if (package_clone / "configs").is_dir() and package_clone not in roots:
+    package_clone = _package_clone()
+    if package_clone is not None and package_clone not in roots:
         roots.append(package_clone)
     return roots
+
+
+def find_config(path: str) -> str:
+    """``path``, or, when a relative path is not found here, the same path in this package's clone (logged).
+
+    A config found in neither place is refused with the nearest file name in its folder.
+    """
+    given = Path(path)
+    if given.is_file():
+        return path
+    clone = _package_clone()
+    folders = [given.parent]
+    if clone is not None and not given.is_absolute():
+        if (clone / given).is_file():
+            logger.info("config %s is not in %s; using the clone's %s", path, Path.cwd(), clone / given)
+            return str(clone / given)
+        folders.append(clone / given.parent)
+    names = sorted({file.name for folder in folders if folder.is_dir() for file in folder.glob("*.py")})
+    close = difflib.get_close_matches(given.name, names, n=1, cutoff=0.8)
+    if close:
+        hint = f"; did you mean {given.parent / close[0]}?"
+    else:
+        hint = f"; the shipped configs are under {clone / 'configs'}" if clone is not None else ""
+    raise FileNotFoundError(f"config {path} does not exist{hint}")
 
 
 def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:

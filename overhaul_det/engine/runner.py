@@ -22,7 +22,7 @@ from overhaul_det.datasets.voc import check_normalised_once
 from overhaul_det.engine import install
 from overhaul_det.engine.checkpoint import load_checkpoint_file, load_state_into
 from overhaul_det.engine.logging_bridge import LoggingRunner
-from overhaul_det.engine.paths import DATALOADERS, fill_data_root, resolve_repo_paths
+from overhaul_det.engine.paths import DATALOADERS, fill_data_root, find_config, resolve_repo_paths
 from overhaul_det.engine.reliability import prepare_distributed
 from overhaul_det.engine.resume import prepare_resume
 from overhaul_det.export import STUDENT_PREFIXES, student_state_dict
@@ -51,8 +51,7 @@ def validate_config(cfg: Config, source: str = "config") -> None:
 def load_config(path: str, cfg_options: Optional[dict] = None, data_root: Optional[str] = None) -> Config:
     """Read a config file, apply ``--cfg-options`` and ``--data-root``, validate it, and make its paths
     and dataloaders work from any folder and with any worker count."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"config {path} does not exist")
+    path = find_config(path)
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)

@@ -16,6 +16,8 @@ from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 from torch import nn
 
+from ..distiller import FeatureDistiller
+
 __all__ = ["DistillationModel", "build_from_spec", "warn_if_random_teacher"]
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,17 @@ def _unknown_key(where: str, key: str, builder: Callable, error: TypeError) -> T
     hint = f"; did you mean {where}.{close[0]}?" if close else ""
     return TypeError(f"{where}.{key}: unknown key ({error}){hint} {builder.__name__} takes {', '.join(names)}; "
                      "other keys go to the model's own constructor")
+
+
+def check_ofd_keys(ofd: dict) -> None:
+    """Refuse a ``model.ofd`` key that ``FeatureDistiller`` does not take, naming it and the nearest one,
+    before any model is built (a baseline config, ``alpha=0``, is checked as well)."""
+    names = [name for name in _parameters(FeatureDistiller.__init__) if name not in ("self", "teacher", "student")]
+    for key in ofd:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean model.ofd.{close[0]}?" if close else ""
+            raise TypeError(f"model.ofd.{key}: unknown key{hint} FeatureDistiller takes {', '.join(names)}")
 
 
 def build_from_spec(spec: Union[dict, nn.Module], builder: Callable[..., nn.Module], where: str, required: str,
@@ -94,6 +107,7 @@ class DistillationModel(BaseModel):
     def __init__(self, ofd: Optional[dict] = None, data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        check_ofd_keys(dict(ofd or {}))
         alpha = dict(ofd or {}).get("alpha", self.default_alpha)
         if alpha != "auto" and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0):
             raise ValueError(f"model.ofd.alpha={alpha!r}; give a number >= 0 (0 trains the plain baseline) or 'auto'")
