@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 import warnings
@@ -99,6 +100,35 @@ def test_a_run_is_reused_only_while_its_stamp_holds(tmp_path, monkeypatch):
     assert len(calls) == 3 and calls[-1][1] == "2"
     runs._run("classification", "ofd", {"model.ofd.alpha": 0.1}, 0, 1, tmp_path, epochs=1, code="c0de")  # other config
     assert len(calls) == 4
+
+
+def test_an_auto_alpha_run_records_the_alpha_its_checkpoint_holds(tmp_path, monkeypatch):
+    train = _fake_training([])
+
+    def with_checkpoint(command, log_path, threads):
+        train(command, log_path, threads)
+        work_dir = Path(command[command.index("--work-dir") + 1])
+        torch.save(dict(state_dict={"distiller.alpha_auto": torch.tensor(0.01)}), work_dir / "epoch_1.pth")
+        (work_dir / "last_checkpoint").write_text(str(work_dir / "epoch_1.pth"))
+
+    monkeypatch.setattr(runs, "_train", with_checkpoint)
+    result = runs._run("classification", "ofd, alpha auto", {"model.ofd.alpha": "auto"}, 0, 1, tmp_path, epochs=1,
+                       code="c0de")
+    assert result["alpha_auto"] == pytest.approx(0.01)
+
+
+def test_a_sweep_logs_each_finished_run_and_the_time_left(tmp_path, monkeypatch, caplog):
+    calls = []
+    monkeypatch.setattr(runs, "_train", _fake_training(calls))
+    reproduce.run_task("classification", 1, tmp_path, 1, False, methods=["baseline"], threads=[1])
+    with caplog.at_level("INFO", logger=runs.__name__):
+        reproduce.run_task("classification", 2, tmp_path, 1, False, methods=["baseline", "ofd"], threads=[1])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]
+    assert lines[0] == "[1/4] classification / baseline / seed 0 / 1 threads: accuracy/top1 71 (recorded before)"
+    assert re.fullmatch(r"\[2/4\] classification / ofd / seed 0 / 1 threads: accuracy/top1 72 \(trained in \d+ s\); "
+                        r"2 to go, about \d+ min if each trains", lines[1])
+    assert lines[3].startswith("[4/4] classification / ofd / seed 1 / 1 threads: accuracy/top1 74 (trained in")
+    assert lines[3].endswith(")")
 
 
 def test_the_record_reads_the_distillers_own_log_line(make_model, tmp_path, caplog):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..engine.history import read_val_history
 from ..provenance import code_hash, stamp, stale_fields
@@ -29,9 +32,10 @@ def _options(overrides: Dict, seed: int, epochs: Optional[int]) -> Dict[str, obj
 
 
 def _run(task: str, name: str, overrides: Dict, seed: int, threads: int, root: Path, epochs: Optional[int],
-         code: str) -> Dict:
+         code: str, on_done: Optional[Callable[[Dict, bool], None]] = None) -> Dict:
     """Train one (method, seed, threads); returns the recorded result (from disk while still current).
-    ``code`` is the code hash, computed once for all runs."""
+    ``code`` is the code hash, computed once for all runs; ``on_done(result, trained)`` hears of the result."""
+    on_done = on_done or (lambda result, trained: None)
     spec = TASKS[task]
     work_dir = root / task / name.replace(" ", "_").replace("+", "_") / f"threads{threads}" / f"seed{seed}"
     result_file = work_dir / "result.json"
@@ -41,6 +45,7 @@ def _run(task: str, name: str, overrides: Dict, seed: int, threads: int, root: P
         result = json.loads(result_file.read_text())
         stale = stale_fields(result.get("provenance", {}), current)
         if not stale:
+            on_done(result, False)
             return result
         logger.info("%s / %s / seed %d / %d threads: rerun, the recorded run differs in %s", task, name, seed,
                     threads, ", ".join(stale))
@@ -57,7 +62,32 @@ def _run(task: str, name: str, overrides: Dict, seed: int, threads: int, root: P
     if overrides.get("model.ofd.alpha") == "auto":
         result["alpha_auto"] = _auto_alpha(work_dir)
     result_file.write_text(json.dumps(result, indent=2))
+    on_done(result, True)
     return result
+
+
+class _Progress:
+    """Logs each finished run as ``[done/total]`` with its metric, and the time left: the mean wall time of the
+    runs trained so far for each round of ``jobs`` runs still to come (reused records take none)."""
+
+    def __init__(self, total: int, jobs: int) -> None:
+        self.total, self.jobs, self.done, self.trained = total, jobs, 0, []
+        self.lock = threading.Lock()
+
+    def __call__(self, result: Dict, trained: bool) -> None:
+        with self.lock:
+            self.done += 1
+            if trained:
+                self.trained.append(result["seconds"])
+            left = self.total - self.done
+            how = f"trained in {result['seconds']:.0f} s" if trained else "recorded before"
+            eta = ""
+            if left and self.trained:
+                minutes = statistics.mean(self.trained) * math.ceil(left / self.jobs) / 60
+                eta = f"; {left} to go, about {minutes:.0f} min if each trains"
+            logger.info("[%d/%d] %s / %s / seed %d / %d threads: %s %.4g (%s)%s", self.done, self.total,
+                        result["task"], result["method"], result["seed"], result["threads"], result["metric"],
+                        result["final"], how, eta)
 
 
 def _teacher_mode(log: Path) -> Optional[str]:
@@ -73,7 +103,7 @@ def _teacher_mode(log: Path) -> Optional[str]:
 
 def _auto_alpha(work_dir: Path) -> float:
     """The alpha that alpha='auto' chose, from the run's last checkpoint."""
-    from .engine.checkpoint import load_checkpoint_file
+    from ..engine.checkpoint import load_checkpoint_file
 
     checkpoint = (work_dir / "last_checkpoint").read_text().strip()
     return float(load_checkpoint_file(checkpoint)["state_dict"]["distiller.alpha_auto"])
@@ -107,8 +137,9 @@ def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations
     _warn_if_oversubscribed(jobs, max(threads))
     todo = [(name, overrides, seed, n) for n in threads for seed in range(seeds) for name, overrides in runs]
     code = code_hash(REPO)
+    progress = _Progress(len(todo), jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(lambda run: _run(task, *run, root, epochs, code), todo))
+        results = list(pool.map(lambda run: _run(task, *run, root, epochs, code, progress), todo))
     return build_report(task, results, seeds, epochs)
 
 
