@@ -121,6 +121,7 @@ def test_a_sweep_logs_each_finished_run_and_the_time_left(tmp_path, monkeypatch,
     calls = []
     monkeypatch.setattr(runs, "_train", _fake_training(calls))
     reproduce.run_task("classification", 1, tmp_path, 1, False, methods=["baseline"], threads=[1])
+    caplog.clear()
     with caplog.at_level("INFO", logger=runs.__name__):
         reproduce.run_task("classification", 2, tmp_path, 1, False, methods=["baseline", "ofd"], threads=[1])
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]

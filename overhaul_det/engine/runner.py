@@ -21,6 +21,7 @@ from overhaul_det.datasets.classification import share_train_classes
 from overhaul_det.datasets.voc import check_normalised_once
 from overhaul_det.engine import install
 from overhaul_det.engine.checkpoint import load_checkpoint_file, load_state_into
+from overhaul_det.engine.keys import check_config_keys
 from overhaul_det.engine.logging_bridge import LoggingRunner
 from overhaul_det.engine.paths import DATALOADERS, fill_data_root, find_config, resolve_repo_paths
 from overhaul_det.engine.reliability import prepare_distributed
@@ -58,6 +59,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None, data_root: Option
     if data_root is not None:
         cfg.data_root = data_root
     validate_config(cfg, path)
+    check_config_keys(cfg)
     check_normalised_once(cfg, path)
     fill_data_root(cfg, required=data_root is not None)
     resolve_repo_paths(cfg, path)

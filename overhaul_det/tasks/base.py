@@ -17,6 +17,7 @@ from mmengine.model import BaseModel
 from torch import nn
 
 from ..distiller import FeatureDistiller
+from ..engine.keys import refuse_unknown_keys
 
 __all__ = ["DistillationModel", "build_from_spec", "warn_if_random_teacher"]
 
@@ -45,11 +46,7 @@ def check_ofd_keys(ofd: dict) -> None:
     """Refuse a ``model.ofd`` key that ``FeatureDistiller`` does not take, naming it and the nearest one,
     before any model is built (a baseline config, ``alpha=0``, is checked as well)."""
     names = [name for name in _parameters(FeatureDistiller.__init__) if name not in ("self", "teacher", "student")]
-    for key in ofd:
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean model.ofd.{close[0]}?" if close else ""
-            raise TypeError(f"model.ofd.{key}: unknown key{hint} FeatureDistiller takes {', '.join(names)}")
+    refuse_unknown_keys(ofd, names, "model.ofd", "FeatureDistiller")
 
 
 def build_from_spec(spec: Union[dict, nn.Module], builder: Callable[..., nn.Module], where: str, required: str,
