@@ -8,6 +8,7 @@ import pytest
 from mmengine.config import Config
 
 from overhaul_det.cli import main as cli_main
+from overhaul_det.engine import paths
 from overhaul_det.engine import runner as runner_module
 from overhaul_det.engine.paths import fill_data_root
 from overhaul_det.engine.runner import load_config
@@ -52,6 +53,15 @@ def test_a_config_path_unlike_any_names_the_shipped_configs(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"overhaul-det test: error: config {tmp_path / 'zzz.py'} does not exist; "
         f"the shipped configs are under {REPO / 'configs'}")
+
+
+def test_an_installed_package_without_its_clone_says_where_configs_are(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(paths, "_package_clone", lambda: None)
+    assert cli_main(["train", "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "does not exist; the shipped configs come with a clone of the repository, not with this installed package: "
+        "give the clone's path, or install the clone with pip install -e")
 
 
 def test_path_that_exists_here_is_kept(tmp_path, monkeypatch):

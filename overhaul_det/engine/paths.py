@@ -57,7 +57,9 @@ def find_config(path: str) -> str:
     if close:
         hint = f"; did you mean {given.parent / close[0]}?"
     else:
-        hint = f"; the shipped configs are under {clone / 'configs'}" if clone is not None else ""
+        hint = (f"; the shipped configs are under {clone / 'configs'}" if clone is not None else
+                "; the shipped configs come with a clone of the repository, not with this installed package: "
+                "give the clone's path, or install the clone with pip install -e")
     raise FileNotFoundError(f"config {path} does not exist{hint}")
 
 

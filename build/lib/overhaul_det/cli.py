@@ -1,0 +1,142 @@
+"""The ``overhaul-det`` command: train, test, export, taps, demo, bench, make-scenes, reproduce."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+__all__ = ["main"]
+
+DATA_ROOT_HELP = "the dataset folder: the config's top-level data_root, which every dataset and evaluator takes"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .engine.runner import build_runner, load_config
+
+    cfg = load_config(args.config, args.cfg_options, args.data_root)
+    runner = build_runner(cfg, args.config, args.work_dir, args.resume, args.amp, args.launcher)
+    runner.train()
+    return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    from .engine.runner import build_test_runner, load_config
+
+    cfg = load_config(args.config, args.cfg_options, args.data_root)
+    runner = build_test_runner(cfg, args.config, args.checkpoint, args.work_dir, args.launcher)
+    metrics = runner.test()
+    for key, value in metrics.items():
+        sys.stdout.write(f"{key}: {value}\n")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_student
+
+    out = export_student(args.checkpoint, args.out, prefix=args.prefix, dtype=args.dtype)
+    sys.stdout.write(f"wrote {out}\n")
+    return 0
+
+
+def _taps(args: argparse.Namespace) -> int:
+    from .report import taps_main
+
+    return taps_main(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(work_dir=args.work_dir, epochs=args.epochs, retrain_teacher=args.retrain_teacher)
+
+
+def _bench(argv: List[str]) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(argv) or 0
+
+
+def _reproduce(argv: List[str]) -> int:
+    from .reproduce import main as reproduce_main
+
+    return reproduce_main(argv)
+
+
+def _make_scenes(argv: List[str]) -> int:
+    from .datasets.scenes import make_scenes_cli
+
+    return make_scenes_cli(argv) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser(prog="overhaul-det", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train from a config with mmengine's Runner")
+    train.add_argument("config")
+    train.add_argument("--work-dir")
+    train.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys: a.b=1")
+    train.add_argument("--data-root", help=DATA_ROOT_HELP)
+    train.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
+    train.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast on CPU)")
+    train.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    train.set_defaults(func=_train)
+
+    test = sub.add_parser("test", help="evaluate a checkpoint")
+    test.add_argument("config")
+    test.add_argument("checkpoint", help="a training checkpoint, or a student exported by `overhaul-det export`")
+    test.add_argument("--work-dir")
+    test.add_argument("--cfg-options", nargs="+", action=DictAction)
+    test.add_argument("--data-root", help=DATA_ROOT_HELP)
+    test.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    test.set_defaults(func=_test)
+
+    export = sub.add_parser("export", help="write the student alone as a plain state_dict")
+    export.add_argument("checkpoint")
+    export.add_argument("--out", required=True, help="student.safetensors or student.pth")
+    export.add_argument("--prefix", help="key prefix of the student in the checkpoint (detected if omitted)")
+    export.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                        help="store floating-point weights in this dtype (default: as trained)")
+    export.set_defaults(func=_export)
+
+    taps = sub.add_parser("taps", help="print the OFD tap points of a timm/torchvision model")
+    taps.add_argument("model")
+    taps.add_argument("--input-size", type=int, default=224)
+    taps.add_argument("--min-stride", type=int, default=4)
+    taps.add_argument("--png", help="also draw the stages with the taps marked into this PNG")
+    taps.set_defaults(func=_taps)
+
+    demo = sub.add_parser("demo", help="teacher, baseline and OFD student on Fashion-MNIST")
+    demo.add_argument("--work-dir", default="work_dirs/demo")
+    demo.add_argument("--epochs", type=int, default=None)
+    demo.add_argument("--retrain-teacher", action="store_true")
+    demo.set_defaults(func=_demo)
+
+    sub.add_parser("bench", help="benchmark an OFD step against its parts (see bench --help)", add_help=False)
+    sub.add_parser("make-scenes", help="write Fashion-MNIST scenes as COCO/VOC datasets", add_help=False)
+    sub.add_parser("reproduce", help="baseline/KD/OFD/OFD+KD over seeds for a task", add_help=False)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if argv and argv[0] == "bench":
+        return _bench(argv[1:])
+    if argv and argv[0] == "make-scenes":
+        return _make_scenes(argv[1:])
+    if argv and argv[0] == "reproduce":
+        return _reproduce(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, FloatingPointError, SyntaxError) as error:
+        sys.stderr.write(f"overhaul-det {args.command}: error: {error}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

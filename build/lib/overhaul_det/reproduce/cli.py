@@ -1,0 +1,97 @@
+"""Reproduce the comparison: baseline vs KD vs OFD vs OFD+KD over seeds, per task, from configs.
+
+Each run trains the student with the task's config and one method's switches at a given thread
+count, records the test metric after every epoch, the wall time and where it came from (commit,
+code, config and weights hashes, threads, torch version, CPU; ``provenance.py``). A run whose result exists is
+skipped while that record still matches the current code, so the command resumes; otherwise it
+is trained again. Writes a JSON file, a markdown table and a plot per task.
+
+The OFD teacher runs in the config's precision, 'auto' (bfloat16 on CPUs and GPUs that compute it natively, float32
+elsewhere). ``--teacher-precision`` fixes it for every run that distils features; such a run is named '<method>,
+<precision> teacher', and ``--methods`` takes that name too ('ofd, float32 teacher').
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ..teacher_mode import PRECISIONS
+from .methods import TASK_ABLATIONS, TASKS, config_alpha, is_alpha_run
+from .plots import plot_alpha, plot_curves
+from .report import collect_task, markdown, write_index
+from .runs import run_task
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a count; give 1 or more")
+    return value
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="overhaul-det reproduce", description=__doc__)
+    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("--seeds", type=_positive, help="seeds 0 .. N-1 of each run (default 3)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also the task's ablations: " + "; ".join(
+                            f"{task}: {', '.join(switches)}" for task, switches in TASK_ABLATIONS.items() if switches))
+    parser.add_argument("--methods", nargs="+", default=[],
+                        help="a subset of the task's methods; with --report-only, the recorded runs to report")
+    parser.add_argument("--threads", type=_positive, nargs="+", default=[],
+                        help="torch threads per run; several values run each (default: torch's own count); with "
+                             "--report-only, the thread counts to report")
+    parser.add_argument("--jobs", type=_positive,
+                        help="trainings at a time (default 1), each with --threads threads: keep jobs x threads "
+                             "within the CPU cores")
+    parser.add_argument("--alphas", nargs="+", default=[],
+                        help="also OFD at each alpha (numbers, or auto); the config's own alpha is the ofd run")
+    parser.add_argument("--teacher-precision", choices=PRECISIONS,
+                        help="the OFD teacher's precision in every run that distils features, named '<method>, "
+                             "<precision> teacher' (default: the config's 'auto', bfloat16 where the CPU or GPU "
+                             "computes it natively, else float32); float32 trains what README's tables trained")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing; report the finished runs in the work dir (methods may differ in seeds)")
+    parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/reproduce"))
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        if args.report_only:
+            _refuse_training_flags(args)
+            report = collect_task(args.task, args.work_dir, args.methods, args.threads)
+        else:
+            report = run_task(args.task, 3 if args.seeds is None else args.seeds, args.work_dir, args.epochs,
+                              args.ablations, args.methods, args.threads, args.jobs or 1, args.alphas,
+                              args.teacher_precision or "auto")
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot = args.out / f"results_{args.task}.png"
+    plot_curves(args.task, report["results"], report["metric"], plot)
+    if any(is_alpha_run(r["method"]) for r in report["results"]):
+        plot_alpha(args.task, report["results"], report["metric"], config_alpha(args.task),
+                   args.out / f"results_{args.task}_alpha.png")
+    (args.out / f"results_{args.task}.json").write_text(json.dumps(report, indent=2))
+    command = shlex.join(["overhaul-det", "reproduce", *(argv if argv is not None else sys.argv[1:])])
+    section = args.out / f"results_{args.task}.md"
+    section.write_text(markdown(report, command, plot.name))
+    write_index(args.out)
+    sys.stdout.write(section.read_text())
+    return 0
+
+
+def _refuse_training_flags(args: argparse.Namespace) -> None:
+    """--report-only trains nothing: a flag that only shapes trainings would be ignored, so it is refused."""
+    flags = (("--seeds", args.seeds), ("--epochs", args.epochs), ("--ablations", args.ablations), ("--jobs", args.jobs),
+             ("--alphas", args.alphas), ("--teacher-precision", args.teacher_precision))
+    given = [flag for flag, value in flags if value]
+    if given:
+        raise ValueError(f"{', '.join(given)} shape trainings, and --report-only trains none: drop them; choose the "
+                         f"runs to report with --methods (the names in the table) and --threads")

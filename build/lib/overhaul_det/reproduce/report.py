@@ -1,0 +1,127 @@
+"""The report of finished runs: mean ± std per method, baseline and OFD run by run, as JSON and markdown."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..provenance import git_commit
+from ..teacher_mode import PRECISIONS
+from .methods import METHODS, REPO, TASK_ABLATIONS, TASKS, alpha_order, is_alpha_run, split_teacher_precision
+
+
+def collect_task(task: str, root: Path, methods: Sequence[str] = (), threads: Sequence[int] = ()) -> Dict:
+    """The report of every finished run of ``task`` under ``root`` (of ``methods`` and at ``threads`` alone, if
+    given), whatever seeds ran: by method, each method's teacher precisions together, then threads and seed."""
+    order = {m: i for i, m in enumerate(list(METHODS) + [f"ofd, {a}" for a in TASK_ABLATIONS[task]])}
+    results = [json.loads(p.read_text()) for p in (root / task).glob("*/threads*/seed*/result.json")]
+    if not results:
+        raise FileNotFoundError(f"no finished run under {root / task}; run `overhaul-det reproduce {task}` first")
+    results = _select(results, methods, threads, root / task)
+
+    def key(result: Dict) -> Tuple:
+        base, precision = split_teacher_precision(result["method"])
+        return (order.get(base, len(order)), alpha_order(base), PRECISIONS.index(precision), result["threads"],
+                result["seed"])
+
+    results.sort(key=key)
+    return build_report(task, results, max(r["seed"] for r in results) + 1, None)
+
+
+def _select(results: List[Dict], methods: Sequence[str], threads: Sequence[int], where: Path) -> List[Dict]:
+    """The runs of ``methods`` at ``threads`` (all, where empty); a method or thread count no run has is refused
+    with those that ran."""
+    for flag, asked, key in (("--methods", methods, "method"), ("--threads", threads, "threads")):
+        ran = list(dict.fromkeys(r[key] for r in results))
+        absent = [value for value in asked if value not in ran]
+        if absent:
+            raise ValueError(f"{flag} {', '.join(map(repr, absent))}: no finished run under {where}; "
+                             f"runs there: {', '.join(map(repr, sorted(ran, key=str)))}")
+    return [r for r in results if (not methods or r["method"] in methods) and (not threads or r["threads"] in threads)]
+
+
+_ORIGIN = (("commit", "unrecorded"), ("code", "-"), ("torch", "-"), ("cpu", "unrecorded"))
+
+
+def build_report(task: str, results: List[Dict], seeds: int, epochs: Optional[int]) -> Dict:
+    """The task's report: its config and metric, the commit writing it, the stamps its runs ran at, runs, summary."""
+    spec = TASKS[task]
+    stamps = sorted({tuple(r.get("provenance", {}).get(key, default) for key, default in _ORIGIN) for r in results})
+    return dict(task=task, config=spec["config"], metric=spec["metric"], seeds=seeds, epochs=epochs,
+                commit=git_commit(REPO), runs_from=[dict(zip((k for k, _ in _ORIGIN), s)) for s in stamps],
+                results=results, summary=summarise(results))
+
+
+def summarise(results: List[Dict]) -> Dict[str, Dict]:
+    """Mean, standard deviation and final values per method."""
+    by_method: Dict[str, List[float]] = {}
+    for r in results:
+        by_method.setdefault(r["method"], []).append(r["final"])
+    return {m: dict(mean=statistics.mean(v), std=statistics.stdev(v) if len(v) > 1 else 0.0, runs=v)
+            for m, v in by_method.items()}
+
+
+def markdown(report: Dict, command: str, plot: str) -> str:
+    origins = "; ".join(f"commit `{o['commit']}` (code `{o['code']}`, torch {o['torch']}, CPU {o.get('cpu', 'unrecorded')})"
+                        for o in report["runs_from"])
+    lines = [f"## {report['task']}", "", f"Table written by `{command}` at commit `{report['commit']}` from runs "
+             f"of `overhaul-det reproduce {report['task']}` on `{report['config']}` that ran at {origins} (each run's "
+             f"options, history, wall time, thread count and stamp: `results_{report['task']}.json`); metric: test "
+             f"`{report['metric']}` after the last epoch.", "",
+             "| method | mean ± std | runs (seed/threads) | mean time (s) |", "|---|---|---|---|"]
+    digits = decimals(report["results"])
+    for method, s in report["summary"].items():
+        mine = [r for r in report["results"] if r["method"] == method]
+        runs = ", ".join(f"{r['final']:.{digits}f} (s{r['seed']}/{r.get('threads', '?')}t)" for r in mine)
+        seconds = statistics.mean(r["seconds"] for r in mine)
+        lines.append(f"| {method} | {s['mean']:.{digits}f} ± {s['std']:.{digits}f} | {runs} | {seconds:.0f} |")
+    lines += _paired_lines(report["results"], digits)
+    chosen = [f"{r['alpha_auto']:.3g} (s{r['seed']}/{r.get('threads', '?')}t)" for r in report["results"]
+              if "alpha_auto" in r]
+    if chosen:
+        lines += ["", "alpha='auto' chose: " + ", ".join(chosen) + "."]
+    lines += ["", f"![{report['task']}]({plot})", ""]
+    if any(is_alpha_run(r["method"]) for r in report["results"]):
+        lines += [f"![{report['task']} against alpha](results_{report['task']}_alpha.png)", ""]
+    return "\n".join(lines)
+
+
+def decimals(results: List[Dict]) -> int:
+    """Decimals that show a metric's runs apart: 4 for fractions (mAP, mIoU), 2 for percentages."""
+    return 4 if all(r["final"] <= 1 for r in results) else 2
+
+
+def _paired_lines(results: List[Dict], digits: int) -> List[str]:
+    """Baseline and OFD run by run (same seed and thread count), with OFD's gain; a column pair per
+    teacher precision OFD ran with ('ofd', 'ofd, float32 teacher', ...)."""
+    by_key = {(r["method"], r["seed"], r.get("threads")): r["final"] for r in results}
+    variants = sorted({m for m, _, _ in by_key if split_teacher_precision(m)[0] == "ofd"},
+                      key=lambda m: PRECISIONS.index(split_teacher_precision(m)[1]))
+    keys = sorted({(seed, threads) for method, seed, threads in by_key if method in variants
+                   and ("baseline", seed, threads) in by_key}, key=lambda k: (k[1] or 0, k[0]))
+    if not keys:
+        return []
+    lines = ["", "| seed | threads | baseline | " + " | ".join(f"{v} | gain" for v in variants) + " |",
+             "|---|---|---|" + "---|---|" * len(variants)]
+    for seed, threads in keys:
+        base = by_key[("baseline", seed, threads)]
+        cells = []
+        for variant in variants:
+            ofd = by_key.get((variant, seed, threads))
+            cells += ["–", "–"] if ofd is None else [f"{ofd:.{digits}f}", f"{ofd - base:+.{digits}f}"]
+        lines.append(f"| {seed} | {threads} | {base:.{digits}f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_index(out: Path) -> None:
+    """docs/results.md: every task's section, in a fixed order, under one header; a hand-written
+    ``results_TASK_notes.md`` (the reading of the numbers) follows its task's table."""
+    sections = [out / f"results_{task}{part}.md" for task in ("classification", "detection", "segmentation")
+                for part in ("", "_notes")]
+    body = "\n".join(p.read_text() for p in sections if p.exists())
+    header = ("# Results: baseline vs KD vs OFD on real images (CPU)\n\n"
+              "Every number below comes from `overhaul-det reproduce TASK`; each section names its command, the "
+              "commit that wrote it, its config, and the commit, code hash and CPU its runs ran at. Per-run values, "
+              "histories and wall times are in `results_TASK.json`.\n\n")
+    (out / "results.md").write_text(header + body)
