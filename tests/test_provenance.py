@@ -90,19 +90,43 @@ def test_no_module_a_training_may_import_imports_one_left_out_of_the_code_hash()
     assert len(hashed) > 40  # the scan saw the package
 
 
+def _modules_a_training_loads(config: str, work: Path) -> list:
+    """The package's modules that ``overhaul-det train CONFIG`` has loaded when it exits, from a child process."""
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: print('MODULES', *sorted(m for m in sys.modules if m.startswith('overhaul_det'))))\n"
+             "from overhaul_det.cli import main\n"
+             f"sys.exit(main(['train', {config!r}, '--work-dir', {str(work)!r}]))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return next(line for line in done.stdout.splitlines() if line.startswith("MODULES")).split()[1:]
+
+
 @pytest.mark.usefixtures("fashion_data")
 def test_a_training_imports_nothing_left_out_of_the_code_hash(tmp_path):
     config = iteration_config(tmp_path / "one_iteration.py", max_iters=1,
                               extra="train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(num_samples=8))")
-    probe = ("import atexit, sys\n"
-             "atexit.register(lambda: print('MODULES', *sorted(m for m in sys.modules if m.startswith('overhaul_det'))))\n"
-             "from overhaul_det.cli import main\n"
-             f"sys.exit(main(['train', {config!r}, '--work-dir', {str(tmp_path / 'work')!r}]))\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=180)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    modules = next(line for line in done.stdout.splitlines() if line.startswith("MODULES")).split()[1:]
+    modules = _modules_a_training_loads(config, tmp_path / "work")
     assert "overhaul_det.engine.runner" in modules
+    assert not [m for m in modules if _left_out(Path(*m.split(".")))]
+
+
+@pytest.mark.usefixtures("fashion_data")
+def test_a_detection_training_imports_nothing_left_out_of_the_code_hash(tmp_path):
+    from overhaul_det.datasets.scenes import make_scenes
+
+    make_scenes(tmp_path / "scenes", "train", 4, 64, seed=0, fmt=("coco",))
+    loader = f"batch_size=4, num_workers=0, persistent_workers=False, dataset=dict(data_root={str(tmp_path / 'scenes')!r}"
+    config = tmp_path / "one_iteration.py"
+    config.write_text(f"""_base_ = [{str(REPO / 'configs/detection/ofd_frcnn_fashion_scenes.py')!r}]
+model = dict(min_size=64, max_size=64, ofd=dict(input_size=(3, 64, 64)), student=dict(box_batch_size_per_image=64))
+train_dataloader = dict({loader}))
+val_dataloader = dict({loader}, ann_file='annotations/instances_train.json', img_prefix='images/train'))
+val_evaluator = dict(ann_file={str(tmp_path / 'scenes/annotations/instances_train.json')!r})
+train_cfg = dict(max_epochs=1, val_begin=2)
+""")
+    modules = _modules_a_training_loads(str(config), tmp_path / "work")
+    assert {"overhaul_det.tasks.detection", "overhaul_det.evaluation.coco_metric"} <= set(modules)
     assert not [m for m in modules if _left_out(Path(*m.split(".")))]
 
 
