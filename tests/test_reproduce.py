@@ -132,6 +132,17 @@ def test_a_sweep_logs_each_finished_run_and_the_time_left(tmp_path, monkeypatch,
     assert lines[3].endswith(")")
 
 
+def test_the_time_left_counts_a_run_in_flight_from_where_it_is(monkeypatch):
+    """Two workers, one run done in 600 s, one in flight for 300 s and two queued: 300 s + 2 x 600 s between
+    two workers is 12.5 min, not the 20 min of two full rounds."""
+    clock = iter([1000.0, 1300.0])
+    monkeypatch.setattr(runs.time, "perf_counter", lambda: next(clock))
+    progress = runs._Progress(total=4, jobs=2)
+    progress.started()
+    progress.trained.append(600.0)
+    assert progress._seconds_left(3) == pytest.approx((300.0 + 2 * 600.0) / 2)
+
+
 def test_the_record_reads_the_distillers_own_log_line(make_model, tmp_path, caplog):
     """The teacher's mode reaches result.json from the distiller's log line: parse the real one."""
     distiller = FeatureDistiller(make_model("tv", "resnet18"), make_model("tv", "mobilenet_v3_large"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import statistics
 import subprocess
@@ -13,7 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..engine.history import read_val_history
 from ..provenance import code_hash, stamp, stale_fields
@@ -32,10 +31,11 @@ def _options(overrides: Dict, seed: int, epochs: Optional[int]) -> Dict[str, obj
 
 
 def _run(task: str, name: str, overrides: Dict, seed: int, threads: int, root: Path, epochs: Optional[int],
-         code: str, on_done: Optional[Callable[[Dict, bool], None]] = None) -> Dict:
+         code: str, progress: Optional["_Progress"] = None) -> Dict:
     """Train one (method, seed, threads); returns the recorded result (from disk while still current).
-    ``code`` is the code hash, computed once for all runs; ``on_done(result, trained)`` hears of the result."""
-    on_done = on_done or (lambda result, trained: None)
+    ``code`` is the code hash, computed once for all runs; ``progress`` hears when a training starts and of
+    each result."""
+    progress = progress or _Progress(1, 1)
     spec = TASKS[task]
     work_dir = root / task / name.replace(" ", "_").replace("+", "_") / f"threads{threads}" / f"seed{seed}"
     result_file = work_dir / "result.json"
@@ -45,7 +45,7 @@ def _run(task: str, name: str, overrides: Dict, seed: int, threads: int, root: P
         result = json.loads(result_file.read_text())
         stale = stale_fields(result.get("provenance", {}), current)
         if not stale:
-            on_done(result, False)
+            progress(result, False)
             return result
         logger.info("%s / %s / seed %d / %d threads: rerun, the recorded run differs in %s", task, name, seed,
                     threads, ", ".join(stale))
@@ -54,6 +54,7 @@ def _run(task: str, name: str, overrides: Dict, seed: int, threads: int, root: P
                str(work_dir), "--cfg-options", *[f"{k}={v}" for k, v in options.items()]]
     logger.info("%s / %s / seed %d / %d threads: %s", task, name, seed, threads, " ".join(command))
     start = time.perf_counter()
+    progress.started()
     _train(command, work_dir / "train.log", threads)
     history = read_val_history(work_dir, spec["metric"])
     result = dict(task=task, method=name, seed=seed, threads=threads, metric=spec["metric"], final=history[-1],
@@ -62,20 +63,28 @@ def _run(task: str, name: str, overrides: Dict, seed: int, threads: int, root: P
     if overrides.get("model.ofd.alpha") == "auto":
         result["alpha_auto"] = _auto_alpha(work_dir)
     result_file.write_text(json.dumps(result, indent=2))
-    on_done(result, True)
+    progress(result, True)
     return result
 
 
 class _Progress:
     """Logs each finished run as ``[done/total]`` with its metric, and the time left: the mean wall time of the
-    runs trained so far for each round of ``jobs`` runs still to come (reused records take none)."""
+    runs trained so far for each run still to come, less what the runs in flight have already trained, shared
+    among ``jobs`` workers (reused records take none)."""
 
     def __init__(self, total: int, jobs: int) -> None:
         self.total, self.jobs, self.done, self.trained = total, jobs, 0, []
+        self.in_flight: Dict[int, float] = {}
         self.lock = threading.Lock()
+
+    def started(self) -> None:
+        """A training starts in this worker thread."""
+        with self.lock:
+            self.in_flight[threading.get_ident()] = time.perf_counter()
 
     def __call__(self, result: Dict, trained: bool) -> None:
         with self.lock:
+            self.in_flight.pop(threading.get_ident(), None)
             self.done += 1
             if trained:
                 self.trained.append(result["seconds"])
@@ -83,11 +92,17 @@ class _Progress:
             how = f"trained in {result['seconds']:.0f} s" if trained else "recorded before"
             eta = ""
             if left and self.trained:
-                minutes = statistics.mean(self.trained) * math.ceil(left / self.jobs) / 60
-                eta = f"; {left} to go, about {minutes:.0f} min if each trains"
+                eta = f"; {left} to go, about {self._seconds_left(left) / 60:.0f} min if each trains"
             logger.info("[%d/%d] %s / %s / seed %d / %d threads: %s %.4g (%s)%s", self.done, self.total,
                         result["task"], result["method"], result["seed"], result["threads"], result["metric"],
                         result["final"], how, eta)
+
+    def _seconds_left(self, left: int) -> float:
+        """``left`` runs at the mean time each, the runs in flight counted from where they are now."""
+        mean, now = statistics.mean(self.trained), time.perf_counter()
+        in_flight = [max(mean - (now - start), 0.0) for start in self.in_flight.values()]
+        queued = left - len(in_flight)
+        return (sum(in_flight) + queued * mean) / min(self.jobs, left)
 
 
 def _teacher_mode(log: Path) -> Optional[str]:
