@@ -26,8 +26,11 @@ MAX_ITERS = 6  # 20 images in batches of 4: the sampler starts its second epoch 
 
 
 def _write_config(tmp_path: Path, max_iters: int = MAX_ITERS) -> str:
-    """The demo config: random-init teacher, 20 augmented 32 px images, deterministic, no validation."""
+    """The demo config: random-init teacher, 20 augmented 32 px images, deterministic, no validation. The
+    teacher runs in float32 on every CPU: with the bfloat16 teacher that 'auto' picks on CPUs with
+    AVX512-BF16, a run killed after its second iteration resumes to other weights (README, "Resuming")."""
     return iteration_config(tmp_path / "resume_config.py", max_iters, extra=f"""
+model = dict(ofd=dict(teacher_precision='float32'))
 train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(num_samples=20))
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end={max_iters})]
 default_hooks = dict(checkpoint=dict(interval=1, by_epoch=False, max_keep_ckpts=3), logger=dict(interval=1))
