@@ -25,12 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_ITERS = 6  # 20 images in batches of 4: the sampler starts its second epoch at iteration 6
 
 
-def _write_config(tmp_path: Path, max_iters: int = MAX_ITERS) -> str:
+def _write_config(tmp_path: Path, max_iters: int = MAX_ITERS, teacher_precision: str = "float32") -> str:
     """The demo config: random-init teacher, 20 augmented 32 px images, deterministic, no validation. The
-    teacher runs in float32 on every CPU: with the bfloat16 teacher that 'auto' picks on CPUs with
-    AVX512-BF16, a run killed after its second iteration resumes to other weights (README, "Resuming")."""
+    teacher's precision is fixed: 'auto' would be float32 in this process (conftest) but follow the CPU in a
+    child process, and the killed run is a child."""
     return iteration_config(tmp_path / "resume_config.py", max_iters, extra=f"""
-model = dict(ofd=dict(teacher_precision='float32'))
+model = dict(ofd=dict(teacher_precision={teacher_precision!r}))
 train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(num_samples=20))
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end={max_iters})]
 default_hooks = dict(checkpoint=dict(interval=1, by_epoch=False, max_keep_ckpts=3), logger=dict(interval=1))
@@ -70,8 +70,9 @@ def _train_until_killed(config: str, work_dir: Path, kill_at: int) -> str:
 
 
 @pytest.mark.usefixtures("fashion_data")
-def test_sigkill_at_random_iteration_then_resume_matches_uninterrupted(tmp_path):
-    config = _write_config(tmp_path)
+@pytest.mark.parametrize("teacher_precision", ["float32", "bfloat16"])
+def test_sigkill_at_random_iteration_then_resume_matches_uninterrupted(tmp_path, teacher_precision):
+    config = _write_config(tmp_path, teacher_precision=teacher_precision)
     kill_at = random.randint(1, MAX_ITERS - 2)
     killed = tmp_path / "killed"
     _train_until_killed(config, killed, kill_at)
