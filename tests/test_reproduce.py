@@ -132,6 +132,16 @@ def test_a_sweep_logs_each_finished_run_and_the_time_left(tmp_path, monkeypatch,
     assert lines[3].endswith(")")
 
 
+def test_first_seed_shifts_the_seeds_a_sweep_trains(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runs, "_train", _fake_training(calls))
+    report = reproduce.run_task("classification", 2, tmp_path, 1, False, methods=["baseline"], threads=[1],
+                                first_seed=6)
+    assert [r["seed"] for r in report["results"]] == [6, 7]
+    assert sorted(p.name for p in (tmp_path / "classification" / "baseline" / "threads1").iterdir()) == ["seed6", "seed7"]
+    assert report["seeds"] == 8
+
+
 def test_the_time_left_counts_a_run_in_flight_from_where_it_is(monkeypatch):
     """Two workers, one run done in 600 s, one in flight for 300 s and two queued: 300 s + 2 x 600 s between
     two workers is 12.5 min, not the 20 min of two full rounds."""
@@ -348,7 +358,7 @@ def test_report_only_reports_the_methods_and_threads_asked_for(tmp_path):
         reproduce.collect_task("classification", tmp_path, threads=[4])
 
 
-@pytest.mark.parametrize("flags", [["--seeds", "6"], ["--jobs", "2"], ["--ablations"], ["--alphas", "1e-3"],
+@pytest.mark.parametrize("flags", [["--seeds", "6"], ["--first-seed", "6"], ["--jobs", "2"], ["--ablations"], ["--alphas", "1e-3"],
                                    ["--teacher-precision", "float32"], ["--epochs", "2"]])
 def test_report_only_refuses_the_flags_that_shape_trainings(tmp_path, capsys, flags):
     _fake_run(tmp_path, "ofd", 0, 80.0)

@@ -133,10 +133,10 @@ def _train(command: List[str], log_path: Path, threads: int) -> None:
 
 def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations: bool,
              methods: Optional[List[str]] = None, threads: Sequence[int] = (), jobs: int = 1,
-             alphas: Sequence[str] = (), teacher_precision: str = "auto") -> Dict:
+             alphas: Sequence[str] = (), teacher_precision: str = "auto", first_seed: int = 0) -> Dict:
     """All methods (and, with ``ablations``, the task's ablations; with ``alphas``, OFD at each
-    alpha) over ``seeds`` seeds at each thread count (default: torch's), ``jobs`` trainings at a time;
-    every run that distils features with its teacher in ``teacher_precision``."""
+    alpha) over ``seeds`` seeds from ``first_seed`` on at each thread count (default: torch's), ``jobs``
+    trainings at a time; every run that distils features with its teacher in ``teacher_precision``."""
     spec = TASKS[task]
     check_methods(task, methods or [])
     runs = [with_teacher_precision(base, METHODS[base], precision)
@@ -150,12 +150,13 @@ def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations
 
         threads = [torch.get_num_threads()]
     _warn_if_oversubscribed(jobs, max(threads))
-    todo = [(name, overrides, seed, n) for n in threads for seed in range(seeds) for name, overrides in runs]
+    todo = [(name, overrides, seed, n) for n in threads for seed in range(first_seed, first_seed + seeds)
+            for name, overrides in runs]
     code = code_hash(REPO)
     progress = _Progress(len(todo), jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(lambda run: _run(task, *run, root, epochs, code, progress), todo))
-    return build_report(task, results, seeds, epochs)
+    return build_report(task, results, first_seed + seeds, epochs)
 
 
 def _warn_if_oversubscribed(jobs: int, threads: int) -> None:
