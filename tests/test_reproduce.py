@@ -56,6 +56,19 @@ def test_the_report_names_a_command_that_runs_as_pasted(tmp_path, capsys):
     assert "80.00" in capsys.readouterr().out
 
 
+def test_ofd_with_two_teacher_precisions_gets_a_run_by_run_plot(tmp_path):
+    for seed in (0, 1):
+        _fake_run(tmp_path, "baseline", seed, 75.0 + seed)
+        _fake_run(tmp_path, "ofd, float32 teacher", seed, 81.0 + seed)
+    out = tmp_path / "out"
+    reproduce.main(["classification", "--report-only", "--work-dir", str(tmp_path), "--out", str(out)])
+    assert not (out / "results_classification_precision.png").exists()  # one precision: nothing to set side by side
+    _fake_run(tmp_path, "ofd, bfloat16 teacher", 0, 80.0)
+    reproduce.main(["classification", "--report-only", "--work-dir", str(tmp_path), "--out", str(out)])
+    assert (out / "results_classification_precision.png").stat().st_size > 1000
+    assert "(results_classification_precision.png)" in (out / "results_classification.md").read_text()
+
+
 def test_report_without_runs_names_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="overhaul-det reproduce detection"):
         reproduce.collect_task("detection", tmp_path)

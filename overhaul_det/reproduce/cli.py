@@ -22,8 +22,8 @@ from typing import List, Optional
 
 from ..teacher_mode import PRECISIONS
 from .methods import TASK_ABLATIONS, TASKS, config_alpha, is_alpha_run
-from .plots import plot_alpha, plot_curves
-from .report import collect_task, markdown, write_index
+from .plots import plot_alpha, plot_curves, plot_precision_runs
+from .report import collect_task, markdown, ofd_variants, write_index
 from .runs import run_task
 
 
@@ -87,6 +87,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if any(is_alpha_run(r["method"]) for r in report["results"]):
         plot_alpha(args.task, report["results"], report["metric"], config_alpha(args.task),
                    args.out / f"results_{args.task}_alpha.png")
+    if len(ofd_variants(report["results"])) > 1:
+        plot_precision_runs(args.task, report["results"], report["metric"],
+                            args.out / f"results_{args.task}_precision.png")
     (args.out / f"results_{args.task}.json").write_text(json.dumps(report, indent=2))
     command = shlex.join(["overhaul-det", "reproduce", *(argv if argv is not None else sys.argv[1:])])
     section = args.out / f"results_{args.task}.md"

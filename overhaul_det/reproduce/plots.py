@@ -1,4 +1,5 @@
-"""The report's plots: test metric per epoch per method, and the final metric against alpha."""
+"""The report's plots: test metric per epoch per method, the final metric against alpha, and OFD run by run
+with each teacher precision beside the baseline."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from typing import Dict, List
 
 from ..teacher_mode import PRECISIONS
 from .methods import TASK_ABLATIONS, is_alpha_run, split_teacher_precision
-from .report import decimals, summarise
+from .report import decimals, ofd_variants, summarise
 
 # How the curve of a run with each teacher precision is drawn, in the colour of its method.
 LINE_STYLES = {"auto": "-", "float32": ":", "bfloat16": "--", "float16": "-."}
@@ -88,6 +89,40 @@ def plot_alpha(task: str, results: List[Dict], metric: str, own_alpha: float, pa
     ax.set_title(f"{task}: OFD against alpha, mean ± std over runs", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_precision_runs(task: str, results: List[Dict], metric: str, path: Path) -> None:
+    """Final metric run by run (seed/threads on the x axis): the baseline and OFD with each teacher precision, each
+    with its mean as a dashed line, so a run OFD loses to its baseline and a precision that ends lower stand out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finals = {(r["method"], r["seed"], r["threads"]): r["final"] for r in results}
+    keys = sorted({(threads, seed) for _, seed, threads in finals}, key=lambda k: (k[0], k[1]))
+    digits = decimals(results)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(keys) + 2) + 3, 4))
+    for i, (method, marker) in enumerate(zip(["baseline"] + ofd_variants(results), "xosd^")):
+        xs = [x for x, (threads, seed) in enumerate(keys) if (method, seed, threads) in finals]
+        ys = [finals[(method, seed, threads)] for threads, seed in keys if (method, seed, threads) in finals]
+        if not ys:
+            continue
+        color = "grey" if method == "baseline" else f"C{i - 1}"
+        mean = sum(ys) / len(ys)
+        ax.scatter(xs, ys, marker=marker, color=color, zorder=3,
+                   label=f"{method} (n={len(ys)}, mean {mean:.{digits}f})")
+        ax.axhline(mean, color=color, linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([f"s{seed}/{threads}t" for threads, seed in keys], rotation=90, fontsize=7)
+    ax.set_xlabel("seed / threads")
+    ax.set_ylabel(f"final test {metric}")
+    ax.set_title(f"{task}: each run's final {metric}, OFD by teacher precision", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: it hides no run
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -84,6 +84,8 @@ def markdown(report: Dict, command: str, plot: str) -> str:
     lines += ["", f"![{report['task']}]({plot})", ""]
     if any(is_alpha_run(r["method"]) for r in report["results"]):
         lines += [f"![{report['task']} against alpha](results_{report['task']}_alpha.png)", ""]
+    if len(ofd_variants(report["results"])) > 1:
+        lines += [f"![{report['task']}, OFD by teacher precision](results_{report['task']}_precision.png)", ""]
     return "\n".join(lines)
 
 
@@ -96,8 +98,7 @@ def _paired_lines(results: List[Dict], digits: int) -> List[str]:
     """Baseline and OFD run by run (same seed and thread count), with OFD's gain; a column pair per
     teacher precision OFD ran with ('ofd', 'ofd, float32 teacher', ...)."""
     by_key = {(r["method"], r["seed"], r.get("threads")): r["final"] for r in results}
-    variants = sorted({m for m, _, _ in by_key if split_teacher_precision(m)[0] == "ofd"},
-                      key=lambda m: PRECISIONS.index(split_teacher_precision(m)[1]))
+    variants = ofd_variants(results)
     keys = sorted({(seed, threads) for method, seed, threads in by_key if method in variants
                    and ("baseline", seed, threads) in by_key}, key=lambda k: (k[1] or 0, k[0]))
     if not keys:
@@ -112,6 +113,12 @@ def _paired_lines(results: List[Dict], digits: int) -> List[str]:
             cells += ["–", "–"] if ofd is None else [f"{ofd:.{digits}f}", f"{ofd - base:+.{digits}f}"]
         lines.append(f"| {seed} | {threads} | {base:.{digits}f} | " + " | ".join(cells) + " |")
     return lines
+
+
+def ofd_variants(results: List[Dict]) -> List[str]:
+    """The names OFD ran under, one per teacher precision ('ofd', 'ofd, bfloat16 teacher'), in PRECISIONS order."""
+    names = {r["method"] for r in results if split_teacher_precision(r["method"])[0] == "ofd"}
+    return sorted(names, key=lambda m: PRECISIONS.index(split_teacher_precision(m)[1]))
 
 
 def write_index(out: Path) -> None:
