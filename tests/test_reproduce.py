@@ -67,6 +67,10 @@ def test_ofd_with_two_teacher_precisions_gets_a_run_by_run_plot(tmp_path):
     reproduce.main(["classification", "--report-only", "--work-dir", str(tmp_path), "--out", str(out)])
     assert (out / "results_classification_precision.png").stat().st_size > 1000
     assert "(results_classification_precision.png)" in (out / "results_classification.md").read_text()
+    _fake_run(tmp_path, "ofd, bfloat16 teacher", 1, 83.0)
+    reproduce.main(["classification", "--report-only", "--work-dir", str(tmp_path), "--out", str(out)])
+    assert ("ofd, bfloat16 teacher minus ofd, float32 teacher, run by run: +0.00 ± 1.41 over 2 runs, higher on 1."
+            in (out / "results_classification.md").read_text())  # -1 on seed 0, +1 on seed 1
 
 
 def test_report_without_runs_names_the_command(tmp_path):

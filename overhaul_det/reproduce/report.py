@@ -112,6 +112,21 @@ def _paired_lines(results: List[Dict], digits: int) -> List[str]:
             ofd = by_key.get((variant, seed, threads))
             cells += ["–", "–"] if ofd is None else [f"{ofd:.{digits}f}", f"{ofd - base:+.{digits}f}"]
         lines.append(f"| {seed} | {threads} | {base:.{digits}f} | " + " | ".join(cells) + " |")
+    return lines + _precision_difference_lines(by_key, variants, digits)
+
+
+def _precision_difference_lines(by_key: Dict, variants: List[str], digits: int) -> List[str]:
+    """Each later teacher precision against the first, run by run (same seed and thread count): the mean and
+    standard deviation of the differences, and on how many runs it ends higher."""
+    lines = []
+    for variant in variants[1:]:
+        differences = [final - by_key[(variants[0], seed, threads)] for (method, seed, threads), final in by_key.items()
+                       if method == variant and (variants[0], seed, threads) in by_key]
+        if len(differences) > 1:
+            higher = sum(d > 0 for d in differences)
+            lines += ["", f"{variant} minus {variants[0]}, run by run: {statistics.mean(differences):+.{digits}f} ± "
+                          f"{statistics.stdev(differences):.{digits}f} over {len(differences)} runs, higher on "
+                          f"{higher}."]
     return lines
 
 
