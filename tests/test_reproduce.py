@@ -70,7 +70,12 @@ def test_ofd_with_two_teacher_precisions_gets_a_run_by_run_plot(tmp_path):
     _fake_run(tmp_path, "ofd, bfloat16 teacher", 1, 83.0)
     reproduce.main(["classification", "--report-only", "--work-dir", str(tmp_path), "--out", str(out)])
     assert ("ofd, bfloat16 teacher minus ofd, float32 teacher, run by run: +0.00 ± 1.41 over 2 runs, higher on 1."
-            in (out / "results_classification.md").read_text())  # -1 on seed 0, +1 on seed 1
+            in (out / "results_classification.md").read_text())  # -1 on seed 0, +1 on seed 1; one run a seed
+    _fake_run(tmp_path, "ofd, float32 teacher", 0, 81.0, threads=2)
+    _fake_run(tmp_path, "ofd, bfloat16 teacher", 0, 84.0, threads=2)
+    reproduce.main(["classification", "--report-only", "--work-dir", str(tmp_path), "--out", str(out)])
+    assert ("run by run: +1.00 ± 2.00 over 3 runs, higher on 2; by seed: +1.00 ± 0.00 over 2 seeds, higher on 2."
+            in (out / "results_classification.md").read_text())  # seed 0: (-1 + 3) / 2
 
 
 def test_report_without_runs_names_the_command(tmp_path):

@@ -117,17 +117,28 @@ def _paired_lines(results: List[Dict], digits: int) -> List[str]:
 
 def _precision_difference_lines(by_key: Dict, variants: List[str], digits: int) -> List[str]:
     """Each later teacher precision against the first, run by run (same seed and thread count): the mean and
-    standard deviation of the differences, and on how many runs it ends higher."""
+    standard deviation of the differences, and on how many runs it ends higher; then by seed, each seed's
+    differences averaged over its thread counts, since runs of one seed end alike."""
     lines = []
     for variant in variants[1:]:
-        differences = [final - by_key[(variants[0], seed, threads)] for (method, seed, threads), final in by_key.items()
-                       if method == variant and (variants[0], seed, threads) in by_key]
-        if len(differences) > 1:
-            higher = sum(d > 0 for d in differences)
-            lines += ["", f"{variant} minus {variants[0]}, run by run: {statistics.mean(differences):+.{digits}f} ± "
-                          f"{statistics.stdev(differences):.{digits}f} over {len(differences)} runs, higher on "
-                          f"{higher}."]
+        by_seed: Dict[int, List[float]] = {}
+        for (method, seed, threads), final in by_key.items():
+            if method == variant and (variants[0], seed, threads) in by_key:
+                by_seed.setdefault(seed, []).append(final - by_key[(variants[0], seed, threads)])
+        runs = [d for differences in by_seed.values() for d in differences]
+        if len(runs) > 1:
+            line = f"{variant} minus {variants[0]}, run by run: {_spread(runs, digits)} over {len(runs)} runs, " \
+                   f"higher on {sum(d > 0 for d in runs)}"
+            seeds = [statistics.mean(differences) for differences in by_seed.values()]
+            if 1 < len(seeds) < len(runs):
+                line += f"; by seed: {_spread(seeds, digits)} over {len(seeds)} seeds, higher on " \
+                        f"{sum(d > 0 for d in seeds)}"
+            lines += ["", line + "."]
     return lines
+
+
+def _spread(values: List[float], digits: int) -> str:
+    return f"{statistics.mean(values):+.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def ofd_variants(results: List[Dict]) -> List[str]:
