@@ -160,7 +160,8 @@ def test_first_seed_shifts_the_seeds_a_sweep_trains(tmp_path, monkeypatch):
     report = reproduce.run_task("classification", 2, tmp_path, 1, False, methods=["baseline"], threads=[1],
                                 first_seed=6)
     assert [r["seed"] for r in report["results"]] == [6, 7]
-    assert sorted(p.name for p in (tmp_path / "classification" / "baseline" / "threads1").iterdir()) == ["seed6", "seed7"]
+    trained = tmp_path / "classification" / "baseline" / "threads1"
+    assert sorted(p.name for p in trained.iterdir()) == ["seed6", "seed7"]
     assert report["seeds"] == 8
 
 
@@ -380,8 +381,8 @@ def test_report_only_reports_the_methods_and_threads_asked_for(tmp_path):
         reproduce.collect_task("classification", tmp_path, threads=[4])
 
 
-@pytest.mark.parametrize("flags", [["--seeds", "6"], ["--first-seed", "6"], ["--jobs", "2"], ["--ablations"], ["--alphas", "1e-3"],
-                                   ["--teacher-precision", "float32"], ["--epochs", "2"]])
+@pytest.mark.parametrize("flags", [["--seeds", "6"], ["--first-seed", "6"], ["--jobs", "2"], ["--ablations"],
+                                   ["--alphas", "1e-3"], ["--teacher-precision", "float32"], ["--epochs", "2"]])
 def test_report_only_refuses_the_flags_that_shape_trainings(tmp_path, capsys, flags):
     _fake_run(tmp_path, "ofd", 0, 80.0)
     with pytest.raises(SystemExit):

@@ -45,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="overhaul-det reproduce", description=__doc__)
     parser.add_argument("task", choices=sorted(TASKS))
     parser.add_argument("--seeds", type=_positive, help="seeds 0 .. N-1 of each run (default 3)")
-    parser.add_argument("--first-seed", type=_not_negative,
+    parser.add_argument("--first-seed", type=_not_negative, default=0,
                         help="start the seeds there: --first-seed 6 --seeds 6 trains seeds 6 .. 11 (default 0)")
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     parser.add_argument("--ablations", action="store_true",
@@ -78,7 +78,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             report = run_task(args.task, 3 if args.seeds is None else args.seeds, args.work_dir, args.epochs,
                               args.ablations, args.methods, args.threads, args.jobs or 1, args.alphas,
-                              args.teacher_precision or "auto", args.first_seed or 0)
+                              args.teacher_precision or "auto", args.first_seed)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -101,8 +101,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _refuse_training_flags(args: argparse.Namespace) -> None:
     """--report-only trains nothing: a flag that only shapes trainings would be ignored, so it is refused."""
-    flags = (("--seeds", args.seeds), ("--first-seed", args.first_seed), ("--epochs", args.epochs), ("--ablations", args.ablations), ("--jobs", args.jobs),
-             ("--alphas", args.alphas), ("--teacher-precision", args.teacher_precision))
+    flags = (("--seeds", args.seeds), ("--first-seed", args.first_seed), ("--epochs", args.epochs),
+             ("--ablations", args.ablations), ("--jobs", args.jobs), ("--alphas", args.alphas),
+             ("--teacher-precision", args.teacher_precision))
     given = [flag for flag, value in flags if value]
     if given:
         raise ValueError(f"{', '.join(given)} shape trainings, and --report-only trains none: drop them; choose the "

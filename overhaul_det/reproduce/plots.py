@@ -103,7 +103,7 @@ def plot_precision_runs(task: str, results: List[Dict], metric: str, path: Path)
     import matplotlib.pyplot as plt
 
     finals = {(r["method"], r["seed"], r["threads"]): r["final"] for r in results}
-    keys = sorted({(threads, seed) for _, seed, threads in finals}, key=lambda k: (k[0], k[1]))
+    keys = sorted({(threads, seed) for _, seed, threads in finals})
     digits = decimals(results)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(keys) + 2) + 3, 4))
     for i, (method, marker) in enumerate(zip(["baseline"] + ofd_variants(results), "xosd^")):

@@ -118,7 +118,7 @@ def _paired_lines(results: List[Dict], digits: int) -> List[str]:
 def _precision_difference_lines(by_key: Dict, variants: List[str], digits: int) -> List[str]:
     """Each later teacher precision against the first, run by run (same seed and thread count): the mean and
     standard deviation of the differences, and on how many runs it ends higher; then by seed, each seed's
-    differences averaged over its thread counts, since runs of one seed end alike."""
+    differences averaged over its thread counts, since the runs of one seed move together."""
     lines = []
     for variant in variants[1:]:
         by_seed: Dict[int, List[float]] = {}
