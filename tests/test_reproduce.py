@@ -351,6 +351,39 @@ def test_an_alpha_sweep_per_teacher_precision_is_plotted_per_precision(tmp_path,
                       ("OFD at a fixed alpha, float32 teacher", [1e-3, 1e-2], [79.0, 82.0])]  # no bfloat16 sweep ran
 
 
+def test_the_alpha_plot_averages_only_the_runs_the_sweep_made(tmp_path, monkeypatch):
+    for seed in range(2):
+        _fake_run(tmp_path, "baseline", seed, 75.0 + seed)
+        _fake_run(tmp_path, "ofd", seed, 81.0 + seed)
+        _fake_run(tmp_path, "alpha 1e-3", seed, 78.0 + seed)
+    _fake_run(tmp_path, "baseline", 5, 60.0)  # seeds the sweep did not run: left out of every point
+    _fake_run(tmp_path, "ofd", 0, 90.0, threads=2)
+    report = reproduce.collect_task("classification", tmp_path)
+    drawn = {}
+    from matplotlib.axes import Axes
+
+    def errorbar(ax, x, y, *args, **kwargs):
+        drawn["curve"] = (x, y)
+        return draw_errorbar(ax, x, y, *args, **kwargs)
+
+    def axhspan(ax, low, high, *args, **kwargs):
+        drawn["band"] = ((low + high) / 2, kwargs["label"])
+        return draw_axhspan(ax, low, high, *args, **kwargs)
+
+    def set_title(ax, title, *args, **kwargs):
+        drawn["title"] = title
+        return draw_title(ax, title, *args, **kwargs)
+
+    draw_errorbar, draw_axhspan, draw_title = Axes.errorbar, Axes.axhspan, Axes.set_title
+    monkeypatch.setattr(Axes, "errorbar", errorbar)
+    monkeypatch.setattr(Axes, "axhspan", axhspan)
+    monkeypatch.setattr(Axes, "set_title", set_title)
+    plots.plot_alpha("classification", report["results"], report["metric"], 1e-2, tmp_path / "alpha.png")
+    assert drawn["curve"] == ([1e-3, 1e-2], [78.5, 81.5])
+    assert drawn["band"][0] == pytest.approx(75.5) and drawn["band"][1].startswith("baseline 75.50 ± 0.71")
+    assert drawn["title"].endswith("over seeds 0, 1 at 1 thread")
+
+
 @pytest.mark.parametrize("jobs, threads, warned", [(2, 2, True), (2, 1, False), (1, 4, False)])
 def test_more_threads_than_cores_is_warned_with_counts_that_fit(jobs, threads, warned, tmp_path, monkeypatch,
                                                                 caplog):

@@ -53,12 +53,15 @@ def plot_curves(task: str, results: List[Dict], metric: str, path: Path) -> None
 
 def plot_alpha(task: str, results: List[Dict], metric: str, own_alpha: float, path: Path) -> None:
     """Final test metric against alpha (log scale), mean ± std over runs, one curve per teacher precision
-    the sweep ran with, the baseline as a band, alpha='auto' drawn at the alphas it chose."""
+    the sweep ran with, the baseline as a band, alpha='auto' drawn at the alphas it chose. Every point, the
+    band and the config's own alpha average the same runs: those at a seed and thread count the sweep ran."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    swept = {(r["seed"], r["threads"]) for r in results if is_alpha_run(r["method"])}
+    results = [r for r in results if (r["seed"], r["threads"]) in swept]
     summary, digits = summarise(results), decimals(results)
     by_precision: Dict[str, Dict[str, str]] = {}
     for method in summary:
@@ -86,7 +89,7 @@ def plot_alpha(task: str, results: List[Dict], metric: str, own_alpha: float, pa
     ax.set_xscale("log")
     ax.set_xlabel("alpha")
     ax.set_ylabel(f"final test {metric}")
-    ax.set_title(f"{task}: OFD against alpha, mean ± std over runs", fontsize=10)
+    ax.set_title(f"{task}: OFD against alpha, mean ± std over {_runs_named(swept)}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -126,6 +129,16 @@ def plot_precision_runs(task: str, results: List[Dict], metric: str, path: Path)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _runs_named(keys) -> str:
+    """'seeds 0, 1, 2 at 1 thread' for (seed, threads) keys; each thread count's seeds where they differ."""
+    by_threads: Dict[int, List[int]] = {}
+    for seed, threads in sorted(keys):
+        by_threads.setdefault(threads, []).append(seed)
+    parts = [f"seeds {', '.join(map(str, seeds))} at {threads} thread{'s' * (threads != 1)}"
+             for threads, seeds in sorted(by_threads.items())]
+    return "; ".join(parts)
 
 
 def _plot_method(ax, method: str, curves: List[List[float]], color: str, linestyle: str) -> None:
