@@ -89,7 +89,7 @@ def plot_alpha(task: str, results: List[Dict], metric: str, own_alpha: float, pa
     ax.set_xscale("log")
     ax.set_xlabel("alpha")
     ax.set_ylabel(f"final test {metric}")
-    ax.set_title(f"{task}: OFD against alpha, mean ± std over {_runs_named(swept)}", fontsize=10)
+    ax.set_title(f"{task}: OFD against alpha\nmean ± std over {_runs_named(swept)}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
