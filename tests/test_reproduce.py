@@ -78,6 +78,17 @@ def test_ofd_with_two_teacher_precisions_gets_a_run_by_run_plot(tmp_path):
             in (out / "results_classification.md").read_text())  # seed 0: (-1 + 3) / 2
 
 
+def test_teacher_precisions_get_a_paired_t_test_over_seeds(tmp_path):
+    for seed, difference in enumerate([1.0, 2.0, 3.0]):
+        _fake_run(tmp_path, "baseline", seed, 75.0)
+        _fake_run(tmp_path, "ofd, float32 teacher", seed, 80.0)
+        _fake_run(tmp_path, "ofd, bfloat16 teacher", seed, 80.0 + difference)
+    table = markdown(reproduce.collect_task("classification", tmp_path), "overhaul-det reproduce", "plot.png")
+    # t = 2 / (1 / sqrt 3); with 2 df, P(|T| > t) = 1 - t / sqrt(2 + t^2) = 0.074 and the 0.975 quantile is 4.303
+    assert ("run by run: +2.00 ± 1.00 over 3 runs, higher on 3; over seeds, t = +3.46 (2 df), two-sided p = 0.074, "
+            "95% interval -0.48 to +4.48." in table)
+
+
 def test_report_without_runs_names_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="overhaul-det reproduce detection"):
         reproduce.collect_task("detection", tmp_path)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -133,8 +134,27 @@ def _precision_difference_lines(by_key: Dict, variants: List[str], digits: int) 
             if 1 < len(seeds) < len(runs):
                 line += f"; by seed: {_spread(seeds, digits)} over {len(seeds)} seeds, higher on " \
                         f"{sum(d > 0 for d in seeds)}"
+            if len(seeds) > 2 and statistics.stdev(seeds) > 0:
+                line += f"; over seeds, {_paired_t(seeds, digits)}"
             lines += ["", line + "."]
     return lines
+
+
+def _paired_t(differences: List[float], digits: int) -> str:
+    """Student's t test of the mean of paired differences against 0: t, degrees of freedom, two-sided p and the 95%
+    interval of the mean. Student's t distribution from mpmath (installed with torch, through sympy): neither
+    ``statistics`` nor numpy has it."""
+    import mpmath
+
+    n, mean = len(differences), statistics.mean(differences)
+    error, df = statistics.stdev(differences) / math.sqrt(n), n - 1
+
+    def beyond(t: float):  # P(|T| > t) for T with df degrees of freedom
+        return mpmath.betainc(df / 2, 0.5, 0, df / (df + t * t), regularized=True)
+
+    quantile = float(mpmath.findroot(lambda t: beyond(t) - 0.05, (1.9, 64.0), solver="illinois"))
+    return (f"t = {mean / error:+.2f} ({df} df), two-sided p = {float(beyond(mean / error)):.2g}, 95% interval "
+            f"{mean - quantile * error:+.{digits}f} to {mean + quantile * error:+.{digits}f}")
 
 
 def _spread(values: List[float], digits: int) -> str:
