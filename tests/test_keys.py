@@ -1,4 +1,4 @@
-"""Config keys of ``model`` and of every dataset are checked against the classes they build."""
+"""Config keys of ``model``, of every dataset and of the loops are checked against the classes they build."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,6 +27,9 @@ def test_every_shipped_config_passes(config):
                                     "takes teacher, student, num_classes, ofd, kd_weight"),
     ("train_dataloader.dataset.num_sample=10", "train_dataloader.dataset.num_sample: unknown key; did you mean "
                                                "train_dataloader.dataset.num_samples? FashionMNISTDataset takes"),
+    ("train_cfg.max_epoch=3", "train_cfg.max_epoch: unknown key; did you mean train_cfg.max_epochs? "
+                              "EpochBasedTrainLoop takes max_epochs, val_begin, val_interval, dynamic_intervals"),
+    ("val_cfg.fp61=True", "val_cfg.fp61: unknown key; did you mean val_cfg.fp16? ValLoop takes fp16"),
 ])
 def test_a_misspelt_key_stops_the_cli_before_anything_is_built(option, message, tmp_path, capsys):
     assert cli_main(["train", str(DEMO_CONFIG), "--work-dir", str(tmp_path), "--cfg-options", option]) == 2
@@ -61,3 +64,17 @@ def test_a_class_taking_any_keyword_and_an_unregistered_type_pass():
     check_config_keys(Config(dict(train_dataloader=dict(dataset=dict(type="NoSuchDataset", anything=1)))))
     with pytest.raises(TypeError, match=r"^model\.anything: unknown key; BaseDataPreprocessor takes non_blocking$"):
         check_config_keys(Config(dict(model=dict(type="BaseDataPreprocessor", anything=1))))
+
+
+def test_a_loop_is_checked_as_the_runner_builds_it():
+    iterations = Config(dict(train_cfg=dict(type="IterBasedTrainLoop", max_iter=10)))
+    with pytest.raises(TypeError, match=r"^train_cfg\.max_iter: unknown key; did you mean train_cfg\.max_iters\? "
+                                        r"IterBasedTrainLoop takes max_iters, val_begin"):
+        check_config_keys(iterations)
+    by_iteration = Config(dict(train_cfg=dict(by_epoch=False, max_epochs=10)))
+    with pytest.raises(TypeError, match=r"^train_cfg\.max_epochs: unknown key; did you mean train_cfg\.max_iters\?"):
+        check_config_keys(by_iteration)
+    check_config_keys(Config(dict(train_cfg=dict(by_epoch=True, max_epochs=2, val_interval=1))))
+    check_config_keys(Config(dict(train_cfg=dict(max_epochs=2), val_cfg=None)))  # no loop chosen: the Runner says
+    with pytest.raises(TypeError, match=r"^test_cfg\.evaluator: unknown key; TestLoop takes fp16$"):
+        check_config_keys(Config(dict(test_cfg=dict(evaluator=dict()))))  # the Runner gives the evaluator

@@ -4,8 +4,6 @@ guard (refused when missing, warned about without weights), OFD on/off, mmengine
 from __future__ import annotations
 
 import abc
-import difflib
-import inspect
 import logging
 import math
 import re
@@ -17,7 +15,7 @@ from mmengine.model import BaseModel
 from torch import nn
 
 from ..distiller import FeatureDistiller
-from ..engine.keys import refuse_unknown_keys
+from ..engine.keys import parameter_names, refuse_unknown_keys, unknown_key_error
 
 __all__ = ["DistillationModel", "build_from_spec", "warn_if_random_teacher"]
 
@@ -27,25 +25,16 @@ WEIGHT_KEYS = ("checkpoint", "backbone_checkpoint", "pretrained", "pretrained_ba
 _UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
-def _parameters(builder: Callable) -> List[str]:
-    """The names ``builder`` itself takes (not those it passes on through ``**kwargs``)."""
-    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    return [name for name, p in inspect.signature(builder).parameters.items() if p.kind not in kinds]
-
-
 def _unknown_key(where: str, key: str, builder: Callable, error: TypeError) -> TypeError:
     """A TypeError naming ``where.key`` and the nearest key ``builder`` takes."""
-    names = _parameters(builder)
-    close = difflib.get_close_matches(key, names, n=1)
-    hint = f"; did you mean {where}.{close[0]}?" if close else ""
-    return TypeError(f"{where}.{key}: unknown key ({error}){hint} {builder.__name__} takes {', '.join(names)}; "
-                     "other keys go to the model's own constructor")
+    error = unknown_key_error(where, key, parameter_names(builder), builder.__name__, str(error))
+    return TypeError(f"{error}; other keys go to the model's own constructor")
 
 
 def check_ofd_keys(ofd: dict) -> None:
     """Refuse a ``model.ofd`` key that ``FeatureDistiller`` does not take, naming it and the nearest one,
     before any model is built (a baseline config, ``alpha=0``, is checked as well)."""
-    names = [name for name in _parameters(FeatureDistiller.__init__) if name not in ("self", "teacher", "student")]
+    names = [name for name in parameter_names(FeatureDistiller.__init__) if name not in ("self", "teacher", "student")]
     refuse_unknown_keys(ofd, names, "model.ofd", "FeatureDistiller")
 
 
@@ -78,7 +67,7 @@ def warn_if_random_teacher(spec: Union[str, dict, nn.Module, None], builder: Cal
     spec = {required: spec} if isinstance(spec, str) else spec
     if any(spec.get(key) for key in WEIGHT_KEYS):
         return
-    options = [key for key in WEIGHT_KEYS if key in _parameters(builder)]
+    options = [key for key in WEIGHT_KEYS if key in parameter_names(builder)]
     logger.warning("model.teacher (%s=%r) has no weights (none of %s is set): it is RANDOMLY INITIALISED "
                    "and the student will learn from noise. Give its trained weights, e.g. model.teacher.%s=PATH",
                    required, spec.get(required), ", ".join(options), options[0])
