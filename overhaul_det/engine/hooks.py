@@ -24,7 +24,8 @@ def find_distiller(model) -> Optional[FeatureDistiller]:
 
 @HOOKS.register_module()
 class DataMarginHook(Hook):
-    """Before training, estimate data margins (taps with no BN) over ``num_batches`` train batches.
+    """Before training, estimate data margins (taps with no BN) over ``num_batches`` train batches, each as the
+    task model feeds the teacher (``teacher_batch``: a detector's transformed, teacher-normalised images).
 
     The margins are buffers, so they are saved in checkpoints; on resume they are not redone.
     """
@@ -40,10 +41,11 @@ class DataMarginHook(Hook):
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         preprocess = model.data_preprocessor
+        teacher_batch = getattr(model, "teacher_batch", lambda inputs: inputs)
 
         def batches():
             for data in runner.train_dataloader:
-                yield preprocess(data, False)["inputs"]
+                yield teacher_batch(preprocess(data, False)["inputs"])
 
         distiller.calibrate_margins(batches(), max_batches=self.num_batches)
         if get_world_size() > 1:

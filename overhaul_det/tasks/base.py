@@ -171,6 +171,10 @@ class DistillationModel(BaseModel):
     def _forward(self, inputs: Any, data_samples: Optional[Sequence] = None) -> Any:
         """The student's raw output for ``inputs`` (``mode='tensor'``)."""
 
+    def teacher_batch(self, inputs: Any) -> torch.Tensor:
+        """The tensor the distiller's teacher is fed for the batch ``inputs`` (what ``DataMarginHook`` reads)."""
+        return inputs
+
     @property
     def student(self) -> nn.Module:
         return self.distiller.student if self.ofd_enabled else self.student_model

@@ -426,6 +426,11 @@ class DetectionDistiller(DistillationModel):
         batch, _ = self.student_model.transform(list(inputs))
         return self.student_model.backbone(batch.tensors)
 
+    def teacher_batch(self, inputs: Sequence[Tensor]) -> Tensor:
+        """The images of a batch as the student's transform batches them, in the teacher's normalisation."""
+        batch, _ = self.student_model.transform(list(inputs))
+        return self.teacher_input(batch.tensors)
+
     def teacher_input(self, tensors: Tensor) -> Tensor:
         """The student's transformed batch in the teacher's normalisation: what the teacher's backbone is fed."""
         if not self.renormalise:
