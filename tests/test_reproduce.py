@@ -362,6 +362,16 @@ def test_an_alpha_sweep_per_teacher_precision_is_plotted_per_precision(tmp_path,
                       ("OFD at a fixed alpha, float32 teacher", [1e-3, 1e-2], [79.0, 82.0])]  # no bfloat16 sweep ran
 
 
+def test_the_alphas_auto_chose_are_named_by_method_where_several_chose(tmp_path):
+    for method, alpha in [("alpha auto", 0.004), ("alpha auto, bfloat16 teacher", 0.005)]:
+        _fake_run(tmp_path, method, 0, 80.0)
+        result_file = tmp_path / "classification" / method.replace(" ", "_") / "threads1" / "seed0" / "result.json"
+        result_file.write_text(json.dumps(dict(json.loads(result_file.read_text()), alpha_auto=alpha)))
+    table = markdown(reproduce.collect_task("classification", tmp_path), "overhaul-det reproduce", "plot.png")
+    assert ("alpha='auto' chose: alpha auto: 0.004 (s0/1t); alpha auto, bfloat16 teacher: 0.005 (s0/1t)."
+            in table)
+
+
 def test_the_alpha_plot_averages_only_the_runs_the_sweep_made(tmp_path, monkeypatch):
     for seed in range(2):
         _fake_run(tmp_path, "baseline", seed, 75.0 + seed)

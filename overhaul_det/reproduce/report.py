@@ -78,16 +78,27 @@ def markdown(report: Dict, command: str, plot: str) -> str:
         seconds = statistics.mean(r["seconds"] for r in mine)
         lines.append(f"| {method} | {s['mean']:.{digits}f} ± {s['std']:.{digits}f} | {runs} | {seconds:.0f} |")
     lines += _paired_lines(report["results"], digits)
-    chosen = [f"{r['alpha_auto']:.3g} (s{r['seed']}/{r.get('threads', '?')}t)" for r in report["results"]
-              if "alpha_auto" in r]
-    if chosen:
-        lines += ["", "alpha='auto' chose: " + ", ".join(chosen) + "."]
+    lines += _auto_alpha_lines(report["results"])
     lines += ["", f"![{report['task']}]({plot})", ""]
     if any(is_alpha_run(r["method"]) for r in report["results"]):
         lines += [f"![{report['task']} against alpha](results_{report['task']}_alpha.png)", ""]
     if len(ofd_variants(report["results"])) > 1:
         lines += [f"![{report['task']}, OFD by teacher precision](results_{report['task']}_precision.png)", ""]
     return "\n".join(lines)
+
+
+def _auto_alpha_lines(results: List[Dict]) -> List[str]:
+    """What alpha='auto' chose in each run, named by method where more than one method chose."""
+    by_method: Dict[str, List[str]] = {}
+    for r in results:
+        if "alpha_auto" in r:
+            by_method.setdefault(r["method"], []).append(f"{r['alpha_auto']:.3g} (s{r['seed']}/{r.get('threads', '?')}t)")
+    if not by_method:
+        return []
+    if len(by_method) == 1:
+        return ["", "alpha='auto' chose: " + ", ".join(*by_method.values()) + "."]
+    return ["", "alpha='auto' chose: " + "; ".join(f"{method}: {', '.join(runs)}" for method, runs in by_method.items())
+            + "."]
 
 
 def decimals(results: List[Dict]) -> int:
