@@ -89,16 +89,15 @@ def markdown(report: Dict, command: str, plot: str) -> str:
 
 def _auto_alpha_lines(results: List[Dict]) -> List[str]:
     """What alpha='auto' chose in each run, named by method where more than one method chose."""
-    by_method: Dict[str, List[str]] = {}
+    chosen: Dict[str, List[str]] = {}
     for r in results:
         if "alpha_auto" in r:
-            by_method.setdefault(r["method"], []).append(f"{r['alpha_auto']:.3g} (s{r['seed']}/{r.get('threads', '?')}t)")
-    if not by_method:
+            run = f"{r['alpha_auto']:.3g} (s{r['seed']}/{r.get('threads', '?')}t)"
+            chosen.setdefault(r["method"], []).append(run)
+    if not chosen:
         return []
-    if len(by_method) == 1:
-        return ["", "alpha='auto' chose: " + ", ".join(*by_method.values()) + "."]
-    return ["", "alpha='auto' chose: " + "; ".join(f"{method}: {', '.join(runs)}" for method, runs in by_method.items())
-            + "."]
+    named = [", ".join(runs) if len(chosen) == 1 else f"{method}: {', '.join(runs)}" for method, runs in chosen.items()]
+    return ["", "alpha='auto' chose: " + "; ".join(named) + "."]
 
 
 def decimals(results: List[Dict]) -> int:
