@@ -106,3 +106,46 @@ def test_an_explicit_float32_teacher_trains_what_auto_trains_without_native_bflo
     assert_same_state(explicit, snapshot_state(auto))  # the regressors too
     assert not torch.equal(auto.student.state_dict()["features.0.0.weight"],
                            make_model("tv", "mobilenet_v3_large").state_dict()["features.0.0.weight"])  # it trained
+
+
+class _ReadsAnotherWeight(torch.nn.Module):
+    """A conv, and another conv's weight read outside any conv (in float32, by an op autocast does not cast)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.other = torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        return {"out": self.conv(x), "other": self.other.weight.float() * 3}
+
+
+def test_cast_weights_give_autocast_outputs_to_the_bit_and_follow_changed_weights(make_model, randomized):
+    model = randomized(make_model("tv", "resnet18")).eval().requires_grad_(False)  # frozen, as a teacher is
+    before = snapshot_state(model)
+    run = lambda x: {"logits": model(x)}  # noqa: E731
+    cast = teacher_mode.CastWeights(model, run, torch.bfloat16)
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert len(cast) == 22 and cast.agrees(x)  # 20 convs and the fc's weight and bias
+        first = cast(x)["logits"]
+        assert torch.equal(first, run(x)["logits"])
+        model.conv1.weight.mul_(2)  # as load_state_dict would: in place
+        assert torch.equal(cast(x)["logits"], run(x)["logits"]) and not torch.equal(cast(x)["logits"], first)
+        model.conv1.weight.div_(2)
+    assert_same_state(model, before)  # the model itself holds its float32 weights throughout
+
+
+def test_cast_weights_are_refused_where_another_op_reads_a_weight():
+    model = _ReadsAnotherWeight().requires_grad_(False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not teacher_mode.CastWeights(model, model, torch.bfloat16).agrees(torch.randn(1, 3, 8, 8))
+
+
+def test_a_bfloat16_teacher_with_weights_cast_once_trains_what_casting_at_every_forward_trains(
+        make_model, randomized, monkeypatch, caplog):
+    with caplog.at_level("INFO", logger="overhaul_det.distiller"):
+        once = _trained_student(make_model, randomized, "bfloat16")
+    assert "teacher's 22 conv/linear parameters kept in bfloat16, cast once" in caplog.text
+    monkeypatch.setattr(teacher_mode.CastWeights, "agrees", lambda self, *args, **kwargs: False)
+    every = _trained_student(make_model, randomized, "bfloat16")
+    assert_same_state(every, snapshot_state(once))  # student, regressors and teacher, to the bit
