@@ -56,6 +56,21 @@ def test_the_report_names_a_command_that_runs_as_pasted(tmp_path, capsys):
     assert "80.00" in capsys.readouterr().out
 
 
+def test_a_work_dir_of_its_own_keeps_its_report_and_leaves_docs_alone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results_classification.md").write_text("the full sweep's table")
+    sweep = tmp_path / "work_dirs" / "seeds12"
+    _fake_run(sweep, "baseline", 12, 76.0)
+    assert reproduce.main(["classification", "--report-only", "--work-dir", str(sweep)]) == 0
+    assert "76.00 (s12/1t)" in (sweep / "results_classification.md").read_text()
+    assert (docs / "results_classification.md").read_text() == "the full sweep's table"
+    _fake_run(tmp_path / "work_dirs" / "reproduce", "baseline", 0, 75.0)
+    assert reproduce.main(["classification", "--report-only"]) == 0  # the default work dir reports to docs
+    assert "75.00 (s0/1t)" in (docs / "results_classification.md").read_text()
+
+
 def test_ofd_with_two_teacher_precisions_gets_a_run_by_run_plot(tmp_path):
     for seed in (0, 1):
         _fake_run(tmp_path, "baseline", seed, 75.0 + seed)

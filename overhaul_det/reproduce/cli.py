@@ -4,7 +4,8 @@ Each run trains the student with the task's config and one method's switches at 
 count, records the test metric after every epoch, the wall time and where it came from (commit,
 code, config and weights hashes, threads, torch version, CPU; ``provenance.py``). A run whose result exists is
 skipped while that record still matches the current code, so the command resumes; otherwise it
-is trained again. Writes a JSON file, a markdown table and a plot per task.
+is trained again. Writes a JSON file, a markdown table and a plot per task: into docs for the default work dir, else
+into the work dir itself (``--out`` chooses).
 
 The OFD teacher runs in the config's precision, 'auto' (bfloat16 on CPUs and GPUs that compute it natively, float32
 elsewhere). ``--teacher-precision`` fixes it for every run that distils features; such a run is named '<method>,
@@ -18,7 +19,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from ..teacher_mode import PRECISIONS
 from .methods import TASK_ABLATIONS, TASKS, config_alpha, is_alpha_run
@@ -27,18 +28,19 @@ from .report import collect_task, markdown, ofd_variants, write_index
 from .runs import run_task
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a count; give 1 or more")
-    return value
+def _at_least(minimum: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, else an error naming ``what`` it should be."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is not {what}; give {minimum} or more")
+        return value
+    return parse
 
 
-def _not_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not a seed; give 0 or more")
-    return value
+_positive = _at_least(1, "a count")
+_not_negative = _at_least(0, "a seed")
+DEFAULT_WORK_DIR = Path("work_dirs/reproduce")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -67,9 +69,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "computes it natively, else float32); float32 trains what README's tables trained")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; report the finished runs in the work dir (methods may differ in seeds)")
-    parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/reproduce"))
-    parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
+                        help=f"where the runs train and their records stay (default {DEFAULT_WORK_DIR})")
+    parser.add_argument("--out", type=Path,
+                        help="where the report (results_TASK.md, .json, plots) goes; default docs for the default "
+                             "--work-dir, else that work dir, so a sweep in a work dir of its own leaves docs' "
+                             "reports as they are")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path("docs") if args.work_dir == DEFAULT_WORK_DIR else args.work_dir
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         if args.report_only:
