@@ -152,8 +152,8 @@ def _precision_difference_lines(by_key: Dict, variants: List[str], digits: int) 
 
 def _paired_t(differences: List[float], digits: int) -> str:
     """Student's t test of the mean of paired differences against 0: t, degrees of freedom, two-sided p and the 95%
-    interval of the mean. Student's t distribution from mpmath (a dependency; torch brings it too, through sympy): neither
-    ``statistics`` nor numpy has it."""
+    interval of the mean. Student's t distribution from mpmath (a dependency; torch brings it too, through sympy):
+    neither ``statistics`` nor numpy has it."""
     import mpmath
 
     n, mean = len(differences), statistics.mean(differences)
