@@ -1,0 +1,78 @@
+"""Train one run of a classification config and, after every epoch, also test a copy of its student whose BN
+running statistics are re-estimated on training batches (a cumulative average, as a "precise BN" step would).
+
+The run itself trains and evaluates as without the probe: the copy is made, used and dropped between epochs, and
+the RNG states are restored after it, so the run's own per-epoch metric equals that of a plain ``overhaul-det
+train``. One line per epoch: the run's own top-1 and the re-estimated copy's. For asking whether a fall of test
+accuracy comes from stale running statistics (it would then vanish in the copy) or from the network.
+
+    OMP_NUM_THREADS=2 python tools/bn_statistics_probe.py \
+        configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py --seed 10 --work-dir work_dirs/bn_probe
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+from torch.utils.data import DataLoader
+
+from overhaul_det.engine.runner import build_runner, load_config
+
+
+class ReestimatedBNProbe(Hook):
+    """After each training epoch: top-1 of a student copy with BN statistics re-estimated on ``batches`` batches."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+        self.top1: list = []
+
+    def after_train_epoch(self, runner) -> None:
+        rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        model = copy.deepcopy(runner.model)
+        for module in model.student.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None  # a cumulative average over the batches below
+        train = runner.train_dataloader
+        loader = DataLoader(train.dataset, batch_size=train.batch_size, shuffle=False, collate_fn=train.collate_fn)
+        model.train()
+        with torch.no_grad():
+            for _, batch in zip(range(self.batches), loader):
+                model.student(model.data_preprocessor(batch, True)["inputs"])
+        model.eval()
+        outputs = [out for batch in runner.val_dataloader for out in model.val_step(batch)]
+        self.top1.append(100 * sum(int(o["pred_score"].argmax() == o["gt_label"]) for o in outputs) / len(outputs))
+        runner.logger.info(f"epoch {runner.epoch + 1}: top-1 with BN statistics re-estimated on {self.batches} "
+                           f"training batches {self.top1[-1]:.2f}")
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batches", type=int, default=40, help="training batches the statistics are estimated on")
+    parser.add_argument("--work-dir", required=True)
+    parser.add_argument("--cfg-options", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. model.ofd.teacher_precision=float32")
+    args = parser.parse_args()
+    options = dict(option.split("=", 1) for option in args.cfg_options)
+    cfg = load_config(args.config, {**options, "randomness.seed": args.seed})
+    runner = build_runner(cfg, args.config, args.work_dir)
+    probe = ReestimatedBNProbe(args.batches)
+    runner.register_hook(probe, "LOWEST")
+    runner.train()
+    result = dict(seed=args.seed, options=options, reestimated_top1=[round(v, 2) for v in probe.top1])
+    (Path(args.work_dir) / "bn_statistics_probe.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
