@@ -542,3 +542,35 @@ def test_a_changed_module_tree_is_traced_again(make_model):
     assert "layer4.1.add" in graph_node_names(model)[1]
     model.layer4 = nn.Identity()
     assert not any(name.startswith("layer4.1") for name in graph_node_names(model)[1])
+
+
+def test_a_batchnorm_the_graphs_traced_through_refuses_a_mode_or_momentum_of_its_own(make_model):
+    model = make_model("timm", "mobilenetv3_large_100")  # BatchNormAct2d: traced through, its mode read at trace time
+    attach_taps(model, find_taps(model, input_size=SIZE)).train()
+    bn = model.blocks[1][0].bn1
+    bn.eval()  # a student's BN frozen the usual way: the train graph would go on normalising with batch statistics
+    with pytest.raises(RuntimeError, match=r"BatchNormAct2d blocks\.1\.0\.bn1 is in eval mode .*\(timm\.layers\."
+                                           r"freeze_batch_norm_2d"):
+        model(_x())
+    model.train()
+    bn.momentum = 0.01
+    with pytest.raises(RuntimeError, match="traced through this BatchNorm with momentum 0.1"):
+        model(_x())
+    bn.momentum = 0.1
+    model.eval()(_x())  # modes set on the whole model run
+
+
+def test_a_batchnorm_module_the_graph_calls_keeps_its_own_mode(make_model):
+    model = make_model("tv", "resnet18")  # nn.BatchNorm2d is a leaf: called at run time, its own mode applies
+    attach_taps(model, find_taps(model, input_size=SIZE)).train()
+    model.bn1.eval()
+    before = model.bn1.running_mean.clone()
+    model(_x())
+    assert torch.equal(model.bn1.running_mean, before)  # frozen as asked
+
+
+def test_a_deep_copy_checks_its_own_batchnorms(make_model):
+    model = make_model("timm", "mobilenetv3_large_100")
+    attach_taps(model, find_taps(model, input_size=SIZE)).train()
+    copy.deepcopy(model).eval()(_x())  # the original stays in train mode
+    model(_x())

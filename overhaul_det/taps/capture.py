@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import types
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -157,20 +157,48 @@ def attach_taps(model: nn.Module, taps: Sequence[Tap],
         model._ofd_taps = tuple(taps)
         return model
     names = [t.name for t in taps]
-    functions = {}
+    functions, called = {}, set()
     for training in (False, True):
         graph = trace(model, training=training, tracer_kwargs=tracer_kwargs)
         nodes = locate(graph, names, "train" if training else "eval")
         _insert_captures(model, graph, nodes)
+        called |= {node.target for node in graph.nodes if node.op == "call_module"}
         functions[training] = compile_graph(model, graph)
     eval_fn, train_fn = functions[False], functions[True]
+    inlined = _inlined_batch_norms(model, called)
 
     def forward(self, *args, **kwargs):
+        _check_inlined_batch_norms(self, inlined)
         return (train_fn if self.training else eval_fn)(self, *args, **kwargs)
 
     model.forward = types.MethodType(forward, model)
     model._ofd_taps = tuple(taps)
     return model
+
+
+def _inlined_batch_norms(model: nn.Module, called: set) -> List[Tuple[str, Any]]:
+    """(name, momentum) of the BatchNorms whose forward the graphs traced through (timm's BatchNormAct2d): their
+    mode and momentum were read at trace time, the graph of the model's own mode applies to them. Names, not
+    modules: a deep copy of the model checks its own."""
+    def inside_called(name: str) -> bool:
+        parts = name.split(".")
+        return any(".".join(parts[:i]) in called for i in range(1, len(parts) + 1))
+    return [(name, module.momentum) for name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not inside_called(name)]
+
+
+def _check_inlined_batch_norms(model: nn.Module, inlined: Sequence[Tuple[str, Any]]) -> None:
+    """Refuse a forward where such a BatchNorm was given its own mode or momentum: the graph would ignore it."""
+    for name, momentum in inlined:
+        module = model.get_submodule(name)
+        if module.training != model.training or module.momentum != momentum:
+            mode = "train" if module.training else "eval"
+            raise RuntimeError(
+                f"{type(module).__name__} {name} is in {mode} mode with momentum {module.momentum}, but "
+                f"{type(model).__name__} is in {'train' if model.training else 'eval'} mode and its taps' graphs were "
+                f"traced through this BatchNorm with momentum {momentum}: the change would be ignored. Set modes on the "
+                "whole model; to freeze BatchNorm, convert it before building the distiller "
+                "(timm.layers.freeze_batch_norm_2d, torchvision.ops.FrozenBatchNorm2d), and set momentum there too")
 
 
 def detach_taps(model: nn.Module) -> nn.Module:
