@@ -1,5 +1,6 @@
-"""Train one run of a classification config and, after every epoch, also test a copy of its student whose BN
-running statistics are re-estimated on training batches, as a "precise BN" step would.
+"""Train one run of a classification config and, after every epoch, also test two copies of its student: one with
+its BN running statistics re-estimated on training batches (as a "precise BN" step would), one that normalises each
+test batch with that batch's own statistics.
 
 The run itself trains and evaluates as without the probe: the copy is made, used and dropped between epochs, and
 the RNG states are restored after it, so the run's own per-epoch metric equals that of a plain ``overhaul-det
@@ -58,11 +59,10 @@ class ReestimatedBNProbe(Hook):
         with torch.no_grad():
             for _, batch in zip(range(self.batches), loader):
                 model.student(model.data_preprocessor(batch, True)["inputs"])
-        model.eval()
-        self.top1.append(_top1(model, runner.val_dataloader))
-        model.train()  # the training graph: each test batch normalised with its own statistics
         with torch.no_grad():
-            self.batch_stats_top1.append(_top1(model, runner.val_dataloader))
+            self.top1.append(_top1(model.eval(), runner.val_dataloader))
+            # the training graph: each test batch normalised with its own statistics
+            self.batch_stats_top1.append(_top1(model.train(), runner.val_dataloader))
         runner.logger.info(f"epoch {runner.epoch + 1}: top-1 with BN statistics re-estimated on {self.batches} "
                            f"training batches {self.top1[-1]:.2f}; with each test batch's own statistics "
                            f"{self.batch_stats_top1[-1]:.2f}")
