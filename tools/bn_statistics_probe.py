@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mmengine.config import DictAction
 from mmengine.hooks import Hook
 from torch.utils.data import DataLoader
 
@@ -77,10 +78,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batches", type=int, default=40, help="training batches the statistics are estimated on")
     parser.add_argument("--work-dir", required=True)
-    parser.add_argument("--cfg-options", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. model.ofd.teacher_precision=float32")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                        help="config overrides, as overhaul-det train takes them: model.ofd.teacher_precision=float32")
     args = parser.parse_args()
-    options = dict(option.split("=", 1) for option in args.cfg_options)
+    options = dict(args.cfg_options)
     cfg = load_config(args.config, {**options, "randomness.seed": args.seed})
     runner = build_runner(cfg, args.config, args.work_dir)
     probe = ReestimatedBNProbe(args.batches)
