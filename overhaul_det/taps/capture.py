@@ -165,10 +165,10 @@ def attach_taps(model: nn.Module, taps: Sequence[Tap],
         called |= {node.target for node in graph.nodes if node.op == "call_module"}
         functions[training] = compile_graph(model, graph)
     eval_fn, train_fn = functions[False], functions[True]
-    inlined = _inlined_batch_norms(model, called)
+    model._ofd_inlined_norms = _inlined_batch_norms(model, called)
 
     def forward(self, *args, **kwargs):
-        _check_inlined_batch_norms(self, inlined)
+        _check_inlined_batch_norms(self)
         return (train_fn if self.training else eval_fn)(self, *args, **kwargs)
 
     model.forward = types.MethodType(forward, model)
@@ -176,21 +176,20 @@ def attach_taps(model: nn.Module, taps: Sequence[Tap],
     return model
 
 
-def _inlined_batch_norms(model: nn.Module, called: set) -> List[Tuple[str, Any]]:
-    """(name, momentum) of the BatchNorms whose forward the graphs traced through (timm's BatchNormAct2d): their
-    mode and momentum were read at trace time, the graph of the model's own mode applies to them. Names, not
-    modules: a deep copy of the model checks its own."""
+def _inlined_batch_norms(model: nn.Module, called: set) -> List[Tuple[str, nn.Module, Any]]:
+    """(name, module, momentum) of the BatchNorms whose forward the graphs traced through (timm's BatchNormAct2d):
+    their mode and momentum were read at trace time, the graph of the model's own mode applies to them. Kept on the
+    model (``_ofd_inlined_norms``), so that a deep copy holds its own modules."""
     def inside_called(name: str) -> bool:
         parts = name.split(".")
         return any(".".join(parts[:i]) in called for i in range(1, len(parts) + 1))
-    return [(name, module.momentum) for name, module in model.named_modules()
+    return [(name, module, module.momentum) for name, module in model.named_modules()
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and not inside_called(name)]
 
 
-def _check_inlined_batch_norms(model: nn.Module, inlined: Sequence[Tuple[str, Any]]) -> None:
+def _check_inlined_batch_norms(model: nn.Module) -> None:
     """Refuse a forward where such a BatchNorm was given its own mode or momentum: the graph would ignore it."""
-    for name, momentum in inlined:
-        module = model.get_submodule(name)
+    for name, module, momentum in model._ofd_inlined_norms:
         if module.training != model.training or module.momentum != momentum:
             mode = "train" if module.training else "eval"
             raise RuntimeError(
@@ -204,7 +203,7 @@ def _check_inlined_batch_norms(model: nn.Module, inlined: Sequence[Tuple[str, An
 def detach_taps(model: nn.Module) -> nn.Module:
     """Undo ``attach_taps``: the class's own forward is used again, hooks are removed."""
     detach_module_taps(model)
-    for attribute in ("forward", "_ofd_capture", "_ofd_taps"):
+    for attribute in ("forward", "_ofd_capture", "_ofd_taps", "_ofd_inlined_norms"):
         model.__dict__.pop(attribute, None)
     return model
 
