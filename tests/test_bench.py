@@ -17,7 +17,7 @@ from overhaul_det.bench.memory import measure_memory_subprocess
 from overhaul_det.cpuinfo import cpu_model
 
 TINY = dict(teacher="resnet18", student="mobilenet_v3_small", batch_size=2, input_size=64, repeats=1, warmup=0,
-            loss_shape=(2, 16, 8, 8), rewrite_model="resnet18", measure_memory=False)
+            loss_shape=(2, 16, 8, 8), rewrite_model="resnet18", measure_memory=False, freed_memory="return")
 # timm's test models: a compile of them takes seconds where a torchvision student's takes minutes
 TIMM_TINY = {**TINY, "teacher": "timm/test_resnet", "student": "timm/test_efficientnet"}
 
@@ -285,7 +285,8 @@ def test_memory_is_measured_in_a_fresh_process():
 
 @pytest.mark.parametrize("task", ["detection", "segmentation"])
 def test_task_pair_is_timed_and_reported_like_classification(task):
-    cfg = BenchConfig(task=task, batch_size=2, input_size=64, repeats=1, warmup=0, measure_memory=False)
+    cfg = BenchConfig(task=task, batch_size=2, input_size=64, repeats=1, warmup=0, measure_memory=False,
+                      freed_memory="return")
     result = run_benchmark(cfg)
     assert result["order"] == list(TIMED[:4])
     for name in TIMED[:4]:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .allocator import FREED_MEMORY
 from .config import AMP_DTYPES, REDUCED_PRECISIONS, TASK_DEFAULTS, BenchConfig, validate
 from .report import format_table
 from .run import run_benchmark
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rewrite-model", default=defaults.rewrite_model,
                         help="model whose plain and taps-attached eval forwards are compared (classification only)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--freed-memory", choices=FREED_MEMORY, default=defaults.freed_memory,
+                        help="keep: this process keeps freed memory, so no step pays page faults for memory another "
+                             "step freed; return: glibc's default (default: %(default)s)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--json", type=Path, default=None, help="also write the full result here")
@@ -63,7 +67,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                        student_channels_last=args.student_channels_last, compile=args.compile,
                        loss_shape=tuple(args.loss_shape),
                        rewrite_model=args.rewrite_model, measure_memory=not args.no_memory,
-                       threads=args.threads, seed=args.seed)
+                       threads=args.threads, seed=args.seed, freed_memory=args.freed_memory)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

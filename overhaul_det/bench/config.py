@@ -8,6 +8,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from .allocator import FREED_MEMORY
+
 __all__ = ["TIMED", "AMP_DTYPES", "REDUCED_PRECISIONS", "TASK_DEFAULTS", "TARGETS", "BenchConfig", "build_model",
            "resolve_device", "check_teacher_precision", "validate"]
 
@@ -39,7 +41,8 @@ class BenchConfig:
     task's values (``TASK_DEFAULTS``); detection and segmentation names are their adapters' model specs.
     Classification only: ``teacher_precisions`` (the reduced teacher precisions timed besides float32),
     ``student_channels_last`` (also time the student, alone and in the float32 OFD step, channels-last)
-    and ``compile`` (also time both with ``torch.compile``).
+    and ``compile`` (also time both with ``torch.compile``). ``freed_memory='keep'`` makes the process
+    keep freed memory (``allocator.py``) so that no step is timed with page faults that another is spared.
     """
 
     task: str = "classification"
@@ -63,6 +66,7 @@ class BenchConfig:
     seed: int = 0
     alpha: Optional[float] = None
     lr: float = 1e-3
+    freed_memory: str = "keep"
 
     def __post_init__(self) -> None:
         if self.task not in TASK_DEFAULTS:
@@ -140,6 +144,8 @@ def validate(cfg: BenchConfig) -> None:
     if cfg.repeats < 1 or cfg.warmup < 0 or cfg.memory_steps < 1:
         raise ValueError(f"need repeats >= 1, warmup >= 0 and memory_steps >= 1, got "
                          f"{cfg.repeats}, {cfg.warmup} and {cfg.memory_steps}")
+    if cfg.freed_memory not in FREED_MEMORY:
+        raise ValueError(f"freed_memory={cfg.freed_memory!r}; choose one of {FREED_MEMORY}")
     if cfg.batch_size < 2:
         raise ValueError("batch size must be >= 2: the teacher's BatchNorm runs on batch statistics")
     if len(cfg.loss_shape) < 2:

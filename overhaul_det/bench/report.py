@@ -10,6 +10,14 @@ def _mib(value: Optional[float]) -> str:
     return "-" if value is None else f"{value / 2 ** 20:.1f} MiB"
 
 
+_FREED_MEMORY = {"keep": "kept by the process (no step pays page faults for memory another freed)",
+                 "return": "returned to the kernel (glibc's default)", None: "not recorded"}
+
+
+def _count(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def _verdict(check: Dict[str, Any]) -> str:
     return {True: "PASS", False: "FAIL", None: "-"}[check["pass"]]
 
@@ -65,8 +73,11 @@ def format_table(result: Dict[str, Any]) -> str:
              f"device {cfg['device']}, amp {cfg['amp']}, channels_last {cfg['channels_last']}, "
              f"median of {cfg['repeats']} (warm-up {cfg['warmup']}), {env['torch_threads']} threads on "
              f"{env.get('device_name') or env.get('cpu', 'an unrecorded CPU')}",
-             f"{'measurement':<56} {'median':>12}"]
-    lines += [f"{labels[name]:<56} {median[name] * 1e3:>9.1f} ms" for name in result["order"]]
+             f"freed memory: {_FREED_MEMORY[env.get('freed_memory')]}",
+             f"{'measurement':<56} {'median':>12} {'page faults':>12}"]
+    faults = result.get("median_page_faults", {})
+    lines += [f"{labels[name]:<56} {median[name] * 1e3:>9.1f} ms {_count(faults.get(name)):>12}"
+              for name in result["order"]]
     lines.append(f"{'check':<56} {'value':>12} {'target':>12}  result")
     for label, key, fmt, target in _ratio_rows(checks):
         if key not in checks:

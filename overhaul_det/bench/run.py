@@ -6,11 +6,12 @@ import os
 import platform
 import statistics
 from dataclasses import asdict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from ..cpuinfo import cpu_model
+from .allocator import keep_freed_memory, minor_faults
 from .config import REDUCED_PRECISIONS, TARGETS, BenchConfig, validate
 from .memory import activation_sizes, measure_memory
 from .runtime import Runtime, Step
@@ -19,36 +20,45 @@ from .workload import build_workload
 __all__ = ["time_interleaved", "run_benchmark"]
 
 
-def time_interleaved(steps: Dict[str, Step], repeats: int, warmup: int, rt: Runtime) -> Dict[str, List[float]]:
-    """Run every step once per round, in order; ``warmup`` rounds are discarded."""
+def time_interleaved(steps: Dict[str, Step], repeats: int, warmup: int, rt: Runtime
+                     ) -> Tuple[Dict[str, List[float]], Dict[str, List[int]]]:
+    """Run every step once per round, in order; ``warmup`` rounds are discarded. The seconds of each
+    call, and the minor page faults the process took during it."""
     times: Dict[str, List[float]] = {name: [] for name in steps}
+    faults: Dict[str, List[int]] = {name: [] for name in steps}
     for round_index in range(warmup + repeats):
         for name, step in steps.items():
+            before = minor_faults()
             elapsed = rt.time(step)
             if round_index >= warmup:
                 times[name].append(elapsed)
-    return times
+                faults[name].append(minor_faults() - before)
+    return times, faults
 
 
 def run_benchmark(cfg: BenchConfig) -> Dict[str, Any]:
     """Run every measurement of ``cfg`` and return the result dict (times in seconds, sizes in bytes;
-    ``compile_s`` and ``compile_errors`` per compiled step, empty unless ``cfg.compile``)."""
+    ``compile_s`` and ``compile_errors`` per compiled step, empty unless ``cfg.compile``). With
+    ``cfg.freed_memory='keep'`` this process keeps freed memory from here on."""
     validate(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    kept = cfg.freed_memory == "keep" and keep_freed_memory()
     rt = Runtime(cfg)
     work = build_workload(cfg, rt)
-    times = time_interleaved(work.steps, cfg.repeats, cfg.warmup, rt)
+    times, faults = time_interleaved(work.steps, cfg.repeats, cfg.warmup, rt)
     median = {name: statistics.median(values) for name, values in times.items()}
     sizes = activation_sizes(work.distiller, work.student_input, work.teacher_input, rt)
     memory = measure_memory(cfg, rt, work) if cfg.measure_memory else None
     checks = _checks(median, memory, sizes)
     return {
         "config": asdict(cfg),
-        "environment": _environment(rt),
+        "environment": {**_environment(rt), "freed_memory": "keep" if kept else "return"},
         "order": list(work.steps),
         "times_s": times,
         "median_s": median,
+        "page_faults": faults,
+        "median_page_faults": {name: statistics.median(values) for name, values in faults.items()},
         **{key: checks[key]["value"] for key in ("overhead", "loss_time_ratio", "rewrite_added", "reference_ratio",
                                                  "student_ratio") if key in checks},
         "activations": sizes,
