@@ -94,7 +94,8 @@ def ofd_loss(
 ) -> Tensor:
     """Sum over all elements of the partial L2 between ``student`` and ``max(teacher, margin)``.
 
-    The teacher is detached and read in the student's dtype and memory layout. Equals
+    The teacher is detached and read in the student's dtype and memory layout, and the margin in the
+    student's dtype (a bfloat16 teacher's margin is not rounded to bfloat16). Equals
     ``ofd_loss_reference`` in value and gradient. With
     ``overwrite_teacher=True`` the teacher tensor's memory is reused for the target (its values
     are lost); for a caller that owns the teacher tensor and saves one feature-size temporary.
@@ -107,13 +108,13 @@ def ofd_loss(
             f"student feature {tuple(student.shape)} and teacher feature {tuple(teacher.shape)} differ; "
             "regress the student to the teacher's channels and spatial size first"
         )
-    m = _per_channel(margin, teacher, channel_dim)
+    m = _per_channel(margin, student, channel_dim)
     teacher = teacher.detach()
     if teacher.dtype != student.dtype or teacher.stride() != student.stride():
         # One pass into the student's dtype and memory layout: on CPU the loss's element-wise passes
         # over mixed layouts (a channels-last teacher, a channels-first regressor) take ~3x as long.
         teacher = torch.empty_like(student, requires_grad=False).copy_(teacher)
-    return _PartialL2.apply(student, teacher, m.to(student.dtype), overwrite_teacher, overwrite_student)
+    return _PartialL2.apply(student, teacher, m, overwrite_teacher, overwrite_student)
 
 
 def ofd_loss_reference(student: Tensor, teacher: Tensor, margin: Tensor, channel_dim: int = 1) -> Tensor:

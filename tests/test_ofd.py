@@ -122,6 +122,15 @@ def test_ofd_loss_channels_last_teacher_is_read_in_the_students_layout(teacher_d
     assert torch.equal(t_last, t), "a teacher of another layout is copied into the student's, not overwritten"
 
 
+@pytest.mark.parametrize("teacher_dtype", [torch.bfloat16, torch.float16])
+def test_ofd_loss_reduced_precision_teacher_keeps_the_float32_margin(teacher_dtype):
+    s, t, m = random_case(torch.float32, shape=(2, 6, 5, 7))
+    t_low = t.detach().to(teacher_dtype)
+    loss, grad, _ = _grad(ofd_loss, s, t_low.float(), m)
+    loss_low, grad_low, _ = _grad(ofd_loss, s, t_low, m)
+    assert torch.equal(loss, loss_low) and torch.equal(grad, grad_low)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_ofd_loss_low_precision_student_float32_teacher(dtype):
     s, t, m = random_case(torch.float32)
