@@ -7,7 +7,7 @@ from typing import Dict, List
 
 from ..teacher_mode import PRECISIONS
 from .methods import TASK_ABLATIONS, is_alpha_run, split_teacher_precision
-from .report import decimals, ofd_variants, summarise
+from .report import decimals, finals_by_run, ofd_variants, summarise
 
 # How the curve of a run with each teacher precision is drawn, in the colour of its method.
 LINE_STYLES = {"auto": "-", "float32": ":", "bfloat16": "--", "float16": "-."}
@@ -105,7 +105,7 @@ def plot_precision_runs(task: str, results: List[Dict], metric: str, path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    finals = {(r["method"], r["seed"], r["threads"]): r["final"] for r in results}
+    finals = finals_by_run(results)
     keys = sorted({(threads, seed) for _, seed, threads in finals})
     digits = decimals(results)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(keys) + 2) + 3, 4))

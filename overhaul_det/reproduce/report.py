@@ -105,10 +105,15 @@ def decimals(results: List[Dict]) -> int:
     return 4 if all(r["final"] <= 1 for r in results) else 2
 
 
+def finals_by_run(results: List[Dict]) -> Dict[Tuple[str, int, Optional[int]], float]:
+    """{(method, seed, threads): final metric} of every run."""
+    return {(r["method"], r["seed"], r.get("threads")): r["final"] for r in results}
+
+
 def _paired_lines(results: List[Dict], digits: int) -> List[str]:
     """Baseline and OFD run by run (same seed and thread count), with OFD's gain; a column pair per
     teacher precision OFD ran with ('ofd', 'ofd, float32 teacher', ...)."""
-    by_key = {(r["method"], r["seed"], r.get("threads")): r["final"] for r in results}
+    by_key = finals_by_run(results)
     variants = ofd_variants(results)
     keys = sorted({(seed, threads) for method, seed, threads in by_key if method in variants
                    and ("baseline", seed, threads) in by_key}, key=lambda k: (k[1] or 0, k[0]))
