@@ -521,7 +521,7 @@ class FeatureDistiller(nn.Module):
             if self.distance == "l2":
                 return (r - margin_relu(t.detach(), self.margins[i], channel_dim)).pow(2).sum()
             if not self.memory_saving:
-                return ofd_loss_reference(r, t.to(r.dtype), self.margins[i], channel_dim)
+                return ofd_loss_reference(r, t, self.margins[i], channel_dim)
             # The regressor's output, read by nothing else, holds the kept difference.
             owned = r is not feature and r._base is None and r.dtype == t.dtype
             return ofd_loss(r, t, self.margins[i], channel_dim, overwrite_teacher=overwrite_teacher,

@@ -118,8 +118,9 @@ def ofd_loss(
 
 
 def ofd_loss_reference(student: Tensor, teacher: Tensor, margin: Tensor, channel_dim: int = 1) -> Tensor:
-    """The vectorised form of OFD.md, as the official code writes it (three temporaries)."""
-    t = margin_relu(teacher.detach(), margin, channel_dim)
+    """The vectorised form of OFD.md, as the official code writes it (three temporaries); the teacher and the
+    margin are read in the student's dtype, as ``ofd_loss`` reads them."""
+    t = margin_relu(teacher.detach().to(student.dtype), margin, channel_dim)
     mask = ((student > t) | (t > 0)).to(student.dtype)
     return ((student - t).pow(2) * mask).sum()
 

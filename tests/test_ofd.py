@@ -129,6 +129,9 @@ def test_ofd_loss_reduced_precision_teacher_keeps_the_float32_margin(teacher_dty
     loss, grad, _ = _grad(ofd_loss, s, t_low.float(), m)
     loss_low, grad_low, _ = _grad(ofd_loss, s, t_low, m)
     assert torch.equal(loss, loss_low) and torch.equal(grad, grad_low)
+    reference, reference_grad, _ = _grad(ofd_loss_reference, s, t_low.float(), m)
+    reference_low, reference_grad_low, _ = _grad(ofd_loss_reference, s, t_low, m)
+    assert torch.equal(reference, reference_low) and torch.equal(reference_grad, reference_grad_low)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
