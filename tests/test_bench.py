@@ -60,7 +60,8 @@ def test_result_has_every_measurement(tiny_result):
 def test_float16_teacher_and_channels_last_student_add_their_steps_and_ratios():
     result = run_benchmark(BenchConfig(**TIMM_TINY, teacher_precisions=("float16",), student_channels_last=True))
     assert result["order"] == [*TIMED[:8], "teacher_forward_float16", "ofd_step_float16", "reference_step",
-                               "student_step_channels_last", "ofd_step_channels_last"]
+                               "student_step_channels_last", "ofd_step_channels_last",
+                               "ofd_step_float16_channels_last"]
     median, checks = result["median_s"], result["checks"]
     assert all(math.isfinite(t) and t > 0 for t in median.values())
     # without bfloat16 the targets are taken on the fastest reduced precision measured, and say which
@@ -73,10 +74,19 @@ def test_float16_teacher_and_channels_last_student_add_their_steps_and_ratios():
         median["student_step"] / median["student_step_channels_last"])
     assert checks["ofd_step_channels_last_speedup"]["value"] == pytest.approx(
         median["ofd_step"] / median["ofd_step_channels_last"])
+    assert checks["ofd_step_float16_channels_last_speedup"]["value"] == pytest.approx(
+        median["ofd_step_float16"] / median["ofd_step_float16_channels_last"])
+    assert checks["float16_channels_last_reference_ratio"]["value"] == pytest.approx(
+        median["ofd_step_float16_channels_last"] / median["reference_step"])
+    assert checks["float16_channels_last_student_ratio"]["value"] == pytest.approx(
+        median["ofd_step_float16_channels_last"] / median["student_step_channels_last"])
     table = format_table(result)
     assert result["environment"]["cpu"] == cpu_model() and f"threads on {cpu_model()}" in table  # which CPU timed it
     for label in ("(d') full OFD step, float16 teacher", "OFD step, float16 teacher / original OFD step (d'/r)",
-                  "(d) full OFD step, channels-last student", "speed-up ofd_step / ofd_step_channels_last"):
+                  "(d) full OFD step, channels-last student", "speed-up, channels-last student: ofd_step ",
+                  "(d') OFD step, float16 teacher, channels-last student",
+                  "speed-up, channels-last student: ofd_step_float16", "channels-last student, float16 teacher: d'/r",
+                  "channels-last student, float16 teacher: d'/(its a)"):
         assert label in table
 
 

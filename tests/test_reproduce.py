@@ -300,6 +300,20 @@ def test_a_method_spelled_with_its_precision_trains_as_the_flag_does(tmp_path, m
     assert named["results"][0]["provenance"]["config"] == flagged["results"][0]["provenance"]["config"]
 
 
+def test_channels_last_student_runs_only_when_named(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runs, "_train", _fake_training(calls))
+    named = reproduce.run_task("classification", 1, tmp_path / "named", 1, False, threads=[1],
+                               methods=["ofd, channels-last student", "baseline, channels-last student"])
+    assert [(r["method"], r["overrides"]) for r in named["results"]] == [
+        ("ofd, channels-last student", {"model.student_channels_last": True}),
+        ("baseline, channels-last student", {"model.ofd.alpha": 0, "model.student_channels_last": True})]
+    default = reproduce.run_task("classification", 1, tmp_path / "default", 1, False, threads=[1])
+    assert not any("channels-last" in r["method"] for r in default["results"])
+    with pytest.raises(ValueError, match="not run for segmentation"):
+        reproduce.run_task("segmentation", 1, tmp_path / "seg", 1, False, methods=["ofd, channels-last student"])
+
+
 @pytest.mark.parametrize("methods, refusal", [
     (["ofd, float23 teacher"], r"not run for classification; choose from .* '<method>, <precision> teacher'"),
     (["kd, bfloat16 teacher"], "distil no features, so they have no OFD teacher"),

@@ -293,3 +293,63 @@ def test_a_bad_alpha_is_named(alpha):
                                          r"baseline\) or 'auto'"):
         ClassificationDistiller(teacher=dict(name="resnet18"), student=dict(name="timm/mobilenetv3_small_050"),
                                 num_classes=10, ofd=dict(alpha=alpha, input_size=(3, 32, 32)))
+
+
+# ---------------------------------------------------------------------------------------------
+# A channels-last student
+
+
+def _channels_last_case(task, channels_last):
+    """A task model (built from seed 0, so both layouts get the same weights) and a batch for it."""
+    torch.manual_seed(0)
+    layout = dict(num_classes=3, student_channels_last=channels_last)
+    if task == "classification":
+        model = ClassificationDistiller(teacher=dict(name="timm/resnet18d"), student=dict(name="timm/mobilenetv3_small_050"),
+                                        ofd=dict(alpha=1e-2, input_size=(3, 32, 32)), **layout)
+        return model, dict(inputs=torch.randn(8, 3, 32, 32), data_samples=[0, 2, 1, 1, 0, 2, 2, 1])
+    if task == "segmentation":
+        model = SegmentationDistiller(teacher=dict(backbone="timm/resnet18d", channels=32),
+                                      student=dict(backbone="timm/resnet10t", channels=32),
+                                      ofd=dict(alpha=1e-3, input_size=(3, 64, 64)), **layout)
+        return model, dict(inputs=[torch.randn(3, 64, 64) for _ in range(8)],
+                           data_samples=[dict(gt_seg=torch.randint(0, 3, (64, 64))) for _ in range(8)])
+    model = DetectionDistiller(teacher=dict(name="timm/resnet18d", fpn_channels=32),
+                               student=dict(name="timm/resnet10t", fpn_channels=32), min_size=64, max_size=64,
+                               ofd=dict(alpha=1e-3, input_size=(3, 64, 64)), **layout)
+    boxes = torch.tensor([[4.0, 6.0, 30.0, 40.0]])
+    return model, dict(inputs=[torch.rand(3, 64, 64) for _ in range(2)],
+                       data_samples=[dict(boxes=boxes, labels=torch.tensor([1])) for _ in range(2)])
+
+
+def _train_losses(model, batch):
+    model.train()
+    for module in model.modules():  # dropout draws its mask in memory order: one mask per layout
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    torch.manual_seed(1)  # the detector samples its proposals
+    data = model.data_preprocessor(batch, True)
+    losses = model(**data, mode="loss")
+    sum(losses.values()).backward()
+    return {name: float(value) for name, value in losses.items()}
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation", "detection"])
+def test_a_channels_last_student_trains_as_the_contiguous_one(task):
+    plain, batch = _channels_last_case(task, False)
+    fast, _ = _channels_last_case(task, True)
+    weights = [p for p in fast.student.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    assert any(not p.is_contiguous() for p in weights)
+    assert all(p.is_contiguous() for p in [*plain.student.parameters(), *fast.teacher.parameters()])
+    expected, measured = _train_losses(plain, batch), _train_losses(fast, batch)
+    assert expected.keys() == measured.keys() and "loss_ofd" in measured
+    for name, value in expected.items():
+        assert measured[name] == pytest.approx(value, rel=1e-3), name
+    grads = [torch.cat([p.grad.flatten() for p in m.student.parameters() if p.grad is not None]) for m in (plain, fast)]
+    assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 1e-3
+
+
+def test_a_bad_student_channels_last_is_named():
+    with pytest.raises(ValueError, match=r"model.student_channels_last='yes'; give True or False"):
+        ClassificationDistiller(teacher=None, student=dict(name="timm/resnet10t"), num_classes=3,
+                                ofd=dict(alpha=0.0), student_channels_last="yes")

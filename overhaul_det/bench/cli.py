@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reduced teacher precisions timed besides float32: teacher_forward_P and ofd_step_P "
                              "(classification only; default: %(default)s)")
     parser.add_argument("--student-channels-last", action="store_true",
-                        help="also time the student, alone and in the float32 OFD step, channels-last "
-                             "(classification only)")
+                        help="also time the student channels-last (model.student_channels_last=True), alone and "
+                             "in the OFD step with each teacher precision (classification only)")
     parser.add_argument("--compile", action="store_true",
                         help="also time the student, alone and in the float32 OFD step, under torch.compile; the "
                              "first call's seconds are reported apart (classification only)")

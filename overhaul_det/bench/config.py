@@ -40,7 +40,8 @@ class BenchConfig:
     ``teacher``, ``student``, ``batch_size``, ``input_size`` and ``alpha`` left at None take the
     task's values (``TASK_DEFAULTS``); detection and segmentation names are their adapters' model specs.
     Classification only: ``teacher_precisions`` (the reduced teacher precisions timed besides float32),
-    ``student_channels_last`` (also time the student, alone and in the float32 OFD step, channels-last)
+    ``student_channels_last`` (also time the student channels-last, alone and in the OFD step with each teacher
+    precision)
     and ``compile`` (also time both with ``torch.compile``). ``freed_memory='keep'`` makes the process
     keep freed memory (``allocator.py``) so that no step is timed with page faults that another is spared.
     """

@@ -41,6 +41,7 @@ def _step_labels(cfg: Dict[str, Any]) -> Dict[str, str]:
     for p in cfg["teacher_precisions"]:
         labels[f"teacher_forward_{p}"] = f"(b') teacher forward, {p} teacher"
         labels[f"ofd_step_{p}"] = f"(d') full OFD step, {p} teacher"
+        labels[f"ofd_step_{p}_channels_last"] = f"(d') OFD step, {p} teacher, channels-last student"
     return labels
 
 
@@ -54,13 +55,19 @@ def _ratio_rows(checks: Dict[str, Any]) -> List[Tuple[str, str, str, str]]:
         p, prefix = checks[key]["precision"], key[:-len("reference_ratio")]
         rows += [(f"OFD step, {p} teacher / original OFD step (d'/r)", key, "{:.3f}", "<= {:.2f}"),
                  (f"OFD step, {p} teacher / student step (d'/a)", prefix + "student_ratio", "{:.3f}", "<= {:.2f}")]
+    for key in [k for k in checks if k.endswith("_channels_last_reference_ratio")]:
+        p = key.split("_")[0]
+        rows += [(f"channels-last student, {p} teacher: d'/r", key, "{:.3f}", "-"),
+                 (f"channels-last student, {p} teacher: d'/(its a)", f"{p}_channels_last_student_ratio",
+                  "{:.3f}", "-")]
     for key in checks:
         if key.endswith("_teacher_speedup"):
             rows.append((f"teacher forward float32 / {key.split('_')[0]} (b/b')", key, "{:.3f}", "-"))
         elif key.endswith("_speedup"):
             variant = key[:-len("_speedup")]
-            plain = "student_step" if variant.startswith("student_step") else "ofd_step"
-            rows.append((f"speed-up {plain} / {variant}", key, "{:.3f}", "-"))
+            how = "channels-last student" if variant.endswith("_channels_last") else "torch.compile"
+            plain = variant.replace("_channels_last", "").replace("_compiled", "")
+            rows.append((f"speed-up, {how}: {plain}", key, "{:.3f}", "-"))
     return rows
 
 

@@ -82,10 +82,14 @@ def _checks(median: Dict[str, float], memory: Optional[Dict[str, Any]], sizes: D
         checks["loss_time_ratio"] = _check(median["loss_fast"] / median["loss_naive"], TARGETS["loss_time_ratio"])
     if "reference_step" in median:
         checks.update(_precision_checks(median))
-    for kind, variant in (("student_step", "student_step_channels_last"), ("ofd_step", "ofd_step_channels_last"),
-                          ("student_step", "student_step_compiled"), ("ofd_step", "ofd_step_compiled")):
+    pairs = [("student_step", "student_step_channels_last"), ("ofd_step", "ofd_step_channels_last"),
+             *((f"ofd_step_{p}", f"ofd_step_{p}_channels_last") for p in REDUCED_PRECISIONS),
+             ("student_step", "student_step_compiled"), ("ofd_step", "ofd_step_compiled")]
+    for kind, variant in pairs:
         if variant in median:  # a speed-up: > 1 is faster
             checks[f"{variant}_speedup"] = _check(median[kind] / median[variant], None)
+    if "reference_step" in median:
+        checks.update(_channels_last_precision_checks(median))
     if "rewritten_forward" in median:
         checks["rewrite_added"] = _check(median["rewritten_forward"] / median["plain_forward"] - 1,
                                          TARGETS["rewrite_added"])
@@ -114,6 +118,18 @@ def _precision_checks(median: Dict[str, float]) -> Dict[str, Any]:
                                                   TARGETS["student_ratio"] if target else None, precision=p)
         checks[f"{p}_teacher_speedup"] = _check(median["teacher_forward"] / median[f"teacher_forward_{p}"], None)
     checks["float32_reference_ratio"] = _check(median["ofd_step"] / median["reference_step"], None)
+    return checks
+
+
+def _channels_last_precision_checks(median: Dict[str, float]) -> Dict[str, Any]:
+    """d'/r and d'/a with a channels-last student (its own student step as a), for each reduced precision
+    timed so: the same ratios as the targets', no target (the option is off by default)."""
+    checks = {}
+    for p in REDUCED_PRECISIONS:
+        step = median.get(f"ofd_step_{p}_channels_last")
+        if step is not None:
+            checks[f"{p}_channels_last_reference_ratio"] = _check(step / median["reference_step"], None)
+            checks[f"{p}_channels_last_student_ratio"] = _check(step / median["student_step_channels_last"], None)
     return checks
 
 

@@ -79,18 +79,21 @@ def _precision_and_reference_steps(cfg: BenchConfig, rt: Runtime, x: Tensor, y: 
 
 
 def _channels_last_steps(cfg: BenchConfig, rt: Runtime, x: Tensor, y: Tensor) -> Dict[str, Step]:
-    """The student channels-last: alone, on its batch made channels-last, and in the float32 OFD step (regressors
-    channels-last too) on the batch as it is, so the teacher runs as in ofd_step; the student's channels-last
-    first convolution makes its own activations channels-last."""
-    student = _build_student(cfg).to(rt.device, memory_format=torch.channels_last)
-    distiller = _build_distiller(cfg, rt, _build_student(cfg), teacher_precision="float32")
-    distiller.student.to(memory_format=torch.channels_last)
-    distiller.regressors.to(memory_format=torch.channels_last)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    return {
-        "student_step_channels_last": student_step(student, optimizer(list(student.parameters()), cfg), x_cl, y, rt),
-        "ofd_step_channels_last": ofd_step(distiller, optimizer(_ofd_params(distiller), cfg), x, y, rt),
-    }
+    """The student channels-last as ``model.student_channels_last`` makes it (its weights; the batch as it is):
+    alone, and in the OFD step with a float32 teacher and with each of ``cfg.teacher_precisions``."""
+    student = _channels_last(rt.place(_build_student(cfg)))
+    steps = {"student_step_channels_last": student_step(student, optimizer(list(student.parameters()), cfg), x, y,
+                                                        rt)}
+    for precision in ("float32", *cfg.teacher_precisions):
+        distiller = _build_distiller(cfg, rt, _build_student(cfg), teacher_precision=precision)
+        _channels_last(distiller.student)  # after placing, which sets every model's format to the run's
+        name = "ofd_step_channels_last" if precision == "float32" else f"ofd_step_{precision}_channels_last"
+        steps[name] = ofd_step(distiller, optimizer(_ofd_params(distiller), cfg), x, y, rt)
+    return steps
+
+
+def _channels_last(model: nn.Module) -> nn.Module:
+    return model.to(memory_format=torch.channels_last)
 
 
 def _add_compiled_steps(work: Workload, cfg: BenchConfig, rt: Runtime, x: Tensor, y: Tensor) -> None:

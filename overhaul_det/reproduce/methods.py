@@ -13,7 +13,8 @@ TASKS = {
     "classification": dict(
         config="configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py",
         metric="accuracy/top1", teacher_config="configs/classification/teacher_resnet18_fashionmnist.py",
-        methods=["baseline", "kd", "ofd", "ofd+kd"]),
+        methods=["baseline", "kd", "ofd", "ofd+kd"],
+        optional=["baseline, channels-last student", "ofd, channels-last student"]),
     "detection": dict(
         config="configs/detection/ofd_frcnn_fashion_scenes.py", metric="coco/bbox_mAP",
         methods=["baseline", "ofd", "ofd, body+fpn"]),
@@ -30,6 +31,9 @@ METHODS: Dict[str, Dict] = {
     "ofd+kd": {"model.kd_weight": 1.0},
     # detection: the teacher's FPN outputs tapped besides its body's stage ends, alpha chosen against the task loss
     "ofd, body+fpn": {"model.feature_levels": "body+fpn", "model.ofd.alpha": "auto"},
+    # run only when named in --methods: the student's weights channels-last (faster on CPUs, other rounding)
+    "baseline, channels-last student": {"model.ofd.alpha": 0, "model.student_channels_last": True},
+    "ofd, channels-last student": {"model.student_channels_last": True},
 }
 
 
@@ -92,8 +96,8 @@ def is_alpha_run(method: str) -> bool:
 
 
 def check_methods(task: str, methods: Sequence[str]) -> None:
-    """Refuse a method the task does not run, or a teacher precision spelled out for one without an OFD teacher."""
-    known = TASKS[task]["methods"]
+    """Refuse a method the task does not run (by default or when named), or a teacher precision spelled out for one without an OFD teacher."""
+    known = TASKS[task]["methods"] + TASKS[task].get("optional", [])
     named = {m: split_teacher_precision(m) for m in methods}
     unknown = [m for m, (base, _) in named.items() if base not in known]
     if unknown:

@@ -91,8 +91,11 @@ class DistillationModel(BaseModel):
     teacher_off: str = "ofd.alpha=0"
 
     def __init__(self, ofd: Optional[dict] = None, data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: Optional[dict] = None, student_channels_last: bool = False) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if not isinstance(student_channels_last, bool):
+            raise ValueError(f"model.student_channels_last={student_channels_last!r}; give True or False")
+        self.student_channels_last = student_channels_last
         check_ofd_keys(dict(ofd or {}))
         alpha = dict(ofd or {}).get("alpha", self.default_alpha)
         if alpha != "auto" and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0):
@@ -106,9 +109,14 @@ class DistillationModel(BaseModel):
         pretrained student."""
 
     def build_spec(self, spec: Union[str, dict, nn.Module], role: str, **defaults) -> nn.Module:
-        """``model.<role>`` built by the task's builder; a string stands for ``{spec_key: string}``."""
+        """``model.<role>`` built by the task's builder; a string stands for ``{spec_key: string}``. The
+        student is made channels-last with ``student_channels_last`` (its weights; a convolution with
+        channels-last weights makes its output, and so every activation after it, channels-last)."""
         spec = {self.spec_key: spec} if isinstance(spec, str) else spec
-        return build_from_spec(spec, self.builder, f"model.{role}", self.spec_key, self.spec_help, **defaults)
+        model = build_from_spec(spec, self.builder, f"model.{role}", self.spec_key, self.spec_help, **defaults)
+        if role == "student" and self.student_channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
 
     @property
     def uses_teacher(self) -> bool:

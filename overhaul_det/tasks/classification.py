@@ -40,6 +40,8 @@ class ClassificationDistiller(DistillationModel):
             ``alpha=0`` turns OFD off (the teacher's features are then never computed).
         kd_weight, kd_temperature: Hinton KD on the logits; 0 turns it off.
         cls_weight: weight of the student's cross-entropy.
+        student_channels_last: the student's weights, and so its activations, in channels-last memory format
+            (timm's ``--channels-last``; the teacher's is ``ofd.teacher_channels_last``). Off by default.
     """
 
     builder = staticmethod(build_classifier)
@@ -57,8 +59,9 @@ class ClassificationDistiller(DistillationModel):
         cls_weight: float = 1.0,
         data_preprocessor: Optional[dict] = None,
         init_cfg: Optional[dict] = None,
+        student_channels_last: bool = False,
     ) -> None:
-        super().__init__(ofd, data_preprocessor, init_cfg)
+        super().__init__(ofd, data_preprocessor, init_cfg, student_channels_last)
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
         self.cls_weight = cls_weight

@@ -293,6 +293,8 @@ class DetectionDistiller(DistillationModel):
         ofd: FeatureDistiller options (alpha, weights, margin, teacher_bn, input_size, ...) over the two
             backbones; ``alpha=0`` trains the plain student and builds no teacher. With FPN levels the taps
             are chosen here: teacher_taps, student_taps and pairs are refused.
+        student_channels_last: the student's weights, and so its activations, in channels-last memory format
+            (timm's ``--channels-last``; the teacher's is ``ofd.teacher_channels_last``). Off by default.
     """
 
     builder = staticmethod(build_detector)
@@ -309,8 +311,9 @@ class DetectionDistiller(DistillationModel):
         feature_levels: str = "body",
         data_preprocessor: Optional[dict] = None,
         init_cfg: Optional[dict] = None,
+        student_channels_last: bool = False,
     ) -> None:
-        super().__init__(ofd, data_preprocessor, init_cfg)
+        super().__init__(ofd, data_preprocessor, init_cfg, student_channels_last)
         if feature_levels not in FEATURE_LEVELS:
             raise ValueError(f"model.feature_levels={feature_levels!r}; choose one of {FEATURE_LEVELS}")
         self.feature_levels = feature_levels

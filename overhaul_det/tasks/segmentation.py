@@ -130,6 +130,8 @@ class SegmentationDistiller(DistillationModel):
             of each where the counts differ (a one-tap FCN/LRASPP head with a DeepLab head's last tap); ``alpha=0`` is the baseline (the teacher is not built).
         aux_weight: weight of the aux head's cross-entropy, when the student has one.
         ignore_index: label value left out of the loss (and of the metric).
+        student_channels_last: the student's weights, and so its activations, in channels-last memory format
+            (timm's ``--channels-last``; the teacher's is ``ofd.teacher_channels_last``). Off by default.
     """
 
     builder = staticmethod(build_segmenter)
@@ -147,8 +149,9 @@ class SegmentationDistiller(DistillationModel):
         ignore_index: int = 255,
         data_preprocessor: Optional[dict] = None,
         init_cfg: Optional[dict] = None,
+        student_channels_last: bool = False,
     ) -> None:
-        super().__init__(ofd, data_preprocessor or dict(type="ImgDataPreprocessor"), init_cfg)
+        super().__init__(ofd, data_preprocessor or dict(type="ImgDataPreprocessor"), init_cfg, student_channels_last)
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
         student_model = self.build_spec(student, "student", num_classes=num_classes)
