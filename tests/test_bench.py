@@ -14,6 +14,8 @@ from overhaul_det.bench import BenchConfig, build_model, format_table, main, run
 from overhaul_det.bench.cli import build_parser, config_from_args
 from overhaul_det.bench.config import TASK_DEFAULTS, TIMED, check_teacher_precision, validate
 from overhaul_det.bench.memory import measure_memory_subprocess
+from overhaul_det.bench.runtime import Runtime
+from overhaul_det.bench.tasks import build_task_model
 from overhaul_det.cpuinfo import cpu_model
 
 TINY = dict(teacher="resnet18", student="mobilenet_v3_small", batch_size=2, input_size=64, repeats=1, warmup=0,
@@ -141,6 +143,7 @@ def test_new_options_reach_the_config():
     (dict(teacher_precisions=("float64",)), "one or more"),
     (dict(student_channels_last=True, channels_last=True), "every step already is"),
     (dict(task="detection", compile=True), "classification pairs only"),
+    (dict(task="segmentation", compile=True), "classification pairs only"),
 ])
 def test_bad_new_options_are_clear_errors(options, message):
     with pytest.raises(ValueError, match=message):
@@ -326,3 +329,18 @@ def test_loss_that_reuses_the_student_memory_refuses_a_second_backward():
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
     torch.testing.assert_close(student.grad, first)
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_a_task_pair_times_its_channels_last_student(task):
+    cfg = BenchConfig(task=task, batch_size=2, input_size=64, repeats=1, warmup=0, measure_memory=False,
+                      freed_memory="return", student_channels_last=True)
+    result = run_benchmark(cfg)
+    assert result["order"] == [*TIMED[:4], "student_step_channels_last", "ofd_step_channels_last"]
+    median, checks = result["median_s"], result["checks"]
+    for name in ("student_step", "ofd_step"):
+        assert checks[f"{name}_channels_last_speedup"]["value"] == pytest.approx(
+            median[name] / median[f"{name}_channels_last"])
+    model = build_task_model(cfg, Runtime(cfg), ofd=True, student_channels_last=True).model
+    assert any(not p.is_contiguous() for p in model.student.parameters() if p.dim() == 4)
+    assert all(p.is_contiguous() for p in model.teacher.parameters())

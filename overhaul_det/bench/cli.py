@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(classification only; default: %(default)s)")
     parser.add_argument("--student-channels-last", action="store_true",
                         help="also time the student channels-last (model.student_channels_last=True), alone and "
-                             "in the OFD step with each teacher precision (classification only)")
+                             "in the OFD step (classification: with each teacher precision)")
     parser.add_argument("--compile", action="store_true",
                         help="also time the student, alone and in the float32 OFD step, under torch.compile; the "
                              "first call's seconds are reported apart (classification only)")

@@ -37,7 +37,11 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def place(self, module: nn.Module) -> nn.Module:
-        return module.to(self.device, memory_format=self.memory_format)
+        """``module`` on the device; with ``channels_last`` every model channels-last, else formats stay as built
+        (a task model's channels-last student stays so)."""
+        if self.memory_format == torch.channels_last:
+            return module.to(self.device, memory_format=torch.channels_last)
+        return module.to(self.device)
 
     def backward_step(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Backward, optimizer step, then gradients freed (so memory between steps is the state)."""

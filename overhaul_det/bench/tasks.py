@@ -39,12 +39,13 @@ class TaskModel:
     teacher_input: Optional[Tensor] = None
 
 
-def build_task_model(cfg: BenchConfig, rt: Runtime, ofd: bool) -> TaskModel:
-    """The baseline (``ofd=False``) or OFD model of ``cfg.task`` on ``rt``'s device, with its batch."""
+def build_task_model(cfg: BenchConfig, rt: Runtime, ofd: bool, student_channels_last: bool = False) -> TaskModel:
+    """The baseline (``ofd=False``) or OFD model of ``cfg.task`` on ``rt``'s device, with its batch; its student
+    channels-last as ``model.student_channels_last`` makes it."""
     builders = {"detection": _detection, "segmentation": _segmentation}
     if cfg.task not in builders:
         raise ValueError(f"task {cfg.task!r} has no adapter here; choose one of {tuple(builders)}")
-    return builders[cfg.task](cfg, rt, ofd)
+    return builders[cfg.task](cfg, rt, dict(ofd=_ofd_options(cfg, ofd), student_channels_last=student_channels_last))
 
 
 def _ofd_options(cfg: BenchConfig, ofd: bool) -> dict:
@@ -55,15 +56,15 @@ def _trainable(model: nn.Module) -> List[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _detection(cfg: BenchConfig, rt: Runtime, ofd: bool) -> TaskModel:
+def _detection(cfg: BenchConfig, rt: Runtime, options: dict) -> TaskModel:
     torch.manual_seed(cfg.seed)
     model = DetectionDistiller(teacher=dict(name=cfg.teacher), student=dict(name=cfg.student),
                                num_classes=NUM_CLASSES["detection"], min_size=cfg.input_size,
-                               max_size=cfg.input_size, ofd=_ofd_options(cfg, ofd))
+                               max_size=cfg.input_size, **options)
     model = rt.place(model).train()
     images, samples = _detection_batch(cfg, rt.device)
     task = TaskModel(model, lambda: sum(model.loss(images, samples).values()), _trainable(model))
-    if ofd:
+    if model.ofd_enabled:
         with torch.no_grad():
             batch, _ = model.student_model.transform(images)
         task.distiller, task.student_input = model.distiller, batch.tensors
@@ -85,10 +86,10 @@ def _detection_batch(cfg: BenchConfig, device: torch.device) -> Tuple[List[Tenso
     return images, samples
 
 
-def _segmentation(cfg: BenchConfig, rt: Runtime, ofd: bool) -> TaskModel:
+def _segmentation(cfg: BenchConfig, rt: Runtime, options: dict) -> TaskModel:
     torch.manual_seed(cfg.seed)
     model = SegmentationDistiller(teacher=dict(backbone=cfg.teacher), student=dict(backbone=cfg.student),
-                                  num_classes=NUM_CLASSES["segmentation"], ofd=_ofd_options(cfg, ofd))
+                                  num_classes=NUM_CLASSES["segmentation"], **options)
     model = rt.place(model).train()
     generator = torch.Generator().manual_seed(cfg.seed + 2)
     shape = (cfg.batch_size, 3, cfg.input_size, cfg.input_size)
@@ -96,6 +97,6 @@ def _segmentation(cfg: BenchConfig, rt: Runtime, ofd: bool) -> TaskModel:
     labels = torch.randint(0, NUM_CLASSES["segmentation"], (cfg.batch_size, *shape[2:]), generator=generator)
     samples = [dict(gt_seg=label) for label in labels.to(rt.device)]
     task = TaskModel(model, lambda: sum(model.loss(x, samples).values()), _trainable(model))
-    if ofd:
+    if model.ofd_enabled:
         task.distiller, task.student_input, task.teacher_input = model.distiller, x, x
     return task

@@ -165,6 +165,10 @@ def _task_workload(cfg: BenchConfig, rt: Runtime) -> Workload:
         "regressor_step": regressor_step(distiller, regressor_opt, student_x, teacher_x, rt),
         "ofd_step": task_step(ofd.loss, optimizer(ofd.params, cfg), rt),
     }
+    if cfg.student_channels_last:
+        for name, with_ofd in (("student_step_channels_last", False), ("ofd_step_channels_last", True)):
+            model = build_task_model(cfg, rt, ofd=with_ofd, student_channels_last=True)
+            steps[name] = task_step(model.loss, optimizer(model.params, cfg), rt)
     return Workload(steps=steps, distiller=distiller, student_input=student_x, teacher_input=teacher_x)
 
 
