@@ -17,6 +17,7 @@ from overhaul_det.bench.memory import measure_memory_subprocess
 from overhaul_det.bench.runtime import Runtime
 from overhaul_det.bench.tasks import build_task_model
 from overhaul_det.cpuinfo import cpu_model
+from overhaul_det.teacher_mode import describe_teacher_mode, resolve_teacher_mode
 
 TINY = dict(teacher="resnet18", student="mobilenet_v3_small", batch_size=2, input_size=64, repeats=1, warmup=0,
             loss_shape=(2, 16, 8, 8), rewrite_model="resnet18", measure_memory=False, freed_memory="return")
@@ -310,6 +311,10 @@ def test_task_pair_is_timed_and_reported_like_classification(task):
     table = format_table(result)
     assert table.startswith(f"{task}: {TASK_DEFAULTS[task]['teacher']} -> {TASK_DEFAULTS[task]['student']}, batch 2")
     assert "overhead d/(a+b+c)" in table and "ofd_loss" not in table
+    mode = describe_teacher_mode(*resolve_teacher_mode("auto", "auto", torch.device("cpu"), torch.nn.Conv2d(1, 1, 1)))
+    assert result["teacher_runs_in"] == {"cpu": mode}
+    assert f"teacher in (b), (d): {mode} (the adapter's teacher_precision='auto')" in table
+    assert "(b) teacher forward to last tap (no_grad)  " in table and "float32 teacher" not in table
     json.dumps(result)
 
 

@@ -38,6 +38,8 @@ def _step_labels(cfg: Dict[str, Any]) -> Dict[str, str]:
         "student_step_compiled": "(a) student train step, torch.compile",
         "ofd_step_compiled": "(d) full OFD step, torch.compile'd student",
     }
+    if cfg["task"] != "classification":  # the adapter's teacher, in its teacher_precision='auto'
+        labels.update(teacher_forward="(b) teacher forward to last tap (no_grad)", ofd_step="(d) full OFD step")
     for p in cfg["teacher_precisions"]:
         labels[f"teacher_forward_{p}"] = f"(b') teacher forward, {p} teacher"
         labels[f"ofd_step_{p}"] = f"(d') full OFD step, {p} teacher"
@@ -81,6 +83,8 @@ def format_table(result: Dict[str, Any]) -> str:
              f"median of {cfg['repeats']} (warm-up {cfg['warmup']}), {env['torch_threads']} threads on "
              f"{env.get('device_name') or env.get('cpu', 'an unrecorded CPU')}",
              f"freed memory: {_FREED_MEMORY[env.get('freed_memory')]}",
+             *([f"teacher in (b), (d): {', '.join(result.get('teacher_runs_in', {}).values()) or 'not recorded'} "
+                "(the adapter's teacher_precision='auto')"] if cfg["task"] != "classification" else []),
              f"{'measurement':<56} {'median':>12} {'page faults':>12}"]
     faults = result.get("median_page_faults", {})
     lines += [f"{labels[name]:<56} {median[name] * 1e3:>9.1f} ms {_count(faults.get(name)):>12}"

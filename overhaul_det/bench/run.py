@@ -55,6 +55,7 @@ def run_benchmark(cfg: BenchConfig) -> Dict[str, Any]:
         "config": asdict(cfg),
         "environment": {**_environment(rt), "freed_memory": "keep" if kept else "return"},
         "order": list(work.steps),
+        "teacher_runs_in": work.distiller.teacher_runs_in,
         "times_s": times,
         "median_s": median,
         "page_faults": faults,
