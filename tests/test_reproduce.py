@@ -13,7 +13,7 @@ import torch
 
 from overhaul_det import FeatureDistiller, reproduce
 from overhaul_det.reproduce import plots, runs
-from overhaul_det.reproduce.methods import alpha_runs
+from overhaul_det.reproduce.methods import alpha_runs, check_methods
 from overhaul_det.reproduce.report import markdown
 
 
@@ -310,8 +310,10 @@ def test_channels_last_student_runs_only_when_named(tmp_path, monkeypatch):
         ("baseline, channels-last student", {"model.ofd.alpha": 0, "model.student_channels_last": True})]
     default = reproduce.run_task("classification", 1, tmp_path / "default", 1, False, threads=[1])
     assert not any("channels-last" in r["method"] for r in default["results"])
-    with pytest.raises(ValueError, match="not run for segmentation"):
-        reproduce.run_task("segmentation", 1, tmp_path / "seg", 1, False, methods=["ofd, channels-last student"])
+    for task in ("detection", "segmentation"):
+        check_methods(task, ["baseline, channels-last student", "ofd, channels-last student"])
+    with pytest.raises(ValueError, match="not run for detection"):
+        reproduce.run_task("detection", 1, tmp_path / "det", 1, False, methods=["ofd, channel-last student"])
 
 
 @pytest.mark.parametrize("methods, refusal", [
