@@ -9,13 +9,15 @@ plain model's eval forward against the same model with taps attached, (b) and (d
 in each reduced precision asked for, the original OFD code's step, and on request (a) and (d)
 with a channels-last or a ``torch.compile``'d student (compile time reported apart). Detection and
 segmentation pairs (``task``) run (a)-(d) through their task adapters.
+Steps named with ``--profile`` run a few more calls under ``torch.profiler``: their ops by self time.
 Peak memory of (a) and (d) comes from a fresh subprocess per configuration on CPU (peak RSS)
 or ``torch.cuda.max_memory_allocated``.
 
 Modules, each importing only those listed before it: ``config`` (BenchConfig, defaults,
 targets, validation), ``runtime`` (Runtime and the step builders), ``tasks`` (detection and
 segmentation adapters), ``workload`` (models, data and steps of a configuration), ``memory``
-(activation sizes, peak memory), ``run`` (run_benchmark), ``report`` (format_table), ``cli``
+(activation sizes, peak memory), ``profile`` (a step's ops under ``torch.profiler``), ``run`` (run_benchmark),
+``report`` (format_table), ``cli``
 (``overhaul-det bench``; also ``python -m overhaul_det.bench``).
 """
 from .cli import main

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from .allocator import FREED_MEMORY
 from .config import AMP_DTYPES, REDUCED_PRECISIONS, TASK_DEFAULTS, BenchConfig, validate
+from .profile import UnknownStepError
 from .report import format_table
 from .run import run_benchmark
 
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--freed-memory", choices=FREED_MEMORY, default=defaults.freed_memory,
                         help="keep: this process keeps freed memory, so no step pays page faults for memory another "
                              "step freed; return: glibc's default (default: %(default)s)")
+    parser.add_argument("--profile", nargs="+", default=[], metavar="STEP",
+                        help="after timing, run these steps (names as in the JSON's 'order', e.g. regressor_step "
+                             "ofd_step_bfloat16) under torch.profiler and list each one's ops by self time")
+    parser.add_argument("--profile-calls", type=int, default=defaults.profile_calls,
+                        help="calls of each profiled step (default: %(default)s)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--json", type=Path, default=None, help="also write the full result here")
@@ -67,7 +73,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                        student_channels_last=args.student_channels_last, compile=args.compile,
                        loss_shape=tuple(args.loss_shape),
                        rewrite_model=args.rewrite_model, measure_memory=not args.no_memory,
-                       threads=args.threads, seed=args.seed, freed_memory=args.freed_memory)
+                       threads=args.threads, seed=args.seed, freed_memory=args.freed_memory,
+                       profile=tuple(args.profile), profile_calls=args.profile_calls)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -79,7 +86,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         validate(cfg)
     except (RuntimeError, ValueError) as error:
         parser.error(str(error))
-    result = run_benchmark(cfg)
+    try:
+        result = run_benchmark(cfg)
+    except UnknownStepError as error:
+        parser.error(str(error))
     sys.stdout.write(format_table(result) + "\n")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

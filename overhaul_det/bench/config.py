@@ -43,6 +43,7 @@ class BenchConfig:
     with each teacher precision). Classification only: ``teacher_precisions`` (the reduced teacher precisions
     timed besides float32) and ``compile`` (also time both with ``torch.compile``). ``freed_memory='keep'`` makes the process
     keep freed memory (``allocator.py``) so that no step is timed with page faults that another is spared.
+    ``profile`` names timed steps to run ``profile_calls`` more times each under ``torch.profiler``.
     """
 
     task: str = "classification"
@@ -67,6 +68,8 @@ class BenchConfig:
     alpha: Optional[float] = None
     lr: float = 1e-3
     freed_memory: str = "keep"
+    profile: Tuple[str, ...] = ()
+    profile_calls: int = 5
 
     def __post_init__(self) -> None:
         if self.task not in TASK_DEFAULTS:
@@ -75,6 +78,7 @@ class BenchConfig:
             if getattr(self, name) is None:
                 setattr(self, name, value)
         self.teacher_precisions = tuple(self.teacher_precisions)
+        self.profile = tuple(self.profile)
 
 
 def build_model(name: str) -> nn.Module:
@@ -141,9 +145,9 @@ def check_teacher_precision(precision: str, device: torch.device) -> None:
 def validate(cfg: BenchConfig) -> None:
     """Raise a clear error for a configuration that cannot run here (before building anything)."""
     device = resolve_device(cfg.device, cfg.amp)
-    if cfg.repeats < 1 or cfg.warmup < 0 or cfg.memory_steps < 1:
-        raise ValueError(f"need repeats >= 1, warmup >= 0 and memory_steps >= 1, got "
-                         f"{cfg.repeats}, {cfg.warmup} and {cfg.memory_steps}")
+    if cfg.repeats < 1 or cfg.warmup < 0 or cfg.memory_steps < 1 or cfg.profile_calls < 1:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, memory_steps >= 1 and profile_calls >= 1, got "
+                         f"{cfg.repeats}, {cfg.warmup}, {cfg.memory_steps} and {cfg.profile_calls}")
     if cfg.freed_memory not in FREED_MEMORY:
         raise ValueError(f"freed_memory={cfg.freed_memory!r}; choose one of {FREED_MEMORY}")
     if cfg.batch_size < 2:

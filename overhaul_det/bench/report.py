@@ -1,4 +1,4 @@
-"""The benchmark's result as a plain-text table: median times, ratios, memory, pass/fail per target."""
+"""The benchmark's result as a plain-text table: median times, ratios, memory, pass/fail per target, profiles."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
@@ -100,7 +100,23 @@ def format_table(result: Dict[str, Any]) -> str:
               for name, seconds in result["compile_s"].items()]
     lines += [f"torch.compile failed for {name}: {reason}" for name, reason in result["compile_errors"].items()]
     lines += _memory_lines(result)
+    lines += _profile_lines(result.get("profiles", {}), labels)
     return "\n".join(lines)
+
+
+def _profile_lines(profiles: Dict[str, Dict[str, Any]], labels: Dict[str, str]) -> List[str]:
+    """Each profiled step's ops by self CPU time, per call of the step."""
+    lines = []
+    for name, profile in profiles.items():
+        lines += [f"profile of {labels.get(name, name)}: {profile['self_cpu_ms']:.1f} ms self CPU time a call "
+                  f"({profile['calls']} calls under torch.profiler)",
+                  f"  {'op':<54} {'self CPU':>12} {'share':>7} {'calls':>7}"
+                  + (f" {'self device':>12}" if any("self_device_ms" in op for op in profile["ops"]) else "")]
+        for op in profile["ops"]:
+            device = f" {op['self_device_ms']:>9.2f} ms" if "self_device_ms" in op else ""
+            lines.append(f"  {op['name'][:54]:<54} {op['self_cpu_ms']:>9.2f} ms {op['share']:>7.1%} "
+                         f"{op['count']:>7.1f}{device}")
+    return lines
 
 
 def _memory_lines(result: Dict[str, Any]) -> List[str]:

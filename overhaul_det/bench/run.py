@@ -14,6 +14,7 @@ from ..cpuinfo import cpu_model
 from .allocator import keep_freed_memory, minor_faults
 from .config import REDUCED_PRECISIONS, TARGETS, BenchConfig, validate
 from .memory import activation_sizes, measure_memory
+from .profile import check_profiled, profile_steps
 from .runtime import Runtime, Step
 from .workload import build_workload
 
@@ -38,7 +39,8 @@ def time_interleaved(steps: Dict[str, Step], repeats: int, warmup: int, rt: Runt
 
 def run_benchmark(cfg: BenchConfig) -> Dict[str, Any]:
     """Run every measurement of ``cfg`` and return the result dict (times in seconds, sizes in bytes;
-    ``compile_s`` and ``compile_errors`` per compiled step, empty unless ``cfg.compile``). With
+    ``compile_s`` and ``compile_errors`` per compiled step, empty unless ``cfg.compile``; ``profiles`` per
+    step named in ``cfg.profile``, after the timed rounds). With
     ``cfg.freed_memory='keep'`` this process keeps freed memory from here on."""
     validate(cfg)
     if cfg.threads:
@@ -46,7 +48,9 @@ def run_benchmark(cfg: BenchConfig) -> Dict[str, Any]:
     kept = cfg.freed_memory == "keep" and keep_freed_memory()
     rt = Runtime(cfg)
     work = build_workload(cfg, rt)
+    check_profiled(cfg.profile, work.steps)
     times, faults = time_interleaved(work.steps, cfg.repeats, cfg.warmup, rt)
+    profiles = profile_steps(work.steps, cfg.profile, cfg.profile_calls, rt)
     median = {name: statistics.median(values) for name, values in times.items()}
     sizes = activation_sizes(work.distiller, work.student_input, work.teacher_input, rt)
     memory = measure_memory(cfg, rt, work) if cfg.measure_memory else None
@@ -67,6 +71,7 @@ def run_benchmark(cfg: BenchConfig) -> Dict[str, Any]:
         "checks": checks,
         "compile_s": work.compile_s,
         "compile_errors": work.compile_errors,
+        "profiles": profiles,
     }
 
 
