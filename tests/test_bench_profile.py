@@ -41,8 +41,9 @@ def test_no_profile_unless_asked():
 
 
 def test_a_step_the_run_does_not_time_is_named_with_the_ones_it_does():
-    with pytest.raises(UnknownStepError, match=r"--profile regresor_step: this run times no such step; its steps "
-                                                r"are student_step, teacher_forward, regressor_step"):
+    with pytest.raises(UnknownStepError, match=r"--profile regresor_step: this run times no such step \(did you "
+                                                r"mean regressor_step\?\); its steps are student_step, "
+                                                r"teacher_forward, regressor_step"):
         run_benchmark(BenchConfig(**TINY, profile=("regresor_step",)))
 
 

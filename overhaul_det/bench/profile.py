@@ -1,6 +1,7 @@
 """Where a timed step's time goes: ``torch.profiler`` over a few calls of it, its ops by self time."""
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Any, Dict, Mapping, Sequence
 
@@ -20,8 +21,10 @@ def check_profiled(names: Sequence[str], steps: Mapping[str, Step]) -> None:
     """Raise a clear error naming the steps this run times when ``names`` asks for another."""
     unknown = [name for name in names if name not in steps]
     if unknown:
-        raise UnknownStepError(f"--profile {' '.join(unknown)}: this run times no such step; its steps are "
-                         f"{', '.join(steps)}")
+        guesses = [match for name in unknown for match in difflib.get_close_matches(name, steps, n=1)]
+        hint = f" (did you mean {' '.join(guesses)}?)" if guesses else ""
+        raise UnknownStepError(f"--profile {' '.join(unknown)}: this run times no such step{hint}; its steps are "
+                               f"{', '.join(steps)}")
 
 
 def profile_steps(steps: Mapping[str, Step], names: Sequence[str], calls: int, rt: Runtime, top: int = 12
