@@ -20,7 +20,7 @@ from overhaul_det import (
     pair_taps,
 )
 
-from overhaul_det.distiller import round_to_series
+from overhaul_det.distiller import resize_to, round_to_series
 from cifar_models import CifarResNet, WideResNet
 from conftest import assert_same_state, randomize_bn, snapshot_state
 
@@ -214,6 +214,61 @@ def test_distiller_align(pair):
     assert torch.isfinite(loss) and loss > 0
     loss.backward()
     assert all(p.grad is not None for p in distiller.regressors.parameters())
+
+
+@pytest.mark.parametrize("size", [(32, 32), (5, 7)])
+def test_resize_to_a_channels_last_teacher_is_the_same_resize_channels_last(size):
+    """resize_to gives F.interpolate's values and gradient to the bit, laid out as the teacher is; a
+    channels-first teacher keeps the channels-first resize."""
+    s = torch.randn(2, 64, 16, 16, requires_grad=True)
+    grad = torch.randn(2, 64, *size)
+    want = F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+    (want_grad,) = torch.autograd.grad(want, s, grad)
+    teacher = torch.randn(2, 64, *size)
+    for t, channels_last in ((teacher.contiguous(memory_format=torch.channels_last), True), (teacher, False)):
+        got = resize_to(s, t)
+        (got_grad,) = torch.autograd.grad(got, s, grad)
+        assert torch.equal(got, want) and torch.equal(got_grad, want_grad)
+        assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert got_grad.is_contiguous()  # the layers before it get their gradient as they did
+
+
+def test_a_channels_last_teacher_trains_the_interpolated_pairs_as_a_channels_first_one(pair):
+    """Three OFD steps on pairs the regressed student map is resized for (align='interpolate'), the
+    teacher's maps once channels-first and once channels-last with the same values, end at the same
+    student and regressor weights, BatchNorm statistics and momentum to the bit; only the loss's
+    value is summed in another order."""
+    teacher, student = pair
+    s_taps, t_taps = find_taps(student, input_size=SIZE), find_taps(teacher, input_size=SIZE)
+    pairs = [(s_taps[1].name, t_taps[2].name), (s_taps[3].name, t_taps[2].name)]  # 8x8 -> 4x4, 2x2 -> 4x4
+    torch.manual_seed(0)
+    base = FeatureDistiller(teacher, student, input_size=SIZE, pairs=pairs, align="interpolate").train()
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, *SIZE, generator=generator) for _ in range(3)]
+    runs = []
+    for channels_last in (False, True):
+        distiller = copy.deepcopy(base)
+        trainable = list(distiller.student.parameters()) + list(distiller.regressors.parameters())
+        optimizer = torch.optim.SGD(trainable, lr=0.05, momentum=0.9)
+        for x in batches:
+            with distiller.capture_student() as captured:
+                distiller.student(x)
+            teacher_maps = distiller.teacher_features(x)
+            if channels_last:
+                teacher_maps = [t.contiguous(memory_format=torch.channels_last) for t in teacher_maps]
+            loss = distiller.distill_loss(captured, teacher_maps)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        momentum = [optimizer.state[p]["momentum_buffer"] for p in trainable if p in optimizer.state]
+        runs.append((distiller.state_dict(), momentum, loss))
+    (state, momentum, loss), (cl_state, cl_momentum, cl_loss) = runs
+    assert not torch.equal(state["regressors.0.0.weight"], base.state_dict()["regressors.0.0.weight"])
+    for key in state:
+        assert torch.equal(state[key], cl_state[key]), key
+    assert len(momentum) == len(cl_momentum) > 10
+    assert all(torch.equal(a, b) for a, b in zip(momentum, cl_momentum))
+    torch.testing.assert_close(cl_loss, loss, rtol=1e-5, atol=0)
 
 
 def test_unequal_tap_lists_pair_by_depth_and_bad_names_are_refused(pair):
