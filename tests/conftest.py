@@ -24,6 +24,9 @@ from torchvision.datasets import FashionMNIST
 from overhaul_det import teacher_mode
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
+# The smallest benchmark configuration that runs every classification step (test_bench*.py).
+TINY_BENCH = dict(teacher="resnet18", student="mobilenet_v3_small", batch_size=2, input_size=64, repeats=1, warmup=0,
+                  loss_shape=(2, 16, 8, 8), rewrite_model="resnet18", measure_memory=False, freed_memory="return")
 
 
 def iteration_config(path: Path, max_iters: int, extra: str = "") -> str:

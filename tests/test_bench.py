@@ -18,9 +18,8 @@ from overhaul_det.bench.runtime import Runtime
 from overhaul_det.bench.tasks import build_task_model
 from overhaul_det.cpuinfo import cpu_model
 from overhaul_det.teacher_mode import describe_teacher_mode, resolve_teacher_mode
+from conftest import TINY_BENCH as TINY
 
-TINY = dict(teacher="resnet18", student="mobilenet_v3_small", batch_size=2, input_size=64, repeats=1, warmup=0,
-            loss_shape=(2, 16, 8, 8), rewrite_model="resnet18", measure_memory=False, freed_memory="return")
 # timm's test models: a compile of them takes seconds where a torchvision student's takes minutes
 TIMM_TINY = {**TINY, "teacher": "timm/test_resnet", "student": "timm/test_efficientnet"}
 
@@ -57,6 +56,7 @@ def test_result_has_every_measurement(tiny_result):
                                           "student_ratio", "bfloat16_teacher_speedup", "float32_reference_ratio"}
     assert tiny_result["checks"]["reference_ratio"]["precision"] == "bfloat16"
     assert tiny_result["compile_s"] == {} and tiny_result["compile_errors"] == {}
+    assert tiny_result["profiles"] == {}  # no profile unless asked
     json.dumps(tiny_result)
 
 
