@@ -12,6 +12,22 @@ REPO = Path(__file__).resolve().parents[2]
 # Methods a task runs only when --methods names them (in METHODS below).
 CHANNELS_LAST_STUDENT = ["baseline, channels-last student", "ofd, channels-last student"]
 
+
+def _longer(epochs: int) -> Dict[str, object]:
+    """Overrides that train the segmentation scenes schedule for ``epochs``: the loop, the poly decay's end and the
+    checkpoint interval together."""
+    return {"train_cfg.max_epochs": epochs, "param_scheduler.1.end": epochs,
+            "default_hooks.checkpoint.interval": epochs}
+
+
+# The baseline sweep of the segmentation recipe: each variant changes one thing of the shipped baseline.
+SEGMENTATION_BASELINE_SWEEP: Dict[str, Dict] = {
+    "baseline, head lr x1": {"model.ofd.alpha": 0, "optim_wrapper.paramwise_cfg.custom_keys.classifier.lr_mult": 1},
+    "baseline, lr 0.02": {"model.ofd.alpha": 0, "optim_wrapper.optimizer.lr": 0.02},
+    "baseline, lr 0.005": {"model.ofd.alpha": 0, "optim_wrapper.optimizer.lr": 0.005},
+    "baseline, 32 epochs": {"model.ofd.alpha": 0, **_longer(32)},
+}
+
 TASKS = {
     "classification": dict(
         config="configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py",
@@ -22,7 +38,7 @@ TASKS = {
         methods=["baseline", "ofd", "ofd, body+fpn"], optional=CHANNELS_LAST_STUDENT),
     "segmentation": dict(
         config="configs/segmentation/ofd_deeplabv3_fashion_scenes_pretrained.py", metric="seg/mIoU",
-        methods=["baseline", "ofd"], optional=CHANNELS_LAST_STUDENT),
+        methods=["baseline", "ofd"], optional=CHANNELS_LAST_STUDENT + list(SEGMENTATION_BASELINE_SWEEP)),
 }
 
 
@@ -36,6 +52,7 @@ METHODS: Dict[str, Dict] = {
     # run only when named in --methods: the student's weights channels-last (faster on CPUs, other rounding)
     "baseline, channels-last student": {"model.ofd.alpha": 0, "model.student_channels_last": True},
     "ofd, channels-last student": {"model.student_channels_last": True},
+    **SEGMENTATION_BASELINE_SWEEP,
 }
 
 
