@@ -25,6 +25,7 @@ SEGMENTATION_BASELINE_SWEEP: Dict[str, Dict] = {
     "baseline, head lr x1": {"model.ofd.alpha": 0, "optim_wrapper.paramwise_cfg.custom_keys.classifier.lr_mult": 1},
     "baseline, lr 0.02": {"model.ofd.alpha": 0, "optim_wrapper.optimizer.lr": 0.02},
     "baseline, lr 0.005": {"model.ofd.alpha": 0, "optim_wrapper.optimizer.lr": 0.005},
+    "baseline, lr 0.05": {"model.ofd.alpha": 0, "optim_wrapper.optimizer.lr": 0.05},
     "baseline, 32 epochs": {"model.ofd.alpha": 0, **_longer(32)},
 }
 
