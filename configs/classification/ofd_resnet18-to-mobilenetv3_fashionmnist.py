@@ -3,7 +3,7 @@
 # student learns alone), 32 px. Baseline: --cfg-options model.ofd.alpha=0
 # alpha 1e-2: at 3e-2 the OFD term starts ~40x the cross-entropy, the student's BatchNorm running
 # statistics fall behind its batch statistics in the first epoch (test accuracy near chance on some
-# seeds) and the final accuracy moved by up to 7 points with float rounding (docs/results.md).
+# seeds) and the final accuracy moved by up to 7 points with float rounding (docs/results/results.md).
 _base_ = [
     '../_base_/datasets/fashion_mnist.py',
     '../_base_/schedules/fashion_mnist_short.py',
