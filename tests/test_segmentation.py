@@ -235,6 +235,29 @@ def test_alpha_zero_is_the_baseline():
     assert set(losses) == {"loss_ce"} and torch.isfinite(losses["loss_ce"])
 
 
+def test_class_weight_weighs_the_cross_entropy_per_class():
+    spec = dict(backbone="timm/resnet18", channels=16)
+    plain = SegmentationDistiller(None, spec, num_classes=3, ofd=dict(alpha=0)).train()
+    weighted = SegmentationDistiller(None, spec, num_classes=3, ofd=dict(alpha=0), class_weight=[0.1, 1, 2]).train()
+    weighted.load_state_dict(plain.state_dict())
+    assert set(weighted.state_dict()) == set(plain.state_dict())  # the weights are not saved in checkpoints
+    batch = weighted.data_preprocessor(_batch(3), True)
+    torch.manual_seed(0)
+    logits = weighted.student(batch["inputs"])["out"]
+    torch.manual_seed(0)
+    loss = weighted(**batch, mode="loss")["loss_ce"]
+    target = torch.stack([sample["gt_seg"] for sample in batch["data_samples"]])
+    expected = torch.nn.functional.cross_entropy(logits, target, torch.tensor([0.1, 1, 2]))
+    assert torch.allclose(loss, expected)
+    assert not torch.allclose(loss, torch.nn.functional.cross_entropy(logits, target))
+
+
+def test_class_weight_needs_one_weight_per_class():
+    with pytest.raises(ValueError, match=r"model.class_weight has 2 values for 3 classes"):
+        SegmentationDistiller(None, dict(backbone="timm/resnet18", channels=16), num_classes=3, ofd=dict(alpha=0),
+                              class_weight=[1, 2])
+
+
 # ---------------------------------------------------------------------------------------------
 # Configs and the Runner
 

@@ -130,6 +130,8 @@ class SegmentationDistiller(DistillationModel):
             of each where the counts differ (a one-tap FCN/LRASPP head with a DeepLab head's last tap); ``alpha=0`` is the baseline (the teacher is not built).
         aux_weight: weight of the aux head's cross-entropy, when the student has one.
         ignore_index: label value left out of the loss (and of the metric).
+        class_weight: per-class weights of the cross-entropy (mmseg's ``class_weight``), e.g. a smaller weight for
+            a background that covers most pixels; ``None`` weighs every class 1.
         student_channels_last: the student's weights, and so its activations, in channels-last memory format
             (timm's ``--channels-last``; the teacher's is ``ofd.teacher_channels_last``). Off by default.
     """
@@ -150,10 +152,16 @@ class SegmentationDistiller(DistillationModel):
         data_preprocessor: Optional[dict] = None,
         init_cfg: Optional[dict] = None,
         student_channels_last: bool = False,
+        class_weight: Optional[Sequence[float]] = None,
     ) -> None:
         super().__init__(ofd, data_preprocessor or dict(type="ImgDataPreprocessor"), init_cfg, student_channels_last)
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
+        if class_weight is not None and len(class_weight) != num_classes:
+            raise ValueError(f"model.class_weight has {len(class_weight)} values for {num_classes} classes; give one "
+                             f"weight per class (model.num_classes), or None")
+        weight = None if class_weight is None else torch.tensor(class_weight, dtype=torch.float)
+        self.register_buffer("class_weight", weight, persistent=False)
         student_model = self.build_spec(student, "student", num_classes=num_classes)
         teacher_model = self.build_teacher(teacher, num_classes=num_classes)
         if teacher_model is None:
@@ -171,9 +179,9 @@ class SegmentationDistiller(DistillationModel):
             losses.update(ofd_losses)
         else:
             outputs = self.student(inputs)
-        losses["loss_ce"] = F.cross_entropy(outputs["out"], target, ignore_index=self.ignore_index)
+        losses["loss_ce"] = F.cross_entropy(outputs["out"], target, self.class_weight, ignore_index=self.ignore_index)
         if "aux" in outputs:
-            aux = F.cross_entropy(outputs["aux"], target, ignore_index=self.ignore_index)
+            aux = F.cross_entropy(outputs["aux"], target, self.class_weight, ignore_index=self.ignore_index)
             losses["loss_aux"] = self.aux_weight * aux
         return losses
 
