@@ -22,6 +22,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.models.segmentation.lraspp import LRASPPHead
 
 from ..taps import Tap, activation_name, applies_norm, find_taps, is_passthrough, qualified_name, trace
+from .hub import cached_state_dict
 from .weights import classifier_key_candidates, load_state_dict_file, load_weights_into
 from .zoo import create_model, resolve_model_name
 
@@ -154,10 +155,13 @@ def _torchvision_segmenter(name: str, num_classes: int, aux_loss: bool, pretrain
     MobileNetV3's aux head reads the end of the stride-8 stage (torchvision: that stage's first block);
     LRASPP's low branch reads that first block, as in torchvision.
     """
-    weights_backbone = "DEFAULT" if pretrained_backbone else None
-    model = torchvision.models.get_model(name, weights=None, weights_backbone=weights_backbone,
-                                         num_classes=num_classes, **_aux_option(name, aux_loss))
+    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes,
+                                         **_aux_option(name, aux_loss))
     body = model.backbone
+    if pretrained_backbone:
+        default = inspect.signature(torchvision.models.get_model_builder(name)).parameters["weights_backbone"].default
+        member = type(default).DEFAULT
+        _load_backbone_state(body, cached_state_dict(member, name), f"torchvision weights {member}", name)
     if "layer4" in body:
         return_layers, aux_stage = {f"layer{i}": str(i - 1) for i in range(1, 5)}, -2
     else:
@@ -228,7 +232,11 @@ def _load_checkpoint(model: nn.Module, checkpoint: str, prefix: Optional[str], n
 def _load_backbone_weights(body: nn.Module, path: str, prefix: Optional[str], name: str) -> None:
     """A classifier's state_dict into the segmenter's body, tensor by tensor; the file's tensors the body
     lacks (the classifier head, stages past the last feature) are skipped and named in one log line."""
-    state = load_state_dict_file(path, prefix)
+    _load_backbone_state(body, load_state_dict_file(path, prefix), f"backbone checkpoint {path}", name)
+
+
+def _load_backbone_state(body: nn.Module, state: Dict[str, Tensor], source: str, name: str) -> None:
+    """``_load_backbone_weights`` for a state_dict already read from ``source``."""
     fix = ("give the classifier weights of this backbone architecture, and set backbone_checkpoint_prefix if the "
            "file's keys carry one (e.g. 'student_model.' for a checkpoint of a ClassificationDistiller)")
     matched: Dict[str, Tensor] = {}
@@ -247,10 +255,10 @@ def _load_backbone_weights(body: nn.Module, path: str, prefix: Optional[str], na
     problems = ([f"{len(missing)} of its tensors are not in the file (e.g. {missing[0]})"] if missing else []) + (
         [f"{len(wrong)} have other shapes (e.g. {wrong[0]})"] if wrong else [])
     if problems:
-        raise ValueError(f"backbone checkpoint {path} does not fit the backbone {name}: {' and '.join(problems)}; {fix}")
+        raise ValueError(f"{source} does not fit the backbone {name}: {' and '.join(problems)}; {fix}")
     body.load_state_dict(matched, strict=False)
     skipped = [key for key in state if key not in used]
-    logger.info("loaded %d backbone tensors from %s; skipped %d not in the backbone: %s", len(matched), path,
+    logger.info("loaded %d backbone tensors from %s; skipped %d not in the backbone: %s", len(matched), source,
                 len(skipped), ", ".join(skipped) or "none")
 
 
