@@ -148,5 +148,6 @@ def test_real_data_configs_name_weights_by_library_and_declare_their_batch(path,
         spec = cfg.model.get(role)
         if isinstance(spec, dict):
             files = [str(spec.get(key)) for key in ("checkpoint", "backbone_checkpoint") if spec.get(key)]
-            assert not [f for f in files if re.search(r"-[0-9a-f]{8}\.pth$", f)], "a torchvision file name: use weights="
+            copied = [f for f in files if re.search(r"-[0-9a-f]{8}\.pth$", f)]
+            assert not copied, f"{copied}: a torchvision file name; name the weights with weights=/weights_backbone="
             assert not spec.get("backbone_checkpoint"), spec

@@ -71,7 +71,8 @@ def head_keys(high: int, low: int) -> List[Tuple[str, tuple]]:
     keys += _conv_bn("aspp.conv1", "aspp.bn1", 256, 1280, 1) + _conv_bn("decoder.conv1", "decoder.bn1", 48, low, 1)
     keys += _conv_bn("decoder.last_conv.0", "decoder.last_conv.1", 256, 304, 3)
     keys += _conv_bn("decoder.last_conv.4", "decoder.last_conv.5", 256, 256, 3)
-    return keys + [("decoder.last_conv.8.weight", (NUM_CLASSES, 256, 1, 1)), ("decoder.last_conv.8.bias", (NUM_CLASSES,))]
+    return keys + [("decoder.last_conv.8.weight", (NUM_CLASSES, 256, 1, 1)),
+                   ("decoder.last_conv.8.bias", (NUM_CLASSES,))]
 
 
 def their_state(keys: List[Tuple[str, tuple]]) -> Dict[str, torch.Tensor]:

@@ -106,7 +106,8 @@ def test_timm_file_overlay_loads(tmp_path):
     model = build_classifier("timm/resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
     with pytest.raises(MissingWeightsError, match="absent.safetensors"):
-        build_classifier("timm/resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "absent.safetensors")))
+        build_classifier("timm/resnet18", pretrained=True,
+                         pretrained_cfg_overlay=dict(file=str(tmp_path / "absent.safetensors")))
 
 
 def test_timm_pretrained_found_in_the_hugging_face_cache(tmp_path, monkeypatch):

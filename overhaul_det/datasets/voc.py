@@ -17,7 +17,8 @@ from PIL import Image
 
 from ..registry import DATASETS
 
-__all__ = ["VOCSegmentation", "VOC_CLASSES", "trainaug_ids", "IMAGENET_MEAN", "IMAGENET_STD", "voc_palette", "check_normalised_once"]
+__all__ = ["VOCSegmentation", "VOC_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "check_normalised_once", "trainaug_ids",
+           "voc_palette"]
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from .hub import cached_state_dict, torchvision_state_dict, weights_member
+from .hub import backbone_weights_enum, cached_state_dict, torchvision_state_dict, weights_member
 from .weights import classifier_key_candidates, load_state_dict_file, load_state_into, load_weights_into
 from .zoo import create_model, resolve_model_name
 
@@ -244,8 +244,7 @@ def _backbone_weights_enum(name: str) -> type:
     ``weights_backbone`` type, or a torchvision classifier name's own enum."""
     bare = name.removeprefix("torchvision/")
     if bare in TORCHVISION_DETECTORS:
-        default = inspect.signature(torchvision.models.get_model_builder(bare)).parameters["weights_backbone"].default
-        return type(default)
+        return backbone_weights_enum(bare)
     zoo, bare = resolve_model_name(name)
     if zoo != "torchvision":
         raise ValueError(f"weights_backbone names torchvision weights; {name} is a timm backbone: give its "
@@ -293,11 +292,12 @@ def _freeze_stages(body: nn.Module, trainable_layers: Optional[int], pretrained:
             parameter.requires_grad_(False)
 
 
-def _check_one_source(sources: Dict[str, Optional[str]]) -> None:
-    """A ValueError when two keys give the same weights (a name and a file)."""
-    given = [key for key, value in sources.items() if value is not None]
-    if len(given) > 1:
-        raise ValueError(f"{' and '.join(given)} both give the same weights; set only one")
+def _check_one_source(*groups: Dict[str, Optional[str]]) -> None:
+    """A ValueError when two keys of a group give the same weights (a name and a file)."""
+    for sources in groups:
+        given = [key for key, value in sources.items() if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} both give the same weights; set only one")
 
 
 def _set_feature_extractor(detector: nn.Module, module: nn.Module) -> None:
@@ -371,10 +371,9 @@ def build_detector(
 ) -> nn.Module:
     """A detector (``num_classes`` counts the background) from a name or a spec dict of these arguments.
 
-    ``weights`` (a torchvision detector's, e.g. ``'COCO_V1'``) and ``weights_backbone`` (its backbone
-    classifier's, e.g. ``'IMAGENET1K_V1'``) are torchvision's names, read from torch.hub's cache
-    (``$TORCH_HOME/hub/checkpoints``); ``backbone_checkpoint``: a classifier weights file for the body;
-    ``checkpoint``: a whole detector's file (both weights_only, prefixes stripped). ``frozen_bn`` (default: when weights are loaded) makes the body's
+    ``weights`` (a detector's, ``'COCO_V1'``) / ``weights_backbone`` (its backbone's, ``'IMAGENET1K_V1'``):
+    torchvision's names, read from ``$TORCH_HOME/hub/checkpoints``; ``checkpoint`` / ``backbone_checkpoint``:
+    files (weights_only, prefixes stripped). ``frozen_bn`` (default: when weights are loaded) makes the body's
     BatchNorm frozen; ``trainable_layers`` counts resolution stages from the deepest (default: 3 with
     weights, all without). ``strides``/``fpn_channels`` shape a generic FPN (default (4, 8, 16, 32), 256);
     ``anchor_sizes`` gives one tuple per FPN map (levels + 'pool'; R-CNNs only). Other kwargs go to the
@@ -400,18 +399,30 @@ def build_detector(
         sizes = anchor_sizes or [(32 * 2 ** i,) for i in range(len(strides) + 1)]
         model = FasterRCNN(backbone, rpn_anchor_generator=_anchor_generator(sizes, aspect_ratios),
                            box_roi_pool=MultiScaleRoIAlign([str(i) for i in range(len(strides))], 7, 2), **options)
-    _check_one_source(dict(weights=weights, checkpoint=checkpoint))
-    _check_one_source(dict(weights_backbone=weights_backbone, backbone_checkpoint=backbone_checkpoint))
+    _check_one_source(dict(weights=weights, checkpoint=checkpoint),
+                      dict(weights_backbone=weights_backbone, backbone_checkpoint=backbone_checkpoint))
     pretrained = any(source is not None for source in (checkpoint, backbone_checkpoint, weights, weights_backbone))
     if pretrained if frozen_bn is None else frozen_bn:
         _set_feature_extractor(model, timm.layers.freeze_batch_norm_2d(feature_extractor(model)))
-    if backbone_checkpoint:
-        _load_body_weights(feature_extractor(model), backbone_checkpoint, backbone_checkpoint_prefix)
-    if weights_backbone:
-        _load_backbone_weights_by_name(model, name, weights_backbone)
+    _load_backbone(model, name, weights_backbone, backbone_checkpoint, backbone_checkpoint_prefix)
     _freeze_stages(feature_extractor(model), trainable_layers, pretrained, probe_size(fixed_input_size(model)))
+    _load_whole_detector(model, name, weights, checkpoint, checkpoint_prefix)
+    return model
+
+
+def _load_backbone(model: nn.Module, name: str, weights: Optional[str], checkpoint: Optional[str],
+                   prefix: Optional[str]) -> None:
+    """Classifier weights into the detector's body: torchvision's by name, or a file."""
+    if checkpoint:
+        _load_body_weights(feature_extractor(model), checkpoint, prefix)
+    if weights:
+        _load_backbone_weights_by_name(model, name, weights)
+
+
+def _load_whole_detector(model: nn.Module, name: str, weights: Optional[str], checkpoint: Optional[str],
+                         prefix: Optional[str]) -> None:
+    """A whole detector's weights: torchvision's by name, or a file."""
     if weights:
         _load_named_detector_weights(model, name, weights)
     if checkpoint:
-        _load_detector_weights(model, checkpoint, checkpoint_prefix)
-    return model
+        _load_detector_weights(model, checkpoint, prefix)

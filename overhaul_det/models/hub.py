@@ -7,6 +7,7 @@ moves the cache, instead of a download that hangs on a machine without network.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -16,8 +17,8 @@ import torch
 import torchvision
 from torchvision.models import WeightsEnum
 
-__all__ = ["MissingWeightsError", "cached_state_dict", "existing_weights_file", "timm_pretrained_file", "torchvision_state_dict",
-           "torchvision_weights", "weights_member"]
+__all__ = ["MissingWeightsError", "backbone_weights_enum", "cached_state_dict", "existing_weights_file",
+           "timm_pretrained_file", "torchvision_state_dict", "torchvision_weights", "weights_member"]
 
 _TIMM_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -52,6 +53,17 @@ def weights_member(enum: type, weights: str, what: str) -> WeightsEnum:
         names = ", ".join(["DEFAULT"] + [m.name for m in enum])
         raise ValueError(f"weights={weights!r} is not one of torchvision's weights for {what}; choose one of {names}")
     return enum[member]
+
+
+def backbone_weights_enum(builder: str) -> type:
+    """The weights enum of the backbone of torchvision's detector or segmenter ``builder`` (the type of its
+    ``weights_backbone`` default, e.g. ``ResNet50_Weights``).
+
+    Args:
+        builder: a torchvision detection or segmentation builder name.
+    """
+    signature = inspect.signature(torchvision.models.get_model_builder(builder))
+    return type(signature.parameters["weights_backbone"].default)
 
 
 def torchvision_state_dict(builder: str, weights: str) -> Tuple[Dict[str, torch.Tensor], WeightsEnum]:

@@ -22,7 +22,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.models.segmentation.lraspp import LRASPPHead
 
 from ..taps import Tap, activation_name, applies_norm, find_taps, is_passthrough, qualified_name, trace
-from .hub import cached_state_dict
+from .hub import backbone_weights_enum, cached_state_dict
 from .weights import classifier_key_candidates, load_state_dict_file, load_weights_into
 from .zoo import create_model, resolve_model_name
 
@@ -159,8 +159,7 @@ def _torchvision_segmenter(name: str, num_classes: int, aux_loss: bool, pretrain
                                          **_aux_option(name, aux_loss))
     body = model.backbone
     if pretrained_backbone:
-        default = inspect.signature(torchvision.models.get_model_builder(name)).parameters["weights_backbone"].default
-        member = type(default).DEFAULT
+        member = backbone_weights_enum(name).DEFAULT
         _load_backbone_state(body, cached_state_dict(member, name), f"torchvision weights {member}", name)
     if "layer4" in body:
         return_layers, aux_stage = {f"layer{i}": str(i - 1) for i in range(1, 5)}, -2
@@ -278,7 +277,8 @@ def build_segmenter(
     backbone_checkpoint_prefix: Optional[str] = None,
     **backbone_kwargs,
 ) -> Segmenter:
-    """A DeepLabV3 (``decoder=False``) or DeepLabV3+ segmenter; random init unless weights are asked for.
+    """A DeepLabV3 (``decoder=False``) or DeepLabV3+ segmenter; random init unless weights are asked for
+    (``pretrained_backbone``: the zoo's ImageNet weights from its cache, torch.hub's or Hugging Face's).
 
     ``backbone`` is one of ``TORCHVISION_SEGMENTERS`` (torchvision's DeepLabV3, FCN or LRASPP model and heads,
     as they are; ``aux_loss`` only where torchvision's builder has an aux head) or a
