@@ -20,8 +20,7 @@ model = dict(
     type='DetectionDistiller',
     teacher=dict(
         name='resnet101',
-        checkpoint='work_dirs/frcnn_r101_coco/epoch_12.pth',
-        checkpoint_prefix='student_model.',
+        checkpoint='checkpoints/coco_frcnn_r101_teacher.safetensors',
     ),
     student=dict(name='resnet18', weights_backbone='IMAGENET1K_V1'),
     num_classes={{_base_.num_classes}},

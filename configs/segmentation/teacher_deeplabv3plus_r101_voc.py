@@ -4,7 +4,7 @@
 #   torchrun --nproc_per_node 8 tools/train.py configs/segmentation/teacher_deeplabv3plus_r101_voc.py --launcher pytorch
 # Export it for the OFD configs:
 #   overhaul-det export work_dirs/teacher_deeplabv3plus_r101_voc/epoch_50.pth \
-#       checkpoints/voc_deeplabv3plus_resnet101_teacher.safetensors
+#       --out checkpoints/voc_deeplabv3plus_resnet101_teacher.safetensors
 _base_ = [
     '../_base_/datasets/voc_segmentation.py',
     '../_base_/schedules/segmentation_voc_50e.py',
