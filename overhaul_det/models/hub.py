@@ -131,7 +131,7 @@ def timm_pretrained_file(name: str) -> str:
         if found:
             return found
         looked.append(f"{' or '.join(names)} of the Hugging Face repo {repo} in {constants.HF_HUB_CACHE} "
-                      "(HF_HOME or HF_HUB_CACHE move it; `huggingface-cli download "
+                      "(HF_HOME or HF_HUB_CACHE move it; `hf download "
                       f"{repo} {names[0]}` puts it there)")
     if cfg.url:
         path = _torch_hub_checkpoints() / _url_file(cfg.url)
