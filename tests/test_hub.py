@@ -86,6 +86,16 @@ def test_torchvision_segmenter_pretrained_backbone_reads_the_cache(torch_home):
     assert torch.equal(model.backbone["16"][0].weight, state["features.16.0.weight"])
 
 
+def test_a_cached_file_of_another_model_is_named(torch_home):
+    for url in (torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url,
+                torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1.url):
+        _stand_in(torch_home, torchvision.models.resnet34(), url)
+    with pytest.raises(ValueError, match="torchvision weights ResNet18_Weights.IMAGENET1K_V1 does not match"):
+        build_classifier("resnet18", weights="IMAGENET1K_V1")
+    with pytest.raises(ValueError, match="torchvision weights MobileNet_V3_Large_Weights.IMAGENET1K_V1 lacks"):
+        build_detector("fasterrcnn_mobilenet_v3_large_fpn", num_classes=5, weights_backbone="IMAGENET1K_V1")
+
+
 def test_absent_torchvision_file_names_where_to_put_it(torch_home):
     with pytest.raises(MissingWeightsError) as error:
         build_classifier("resnet18", weights="DEFAULT")

@@ -217,7 +217,7 @@ def _load_body_weights(body: nn.Module, path: str, prefix: Optional[str]) -> Non
                      "carry one (e.g. 'student_model.' or 'backbone.')")
 
 
-def _load_body_state(body: nn.Module, state: Dict[str, Tensor], source: str, fix: str) -> None:
+def _load_body_state(body: nn.Module, state: Dict[str, Tensor], origin: str, fix: str) -> None:
     """A classifier's ``state`` into a detector's body, key by key (see ``classifier_key_candidates``)."""
     matched, used, missing = {}, set(), []
     for key, value in body.state_dict().items():
@@ -228,15 +228,15 @@ def _load_body_state(body: nn.Module, state: Dict[str, Tensor], source: str, fix
         elif not key.endswith("num_batches_tracked"):
             missing.append(key)
     if missing:
-        raise ValueError(f"{source} lacks {len(missing)} tensor(s) of the backbone (e.g. {missing[:3]}); {fix}")
+        raise ValueError(f"{origin} lacks {len(missing)} tensor(s) of the backbone (e.g. {missing[:3]}); {fix}")
     body.load_state_dict(matched, strict=False)
     inside = {key.split(".")[0] for key in used}
     stray = [key for key in state if key not in used and key.split(".")[0] in inside
              and not key.endswith("num_batches_tracked")]
     if stray:
         logger.warning("%d tensor(s) of %s inside the backbone's modules were not used (e.g. %s): a deeper "
-                       "network's weights, or stages past the last FPN level", len(stray), source, stray[:3])
-    logger.info("loaded %d backbone tensors from %s", len(matched), source)
+                       "network's weights, or stages past the last FPN level", len(stray), origin, stray[:3])
+    logger.info("loaded %d backbone tensors from %s", len(matched), origin)
 
 
 def _backbone_weights_enum(name: str) -> type:

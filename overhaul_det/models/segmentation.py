@@ -234,8 +234,8 @@ def _load_backbone_weights(body: nn.Module, path: str, prefix: Optional[str], na
     _load_backbone_state(body, load_state_dict_file(path, prefix), f"backbone checkpoint {path}", name)
 
 
-def _load_backbone_state(body: nn.Module, state: Dict[str, Tensor], source: str, name: str) -> None:
-    """``_load_backbone_weights`` for a state_dict already read from ``source``."""
+def _load_backbone_state(body: nn.Module, state: Dict[str, Tensor], origin: str, name: str) -> None:
+    """``_load_backbone_weights`` for a state_dict already read from ``origin``."""
     fix = ("give the classifier weights of this backbone architecture, and set backbone_checkpoint_prefix if the "
            "file's keys carry one (e.g. 'student_model.' for a checkpoint of a ClassificationDistiller)")
     matched: Dict[str, Tensor] = {}
@@ -254,10 +254,10 @@ def _load_backbone_state(body: nn.Module, state: Dict[str, Tensor], source: str,
     problems = ([f"{len(missing)} of its tensors are not in the file (e.g. {missing[0]})"] if missing else []) + (
         [f"{len(wrong)} have other shapes (e.g. {wrong[0]})"] if wrong else [])
     if problems:
-        raise ValueError(f"{source} does not fit the backbone {name}: {' and '.join(problems)}; {fix}")
+        raise ValueError(f"{origin} does not fit the backbone {name}: {' and '.join(problems)}; {fix}")
     body.load_state_dict(matched, strict=False)
     skipped = [key for key in state if key not in used]
-    logger.info("loaded %d backbone tensors from %s; skipped %d not in the backbone: %s", len(matched), source,
+    logger.info("loaded %d backbone tensors from %s; skipped %d not in the backbone: %s", len(matched), origin,
                 len(skipped), ", ".join(skipped) or "none")
 
 

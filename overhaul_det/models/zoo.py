@@ -16,6 +16,7 @@ import torchvision
 from torch import nn
 
 from .hub import existing_weights_file, timm_pretrained_file, torchvision_state_dict
+from .weights import load_state_into
 
 __all__ = ["ZOOS", "create_model", "resolve_model_name"]
 
@@ -123,6 +124,7 @@ def _torchvision_pretrained(bare: str, weights: str, kwargs: dict) -> nn.Module:
         raise ValueError(f"torchvision weights {member} have {len(categories)} classes, not "
                          f"num_classes={kwargs['num_classes']}; leave num_classes out (the head is replaced after)")
     model = torchvision.models.get_model(bare, weights=None, **kwargs)
-    model.load_state_dict(state)
+    load_state_into(model, state, f"torchvision weights {member}", bare,
+                    "the file in torch.hub's cache under that name holds another model's weights: replace it")
     logger.info("loaded torchvision weights %s for %s from torch.hub's cache", member, bare)
     return model
