@@ -18,9 +18,9 @@ def build_classifier(
     name: str,
     num_classes: int = 1000,
     pretrained: bool = False,
-    weights: Optional[str] = None,
     checkpoint: Optional[str] = None,
     checkpoint_prefix: Optional[str] = None,
+    weights: Optional[str] = None,
     **kwargs,
 ) -> nn.Module:
     """A torchvision or timm classifier with ``num_classes`` outputs; ``name`` as ``resolve_model_name`` reads it.
@@ -30,9 +30,9 @@ def build_classifier(
         num_classes: outputs of the classifier; a pretrained torchvision head of another size is replaced.
         pretrained: the zoo's default weights from its cache (torch.hub's, or Hugging Face's for timm; see
             ``create_model``); timm's ``pretrained_cfg_overlay=dict(file=...)`` in ``kwargs`` names a file instead.
-        weights: torchvision's weights name (``'IMAGENET1K_V2'``, ``'DEFAULT'``), from torch.hub's cache.
-        checkpoint: a local .pth/.safetensors state_dict (weights_only), loaded strictly after the above.
+        checkpoint: a local .pth/.safetensors state_dict (weights_only), loaded strictly after the zoo's weights.
         checkpoint_prefix: stripped from the checkpoint's keys.
+        weights: torchvision's weights name (``'IMAGENET1K_V2'``, ``'DEFAULT'``), from torch.hub's cache.
     """
     zoo, _ = resolve_model_name(name)
     if zoo == "torchvision" and (pretrained or weights):
