@@ -47,7 +47,13 @@ def torchvision_weights(builder: str, weights: str) -> WeightsEnum:
 
 
 def weights_member(enum: type, weights: str, what: str) -> WeightsEnum:
-    """The member of ``enum`` named ``weights`` (bare or ``Enum.NAME``); a ValueError listing the names."""
+    """The member of ``enum`` named ``weights`` (bare or ``Enum.NAME``); a ValueError listing the names.
+
+    Args:
+        enum: a torchvision weights enum, e.g. ``ResNet50_Weights``.
+        weights: the member's name.
+        what: the model the weights are for, named in the error.
+    """
     member = weights.rpartition(".")[2] if weights.startswith(enum.__name__ + ".") else weights
     if member not in enum.__members__:
         names = ", ".join(["DEFAULT"] + [m.name for m in enum])

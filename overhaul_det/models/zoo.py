@@ -91,7 +91,8 @@ def create_model(name: str, pretrained: bool = False, weights: Optional[str] = N
 
     torchvision's weights come from torch.hub's cache (``weights`` names them, ``pretrained`` means
     ``'DEFAULT'``); timm's from the Hugging Face cache, or the file of ``pretrained_cfg_overlay=dict(file=...)``.
-    An absent file is a ``MissingWeightsError`` naming where it was looked for; nothing is downloaded.
+    An absent file is a ``MissingWeightsError`` naming where it was looked for; nothing is downloaded
+    (a timm hub id, ``hf-hub:org/name``, goes to timm as it is, which may download).
 
     Args:
         name: ``timm/x``, ``torchvision/x`` or a bare name.
