@@ -137,3 +137,17 @@ def test_timm_pretrained_found_in_the_hugging_face_cache(tmp_path, monkeypatch):
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(snapshot / "model.safetensors"))
     model = build_classifier("timm/resnet18", pretrained=True)
     assert torch.equal(model.conv1.weight, source.conv1.weight)
+
+
+def test_torchvision_segmenter_weights_load_by_name(torch_home):
+    weights = torchvision.models.segmentation.LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1
+    state = _stand_in(torch_home, torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=21), weights.url)
+    model = build_segmenter("lraspp_mobilenet_v3_large", num_classes=21, weights="COCO_WITH_VOC_LABELS_V1")
+    loaded = model.state_dict()
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], v) for k, v in state.items())
+    with pytest.raises(ValueError, match="set num_classes and aux_loss"):
+        build_segmenter("lraspp_mobilenet_v3_large", num_classes=5, weights="COCO_WITH_VOC_LABELS_V1")
+    resnet = _stand_in(torch_home, torchvision.models.resnet18(), torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url)
+    on_resnet = build_segmenter("resnet18", num_classes=3, output_stride=32, weights="IMAGENET1K_V1")
+    assert torch.equal(on_resnet.backbone.layer2[0].conv1.weight, resnet["layer2.0.conv1.weight"])

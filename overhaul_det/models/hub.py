@@ -17,8 +17,11 @@ import torch
 import torchvision
 from torchvision.models import WeightsEnum
 
+from .weights import load_state_into
+
 __all__ = ["MissingWeightsError", "backbone_weights_enum", "cached_state_dict", "existing_weights_file",
-           "timm_pretrained_file", "torchvision_state_dict", "torchvision_weights", "weights_member"]
+           "load_torchvision_weights", "timm_pretrained_file", "torchvision_state_dict", "torchvision_weights",
+           "weights_member"]
 
 _TIMM_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -82,6 +85,21 @@ def torchvision_state_dict(builder: str, weights: str) -> Tuple[Dict[str, torch.
     """
     member = torchvision_weights(builder, weights)
     return cached_state_dict(member, builder), member
+
+
+def load_torchvision_weights(model: torch.nn.Module, builder: str, weights: str, hint: str) -> None:
+    """Load torchvision's named ``weights`` of ``builder`` from torch.hub's cache into ``model`` (the same keys),
+    strictly; a mismatch is one ValueError naming the weights and ``hint``.
+
+    Args:
+        model: a model with ``builder``'s state_dict keys.
+        builder: the torchvision builder the weights belong to.
+        weights: a name of its weights enum.
+        hint: the fix named in a mismatch's error.
+    """
+    state, member = torchvision_state_dict(builder, weights)
+    load_state_into(model, state, f"torchvision weights {member}", builder, hint,
+                    ignore_missing=("num_batches_tracked",))
 
 
 def cached_state_dict(member: WeightsEnum, builder: str) -> Dict[str, torch.Tensor]:
