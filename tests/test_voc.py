@@ -122,3 +122,30 @@ def test_a_second_normalisation_of_voc_images_is_refused_by_name():
     check_normalised_once(_config(dict(type="ImgDataPreprocessor")), "cfg.py")
     check_normalised_once(_config(dict(type="ImgDataPreprocessor", mean=[0.0] * 3, std=[1.0] * 3)), "cfg.py")
     check_normalised_once(_config(dict(type="ImgDataPreprocessor", mean=[72.93] * 3), "FashionMNISTDataset"), "cfg.py")
+
+
+def _image_and_label(image_dir, label_dir, stem, value):
+    image_dir.mkdir(parents=True, exist_ok=True)
+    label_dir.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (20, 16), (value, 0, 0)).save(image_dir / f"{stem}.jpg")
+    Image.fromarray(np.full((16, 20), value, np.uint8), mode="L").save(label_dir / f"{stem}.png")
+
+
+def test_sbd_trainaug_combines_as_the_official_code(tmp_path):
+    """VOC train first, then SBD train and val ids not yet listed, minus VOC val; SBD files for SBD-only ids."""
+    voc, sbd = tmp_path / "VOC2012", tmp_path / "benchmark_RELEASE" / "dataset"
+    for stem, value in (("a", 1), ("b", 2), ("c", 3)):
+        _image_and_label(voc / "JPEGImages", voc / "SegmentationClass", stem, value)
+    for stem, value in (("b", 12), ("c", 13), ("d", 14), ("e", 15)):
+        _image_and_label(sbd / "img", sbd / "cls", stem, value)
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nb\n")
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("c\n")
+    (sbd / "train.txt").write_text("b\nc\nd\n")
+    (sbd / "val.txt").write_text("e\nd\n")
+    dataset = VOCSegmentation(str(voc), "trainaug", train=False, sbd_root=str(sbd.parent), sbd_label_suffix=".png")
+    labels = [int(dataset[i]["data_samples"]["gt_seg"][0, 0]) for i in range(len(dataset))]
+    assert labels == [1, 2, 14, 15]
+    assert dataset[2]["data_samples"]["img_path"] == str(sbd / "img" / "d.jpg")
+    with pytest.raises(ValueError, match="split='trainaug'"):
+        VOCSegmentation(str(voc), "train", sbd_root=str(sbd.parent))

@@ -1,6 +1,7 @@
 # OFD on COCO: a Faster R-CNN R101-FPN teacher -> R18-FPN student (torchvision ResNets under torchvision's
 # FPN), 1x schedule, 800x1333. Teacher: the detector trained by frcnn_r101_coco.py (only its backbone body
-# is used); student backbone: torchvision's ImageNet ResNet18 file. Baseline: --cfg-options model.ofd.alpha=0
+# is used; make it with frcnn_r101_coco.py); student backbone: torchvision's ImageNet ResNet18 weights
+# (ResNet18_Weights.IMAGENET1K_V1 from $TORCH_HOME/hub/checkpoints). Baseline: --cfg-options model.ofd.alpha=0
 # alpha: the loss sums over feature elements, so ImageNet's 1e-4 is scaled by the weighted teacher elements
 # per image, ~0.4M for ResNet50 at 224 px against ~7.8M for ResNet50/101 at 800x1216: 5e-6. Not tuned:
 # search on a log scale.
@@ -19,10 +20,9 @@ model = dict(
     type='DetectionDistiller',
     teacher=dict(
         name='resnet101',
-        checkpoint='work_dirs/frcnn_r101_coco/epoch_12.pth',
-        checkpoint_prefix='student_model.',
+        checkpoint='checkpoints/coco_frcnn_r101_teacher.safetensors',
     ),
-    student=dict(name='resnet18', backbone_checkpoint='checkpoints/resnet18-f37072fd.pth'),
+    student=dict(name='resnet18', weights_backbone='IMAGENET1K_V1'),
     num_classes={{_base_.num_classes}},
     min_size=800,
     max_size=1333,

@@ -1,5 +1,7 @@
-# OFD on COCO: torchvision's fasterrcnn_resnet50_fpn (its COCO weights file, 91 classes; only the backbone
-# body is used) -> torchvision's fasterrcnn_mobilenet_v3_large_fpn from the ImageNet MobileNetV3-Large file,
+# OFD on COCO: torchvision's fasterrcnn_resnet50_fpn (its COCO weights, 91 classes; only the backbone body is
+# used) -> torchvision's fasterrcnn_mobilenet_v3_large_fpn from the ImageNet MobileNetV3-Large weights; both read
+# by their torchvision names from $TORCH_HOME/hub/checkpoints (fasterrcnn_resnet50_fpn_coco-258fb6c6.pth,
+# mobilenet_v3_large-8738ca79.pth),
 # 1x schedule, 800x1333. Baseline: --cfg-options model.ofd.alpha=0
 # alpha: ImageNet's 1e-4 scaled by the weighted teacher elements per image (~0.4M at 224 px, ~7.8M at 800x1216),
 # as for the R101 -> R18 pair. Not tuned: search on a log scale.
@@ -19,11 +21,11 @@ model = dict(
     teacher=dict(
         name='fasterrcnn_resnet50_fpn',
         num_classes=91,
-        checkpoint='checkpoints/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth',
+        weights='COCO_V1',
     ),
     student=dict(
         name='fasterrcnn_mobilenet_v3_large_fpn',
-        backbone_checkpoint='checkpoints/mobilenet_v3_large-8738ca79.pth',
+        weights_backbone='IMAGENET1K_V1',
     ),
     num_classes={{_base_.num_classes}},
     min_size=800,

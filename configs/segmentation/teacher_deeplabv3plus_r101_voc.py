@@ -1,7 +1,10 @@
-# The VOC teacher: DeepLabV3+ (output stride 16) on an ImageNet-pretrained ResNet101, trained alone
-# (the paper's teacher scores 77.89 mIoU). Export it for the OFD configs:
+# The VOC teacher: DeepLabV3+ (output stride 16) on an ImageNet-pretrained ResNet101 (timm's weights from the
+# Hugging Face cache, HF_HOME), trained alone (the paper's teacher scores 77.89 mIoU; it trained on SBD trainaug,
+# see _base_/datasets/voc_segmentation.py). 8 GPUs:
+#   torchrun --nproc_per_node 8 tools/train.py configs/segmentation/teacher_deeplabv3plus_r101_voc.py --launcher pytorch
+# Export it for the OFD configs:
 #   overhaul-det export work_dirs/teacher_deeplabv3plus_r101_voc/epoch_50.pth \
-#       checkpoints/voc_deeplabv3plus_resnet101_teacher.safetensors
+#       --out checkpoints/voc_deeplabv3plus_resnet101_teacher.safetensors
 _base_ = [
     '../_base_/datasets/voc_segmentation.py',
     '../_base_/schedules/segmentation_voc_50e.py',

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,7 +17,8 @@ from PIL import Image
 
 from ..registry import DATASETS
 
-__all__ = ["VOCSegmentation", "VOC_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "voc_palette", "check_normalised_once"]
+__all__ = ["VOCSegmentation", "VOC_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "check_normalised_once", "trainaug_ids",
+           "voc_palette"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,23 @@ def _read_rgb(path: str) -> Image.Image:
         raise OSError(f"cannot read image {path} ({error}); replace it or drop its id from the split list") from error
 
 
+def _read_sbd_mat(path: str) -> Image.Image:
+    """An SBD ``cls/<id>.mat`` label (``GTcls.Segmentation``, class indices) as a greyscale image."""
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise ImportError(f"reading the SBD label {path} needs scipy (`pip install scipy`); or convert SBD's "
+                          "labels to PNGs once and set sbd_label_suffix='.png'") from None
+    try:
+        segmentation = loadmat(path)["GTcls"][0]["Segmentation"][0]
+    except (OSError, ValueError, KeyError, IndexError) as error:
+        raise OSError(f"cannot read SBD label {path} ({error}); replace it or drop its id from the SBD lists") from None
+    return Image.fromarray(np.asarray(segmentation, dtype=np.uint8), mode="L")
+
+
 def _read_label(path: str) -> Image.Image:
+    if path.endswith(".mat"):
+        return _read_sbd_mat(path)
     try:
         with Image.open(path) as label:
             label.load()
@@ -101,10 +118,38 @@ def _check_label(label: np.ndarray, image_size: Tuple[int, int], seg_path: str, 
         )
 
 
+def _read_ids(path: Path) -> List[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"split list {path} not found; create it with one image id per line")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def trainaug_ids(voc_sets: Path, sbd_dataset: Path) -> List[Tuple[str, str]]:
+    """The SBD-augmented training ids, as the official OFD code combines them: VOC ``train`` first, then SBD's
+    ``train`` and ``val`` ids not yet listed, minus VOC ``val`` (10,582 ids on the full sets); each with its
+    source, ``'voc'`` or ``'sbd'``.
+
+    Args:
+        voc_sets: VOC's ``ImageSets/Segmentation`` folder (``train.txt``, ``val.txt``).
+        sbd_dataset: SBD's ``dataset`` folder (``train.txt``, ``val.txt``, ``img/``, ``cls/``).
+    """
+    excluded = set(_read_ids(voc_sets / "val.txt"))
+    combined: Dict[str, str] = {}
+    for source, path in (("voc", voc_sets / "train.txt"), ("sbd", sbd_dataset / "train.txt"),
+                         ("sbd", sbd_dataset / "val.txt")):
+        for stem in _read_ids(path):
+            if stem not in excluded:
+                combined.setdefault(stem, source)
+    return list(combined.items())
+
+
 @DATASETS.register_module()
 class VOCSegmentation(BaseDataset):
     """Images and class-index labels listed in ``ImageSets/Segmentation/<split>.txt`` under ``data_root``.
 
+    ``split='trainaug'`` with ``sbd_root`` (SBD's ``benchmark_RELEASE``, holding ``dataset/{img,cls}`` and
+    ``dataset/{train,val}.txt``) trains on VOC train plus SBD train and val, minus VOC val, as the official OFD
+    code does (see ``trainaug_ids``); without ``sbd_root`` it reads ``ImageSets/Segmentation/trainaug.txt``.
     Training items are randomly scaled, flipped and cropped to ``crop_size``; evaluation items are only
     padded up to it (never cropped, so every labelled pixel is scored). Padding is 0 in the normalised
     image (the mean colour) and ``ignore_index`` in the label.
@@ -128,13 +173,21 @@ class VOCSegmentation(BaseDataset):
         img_suffix: str = ".jpg",
         seg_suffix: str = ".png",
         validate: bool = False,
+        sbd_root: Optional[str] = None,
+        sbd_label_suffix: str = ".mat",
         indices: Optional[Sequence[int]] = None,
         serialize_data: bool = True,
     ) -> None:
         """``crop_size`` is (H, W); ``mean``/``std`` are in [0, 1] units; ``classes`` defaults to VOC's 21 names.
 
         ``validate=True`` decodes every label at construction; otherwise each label is checked when loaded.
+        ``sbd_label_suffix``: ``.mat`` (SBD's own, read with scipy) or ``.png`` for labels converted to index PNGs.
         """
+        if sbd_root is not None and split != "trainaug":
+            raise ValueError(f"sbd_root is read by split='trainaug' only, not split={split!r}; drop sbd_root or "
+                             "set split='trainaug'")
+        self.sbd_dataset = Path(sbd_root).expanduser() / "dataset" if sbd_root is not None else None
+        self.sbd_label_suffix = sbd_label_suffix
         if crop_size is not None and (len(crop_size) != 2 or min(crop_size) <= 0):
             raise ValueError(f"crop_size={crop_size!r}; give (height, width) with positive sizes, or None")
         if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
@@ -166,13 +219,14 @@ class VOCSegmentation(BaseDataset):
     def load_data_list(self) -> List[dict]:
         """Read the split list, check every listed file exists, and optionally decode every label."""
         split_file = Path(self.ann_file)
-        if not split_file.is_file():
-            raise FileNotFoundError(f"split list {split_file} not found; create it with one image id per line")
-        stems = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        if self.sbd_dataset is None:
+            stems = [(stem, "voc") for stem in _read_ids(split_file)]
+        else:
+            split_file = self.sbd_dataset
+            stems = trainaug_ids(Path(self.ann_file).parent, self.sbd_dataset)
         data_list = []
-        for stem in stems:
-            img_path = str(Path(self.data_prefix["img_path"]) / f"{stem}{self.img_suffix}")
-            seg_path = str(Path(self.data_prefix["seg_path"]) / f"{stem}{self.seg_suffix}")
+        for stem, source in stems:
+            img_path, seg_path = self._paths(stem, source)
             for path in (img_path, seg_path):
                 if not Path(path).is_file():
                     raise FileNotFoundError(
@@ -185,6 +239,14 @@ class VOCSegmentation(BaseDataset):
             data_list.append(dict(img_path=img_path, seg_path=seg_path))
         logger.info("VOC split %s: %d images", split_file, len(data_list))
         return data_list
+
+    def _paths(self, stem: str, source: str) -> Tuple[str, str]:
+        """The image and label file of ``stem`` in VOC's folders, or in SBD's ``img``/``cls``."""
+        if source == "sbd":
+            return (str(self.sbd_dataset / "img" / f"{stem}.jpg"),
+                    str(self.sbd_dataset / "cls" / f"{stem}{self.sbd_label_suffix}"))
+        return (str(Path(self.data_prefix["img_path"]) / f"{stem}{self.img_suffix}"),
+                str(Path(self.data_prefix["seg_path"]) / f"{stem}{self.seg_suffix}"))
 
     def prepare_data(self, idx: int) -> dict:
         """Load, check and augment one item: ``dict(inputs=Tensor[3,H,W], data_samples=dict(gt_seg, img_path))``."""

@@ -30,7 +30,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from .weights import classifier_key_candidates, load_state_dict_file, load_weights_into
+from .hub import backbone_weights_enum, cached_state_dict, torchvision_state_dict, weights_member
+from .weights import classifier_key_candidates, load_state_dict_file, load_state_into, load_weights_into
 from .zoo import create_model, resolve_model_name
 
 __all__ = [
@@ -211,7 +212,13 @@ def build_fpn_backbone(name: str, strides: Sequence[int] = DEFAULT_STRIDES, fpn_
 
 
 def _load_body_weights(body: nn.Module, path: str, prefix: Optional[str]) -> None:
-    state = load_state_dict_file(path, prefix)
+    _load_body_state(body, load_state_dict_file(path, prefix), f"backbone checkpoint {path}",
+                     "give the classifier weights of this architecture, and set backbone_checkpoint_prefix if the keys "
+                     "carry one (e.g. 'student_model.' or 'backbone.')")
+
+
+def _load_body_state(body: nn.Module, state: Dict[str, Tensor], origin: str, fix: str) -> None:
+    """A classifier's ``state`` into a detector's body, key by key (see ``classifier_key_candidates``)."""
     matched, used, missing = {}, set(), []
     for key, value in body.state_dict().items():
         source = next((c for c in classifier_key_candidates(key) if c in state and state[c].shape == value.shape), None)
@@ -221,19 +228,49 @@ def _load_body_weights(body: nn.Module, path: str, prefix: Optional[str]) -> Non
         elif not key.endswith("num_batches_tracked"):
             missing.append(key)
     if missing:
-        raise ValueError(
-            f"backbone checkpoint {path} lacks {len(missing)} tensor(s) of the backbone (e.g. {missing[:3]}); "
-            "give the classifier weights of this architecture, and set backbone_checkpoint_prefix if the keys "
-            "carry one (e.g. 'student_model.' or 'backbone.')"
-        )
+        raise ValueError(f"{origin} lacks {len(missing)} tensor(s) of the backbone (e.g. {missing[:3]}); {fix}")
     body.load_state_dict(matched, strict=False)
     inside = {key.split(".")[0] for key in used}
     stray = [key for key in state if key not in used and key.split(".")[0] in inside
              and not key.endswith("num_batches_tracked")]
     if stray:
         logger.warning("%d tensor(s) of %s inside the backbone's modules were not used (e.g. %s): a deeper "
-                       "network's weights, or stages past the last FPN level", len(stray), path, stray[:3])
-    logger.info("loaded %d backbone tensors from %s", len(matched), path)
+                       "network's weights, or stages past the last FPN level", len(stray), origin, stray[:3])
+    logger.info("loaded %d backbone tensors from %s", len(matched), origin)
+
+
+def _backbone_weights_enum(name: str) -> type:
+    """The torchvision weights enum of ``name``'s backbone classifier: a torchvision detector's
+    ``weights_backbone`` type, or a torchvision classifier name's own enum."""
+    bare = name.removeprefix("torchvision/")
+    if bare in TORCHVISION_DETECTORS:
+        return backbone_weights_enum(bare)
+    zoo, bare = resolve_model_name(name)
+    if zoo != "torchvision":
+        raise ValueError(f"weights_backbone names torchvision weights; {name} is a timm backbone: give its "
+                         "classifier weights with backbone_checkpoint=PATH")
+    return torchvision.models.get_model_weights(bare)
+
+
+def _load_backbone_weights_by_name(model: nn.Module, name: str, weights_backbone: str) -> None:
+    """torchvision's named classifier weights (from torch.hub's cache) into the detector's body."""
+    member = weights_member(_backbone_weights_enum(name), weights_backbone, f"the backbone of {name}")
+    state = cached_state_dict(member, name)
+    _load_body_state(feature_extractor(model), state, f"torchvision weights {member}",
+                     "give weights of the detector's backbone architecture")
+
+
+def _load_named_detector_weights(model: nn.Module, name: str, weights: str) -> None:
+    """torchvision's named detector weights (``'COCO_V1'``, from torch.hub's cache) into the whole detector."""
+    bare = name.removeprefix("torchvision/")
+    if bare not in TORCHVISION_DETECTORS:
+        raise ValueError(f"weights={weights!r} names a torchvision detector's weights; {name} is a backbone name: "
+                         "give weights_backbone=... (its classifier weights) or checkpoint=PATH")
+    state, member = torchvision_state_dict(bare, weights)
+    load_state_into(model, state, f"torchvision weights {member}", f"the detector {bare}",
+                    f"these weights have {len(member.meta['categories'])} classes: set num_classes to that",
+                    ignore_missing=("num_batches_tracked",))
+    logger.info("loaded torchvision weights %s from torch.hub's cache", member)
 
 
 def _load_detector_weights(model: nn.Module, path: str, prefix: Optional[str]) -> None:
@@ -253,6 +290,14 @@ def _freeze_stages(body: nn.Module, trainable_layers: Optional[int], pretrained:
     for stage in stages[: len(stages) - trainable_layers]:
         for parameter in stage:
             parameter.requires_grad_(False)
+
+
+def _check_one_source(*groups: Dict[str, Optional[str]]) -> None:
+    """A ValueError when two keys of a group give the same weights (a name and a file)."""
+    for sources in groups:
+        given = [key for key, value in sources.items() if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} both give the same weights; set only one")
 
 
 def _set_feature_extractor(detector: nn.Module, module: nn.Module) -> None:
@@ -310,6 +355,8 @@ def build_detector(
     min_size: Union[int, Sequence[int]] = 800,
     max_size: int = 1333,
     *,
+    weights: Optional[str] = None,
+    weights_backbone: Optional[str] = None,
     checkpoint: Optional[str] = None,
     checkpoint_prefix: Optional[str] = None,
     backbone_checkpoint: Optional[str] = None,
@@ -324,8 +371,9 @@ def build_detector(
 ) -> nn.Module:
     """A detector (``num_classes`` counts the background) from a name or a spec dict of these arguments.
 
-    ``backbone_checkpoint``: classifier weights for the body; ``checkpoint``: a whole detector (both
-    weights_only, prefixes stripped). ``frozen_bn`` (default: when weights are loaded) makes the body's
+    ``weights`` (a detector's, ``'COCO_V1'``) / ``weights_backbone`` (its backbone's, ``'IMAGENET1K_V1'``):
+    torchvision's names, read from ``$TORCH_HOME/hub/checkpoints``; ``checkpoint`` / ``backbone_checkpoint``:
+    files (weights_only, prefixes stripped). ``frozen_bn`` (default: when weights are loaded) makes the body's
     BatchNorm frozen; ``trainable_layers`` counts resolution stages from the deepest (default: 3 with
     weights, all without). ``strides``/``fpn_channels`` shape a generic FPN (default (4, 8, 16, 32), 256);
     ``anchor_sizes`` gives one tuple per FPN map (levels + 'pool'; R-CNNs only). Other kwargs go to the
@@ -351,12 +399,30 @@ def build_detector(
         sizes = anchor_sizes or [(32 * 2 ** i,) for i in range(len(strides) + 1)]
         model = FasterRCNN(backbone, rpn_anchor_generator=_anchor_generator(sizes, aspect_ratios),
                            box_roi_pool=MultiScaleRoIAlign([str(i) for i in range(len(strides))], 7, 2), **options)
-    pretrained = checkpoint is not None or backbone_checkpoint is not None
+    _check_one_source(dict(weights=weights, checkpoint=checkpoint),
+                      dict(weights_backbone=weights_backbone, backbone_checkpoint=backbone_checkpoint))
+    pretrained = any(source is not None for source in (checkpoint, backbone_checkpoint, weights, weights_backbone))
     if pretrained if frozen_bn is None else frozen_bn:
         _set_feature_extractor(model, timm.layers.freeze_batch_norm_2d(feature_extractor(model)))
-    if backbone_checkpoint:
-        _load_body_weights(feature_extractor(model), backbone_checkpoint, backbone_checkpoint_prefix)
+    _load_backbone(model, name, weights_backbone, backbone_checkpoint, backbone_checkpoint_prefix)
     _freeze_stages(feature_extractor(model), trainable_layers, pretrained, probe_size(fixed_input_size(model)))
-    if checkpoint:
-        _load_detector_weights(model, checkpoint, checkpoint_prefix)
+    _load_whole_detector(model, name, weights, checkpoint, checkpoint_prefix)
     return model
+
+
+def _load_backbone(model: nn.Module, name: str, weights: Optional[str], checkpoint: Optional[str],
+                   prefix: Optional[str]) -> None:
+    """Classifier weights into the detector's body: torchvision's by name, or a file."""
+    if checkpoint:
+        _load_body_weights(feature_extractor(model), checkpoint, prefix)
+    if weights:
+        _load_backbone_weights_by_name(model, name, weights)
+
+
+def _load_whole_detector(model: nn.Module, name: str, weights: Optional[str], checkpoint: Optional[str],
+                         prefix: Optional[str]) -> None:
+    """A whole detector's weights: torchvision's by name, or a file."""
+    if weights:
+        _load_named_detector_weights(model, name, weights)
+    if checkpoint:
+        _load_detector_weights(model, checkpoint, prefix)

@@ -22,6 +22,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.models.segmentation.lraspp import LRASPPHead
 
 from ..taps import Tap, activation_name, applies_norm, find_taps, is_passthrough, qualified_name, trace
+from .hub import backbone_weights_enum, cached_state_dict, load_torchvision_weights
 from .weights import classifier_key_candidates, load_state_dict_file, load_weights_into
 from .zoo import create_model, resolve_model_name
 
@@ -154,10 +155,12 @@ def _torchvision_segmenter(name: str, num_classes: int, aux_loss: bool, pretrain
     MobileNetV3's aux head reads the end of the stride-8 stage (torchvision: that stage's first block);
     LRASPP's low branch reads that first block, as in torchvision.
     """
-    weights_backbone = "DEFAULT" if pretrained_backbone else None
-    model = torchvision.models.get_model(name, weights=None, weights_backbone=weights_backbone,
-                                         num_classes=num_classes, **_aux_option(name, aux_loss))
+    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes,
+                                         **_aux_option(name, aux_loss))
     body = model.backbone
+    if pretrained_backbone:
+        member = backbone_weights_enum(name).DEFAULT
+        _load_backbone_state(body, cached_state_dict(member, name), f"torchvision weights {member}", name)
     if "layer4" in body:
         return_layers, aux_stage = {f"layer{i}": str(i - 1) for i in range(1, 5)}, -2
     else:
@@ -228,11 +231,14 @@ def _load_checkpoint(model: nn.Module, checkpoint: str, prefix: Optional[str], n
 def _load_backbone_weights(body: nn.Module, path: str, prefix: Optional[str], name: str) -> None:
     """A classifier's state_dict into the segmenter's body, tensor by tensor; the file's tensors the body
     lacks (the classifier head, stages past the last feature) are skipped and named in one log line."""
-    state = load_state_dict_file(path, prefix)
+    _load_backbone_state(body, load_state_dict_file(path, prefix), f"backbone checkpoint {path}", name)
+
+
+def _load_backbone_state(body: nn.Module, state: Dict[str, Tensor], origin: str, name: str) -> None:
+    """``_load_backbone_weights`` for a state_dict already read from ``origin``."""
     fix = ("give the classifier weights of this backbone architecture, and set backbone_checkpoint_prefix if the "
            "file's keys carry one (e.g. 'student_model.' for a checkpoint of a ClassificationDistiller)")
-    matched: Dict[str, Tensor] = {}
-    used, missing, wrong = set(), [], []
+    matched, used, missing, wrong = {}, set(), [], []
     for key, value in body.state_dict().items():
         present = [c for c in classifier_key_candidates(key) if c in state]
         source = next((c for c in present if state[c].shape == value.shape), None)
@@ -247,10 +253,10 @@ def _load_backbone_weights(body: nn.Module, path: str, prefix: Optional[str], na
     problems = ([f"{len(missing)} of its tensors are not in the file (e.g. {missing[0]})"] if missing else []) + (
         [f"{len(wrong)} have other shapes (e.g. {wrong[0]})"] if wrong else [])
     if problems:
-        raise ValueError(f"backbone checkpoint {path} does not fit the backbone {name}: {' and '.join(problems)}; {fix}")
+        raise ValueError(f"{origin} does not fit the backbone {name}: {' and '.join(problems)}; {fix}")
     body.load_state_dict(matched, strict=False)
     skipped = [key for key in state if key not in used]
-    logger.info("loaded %d backbone tensors from %s; skipped %d not in the backbone: %s", len(matched), path,
+    logger.info("loaded %d backbone tensors from %s; skipped %d not in the backbone: %s", len(matched), origin,
                 len(skipped), ", ".join(skipped) or "none")
 
 
@@ -272,20 +278,19 @@ def build_segmenter(
 ) -> Segmenter:
     """A DeepLabV3 (``decoder=False``) or DeepLabV3+ segmenter; random init unless weights are asked for.
 
-    ``backbone`` is one of ``TORCHVISION_SEGMENTERS`` (torchvision's DeepLabV3, FCN or LRASPP model and heads,
-    as they are; ``aux_loss`` only where torchvision's builder has an aux head) or a
-    timm (``features_only``) or torchvision ResNet name as ``resolve_model_name`` reads it (``timm/x``,
-    ``torchvision/x``, or bare: torchvision's if it has one), dilated to ``output_stride`` (default 16).
+    ``backbone`` is one of ``TORCHVISION_SEGMENTERS`` (torchvision's DeepLabV3, FCN or LRASPP model and heads, as they
+    are; ``aux_loss`` only where torchvision's builder has an aux head) or a timm (``features_only``) or torchvision
+    ResNet name as ``resolve_model_name`` reads it, dilated to ``output_stride`` (default 16).
     ``atrous_rates`` default to (6, 12, 18) scaled to the output stride; ``channels`` is the head width.
-    ``aux_loss`` adds an FCN head on the second-deepest stage. ``backbone_checkpoint`` loads a local classifier
-    state_dict of the same architecture into the backbone (its head skipped; keys after stripping
-    ``backbone_checkpoint_prefix``); ``checkpoint`` loads a whole segmenter's file strictly, after it.
+    ``aux_loss`` adds an FCN head on the second-deepest stage. ``backbone_checkpoint``: a classifier state_dict of the
+    backbone's architecture (head skipped, ``backbone_checkpoint_prefix`` stripped); ``checkpoint``: a whole
+    segmenter's file, loaded strictly last. From caches: ``pretrained_backbone=True`` (the zoo's ImageNet weights),
+    ``weights=NAME`` (torchvision's: a segmenter's ``'COCO_WITH_VOC_LABELS_V1'``, a ResNet's ``'IMAGENET1K_V2'``).
     """
     if backbone_checkpoint and pretrained_backbone:
-        raise ValueError("pretrained_backbone=True and backbone_checkpoint both give the backbone's weights; "
-                         "set only one")
+        raise ValueError("pretrained_backbone=True and backbone_checkpoint give the same weights; set only one")
     if backbone.removeprefix("torchvision/") in TORCHVISION_SEGMENTERS:
-        backbone = backbone.removeprefix("torchvision/")
+        backbone, weights = backbone.removeprefix("torchvision/"), backbone_kwargs.pop("weights", None)
         options = dict(decoder=decoder, output_stride=output_stride, channels=channels, atrous_rates=atrous_rates)
         given = sorted(key for key, value in options.items() if value != _TORCHVISION_FIXED[key])
         given += sorted(backbone_kwargs)
@@ -293,6 +298,8 @@ def build_segmenter(
             raise ValueError(f"{backbone} is torchvision's model as it is, so {given} cannot be set; give its "
                              "backbone name instead (e.g. backbone='resnet50', decoder=True)")
         model = _torchvision_segmenter(backbone, num_classes, aux_loss, pretrained_backbone)
+        if weights:
+            load_torchvision_weights(model, backbone, weights, "set num_classes and aux_loss to the weights' own")
     else:
         output_stride = 16 if output_stride is None else output_stride
         if output_stride not in _OUTPUT_STRIDES:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
-from typing import FrozenSet, List, Tuple
+from typing import FrozenSet, List, Optional, Tuple
 
 import timm
 import torchvision
 from torch import nn
+
+from .hub import existing_weights_file, timm_pretrained_file, torchvision_state_dict
+from .weights import load_state_into
 
 __all__ = ["ZOOS", "create_model", "resolve_model_name"]
 
@@ -83,12 +86,46 @@ def resolve_model_name(name: str) -> Tuple[str, str]:
     return zoo, bare
 
 
-def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    """``name``'s model (see ``resolve_model_name``): random init, or its zoo's weights with ``pretrained``.
+def create_model(name: str, pretrained: bool = False, weights: Optional[str] = None, **kwargs) -> nn.Module:
+    """``name``'s model (see ``resolve_model_name``): random init, or its zoo's weights from the zoo's cache.
 
-    ``kwargs`` go to ``torchvision.models.get_model`` or ``timm.create_model``.
+    torchvision's weights come from torch.hub's cache (``weights`` names them, ``pretrained`` means
+    ``'DEFAULT'``); timm's from the Hugging Face cache, or the file of ``pretrained_cfg_overlay=dict(file=...)``.
+    An absent file is a ``MissingWeightsError`` naming where it was looked for; nothing is downloaded
+    (a timm hub id, ``hf-hub:org/name``, goes to timm as it is, which may download).
+
+    Args:
+        name: ``timm/x``, ``torchvision/x`` or a bare name.
+        pretrained: load the zoo's default weights.
+        weights: torchvision only: a weights name of the model (``'IMAGENET1K_V2'``, ``'DEFAULT'``).
+        kwargs: go to ``torchvision.models.get_model`` or ``timm.create_model``.
     """
     zoo, bare = resolve_model_name(name)
     if zoo == "torchvision":
-        return torchvision.models.get_model(bare, weights="DEFAULT" if pretrained else None, **kwargs)
+        if not (pretrained or weights):
+            return torchvision.models.get_model(bare, weights=None, **kwargs)
+        return _torchvision_pretrained(bare, weights or "DEFAULT", kwargs)
+    if weights is not None:
+        raise ValueError(f"weights={weights!r} names torchvision weights; {name} is a timm model: use "
+                         "pretrained=True (timm's default tag, or name.tag) or pretrained_cfg_overlay=dict(file=PATH)")
+    if pretrained and not bare.startswith(_HUB_PREFIXES):
+        overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+        overlay["file"] = (timm_pretrained_file(bare) if not overlay.get("file")
+                           else existing_weights_file(bare, overlay["file"]))
+        kwargs["pretrained_cfg_overlay"] = overlay
     return timm.create_model(bare, pretrained=pretrained, **kwargs)
+
+
+def _torchvision_pretrained(bare: str, weights: str, kwargs: dict) -> nn.Module:
+    """torchvision's ``bare`` with the named weights from torch.hub's cache, loaded weights_only and strictly
+    (built with the weights' number of categories, as torchvision's builders do)."""
+    state, member = torchvision_state_dict(bare, weights)
+    categories = member.meta.get("categories")
+    if categories and kwargs.setdefault("num_classes", len(categories)) != len(categories):
+        raise ValueError(f"torchvision weights {member} have {len(categories)} classes, not "
+                         f"num_classes={kwargs['num_classes']}; leave num_classes out (the head is replaced after)")
+    model = torchvision.models.get_model(bare, weights=None, **kwargs)
+    load_state_into(model, state, f"torchvision weights {member}", bare,
+                    "the file in torch.hub's cache under that name holds another model's weights: replace it")
+    logger.info("loaded torchvision weights %s for %s from torch.hub's cache", member, bare)
+    return model

@@ -21,7 +21,8 @@ __all__ = ["DistillationModel", "build_from_spec", "warn_if_random_teacher"]
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_KEYS = ("checkpoint", "backbone_checkpoint", "pretrained", "pretrained_backbone", "pretrained_cfg_overlay")
+WEIGHT_KEYS = ("checkpoint", "backbone_checkpoint", "weights", "weights_backbone", "pretrained", "pretrained_backbone",
+               "pretrained_cfg_overlay")
 _UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
