@@ -29,6 +29,12 @@ SEGMENTATION_BASELINE_SWEEP: Dict[str, Dict] = {
     "baseline, 32 epochs": {"model.ofd.alpha": 0, **_longer(32)},
     # background covers 86% of the scenes' pixels
     "baseline, background weight 0.1": {"model.ofd.alpha": 0, "model.class_weight": [0.1] + [1.0] * 10},
+    "baseline, lr 0.05, background weight 0.1": {"model.ofd.alpha": 0, "optim_wrapper.optimizer.lr": 0.05,
+                                                 "model.class_weight": [0.1] + [1.0] * 10},
+}
+# OFD on the variants of the baseline sweep that change the recipe (not alpha).
+SEGMENTATION_OFD_SWEEP: Dict[str, Dict] = {
+    "ofd, lr 0.05, background weight 0.1": {"optim_wrapper.optimizer.lr": 0.05, "model.class_weight": [0.1] + [1.0] * 10},
 }
 
 TASKS = {
@@ -41,7 +47,8 @@ TASKS = {
         methods=["baseline", "ofd", "ofd, body+fpn"], optional=CHANNELS_LAST_STUDENT),
     "segmentation": dict(
         config="configs/segmentation/ofd_deeplabv3_fashion_scenes_pretrained.py", metric="seg/mIoU",
-        methods=["baseline", "ofd"], optional=CHANNELS_LAST_STUDENT + list(SEGMENTATION_BASELINE_SWEEP)),
+        methods=["baseline", "ofd"], optional=CHANNELS_LAST_STUDENT + list(SEGMENTATION_BASELINE_SWEEP)
+        + list(SEGMENTATION_OFD_SWEEP)),
 }
 
 
@@ -56,6 +63,7 @@ METHODS: Dict[str, Dict] = {
     "baseline, channels-last student": {"model.ofd.alpha": 0, "model.student_channels_last": True},
     "ofd, channels-last student": {"model.student_channels_last": True},
     **SEGMENTATION_BASELINE_SWEEP,
+    **SEGMENTATION_OFD_SWEEP,
 }
 
 
