@@ -162,9 +162,14 @@ class FeatureDistiller(nn.Module):
     @torch.no_grad()
     def teacher_features(self, *args, **kwargs) -> List[Tensor]:
         """Teacher tensors at the paired taps (no autograd, stops at the last tap), run in the
-        teacher's precision and memory format (``teacher_mode.py``), handed on in the student's dtype
-        and each pair's loss layout (``to_loss_layout``). The student's dtype is read at each call: the
-        student may be cast after construction, alone or with the distiller."""
+        teacher's precision and memory format (``teacher_mode.py``), in each pair's loss layout.
+
+        They stay in the teacher's dtype: the loss reads them into the student's dtype and memory
+        layout in one pass (``ofd_loss``).
+
+        Args:
+            *args, **kwargs: the teacher's inputs; the first is the image batch.
+        """
         x = args[0]
         check_batch(x, self.teacher_taps, self.teacher, "teacher")
         dtype, channels_last = self._mode_on(x.device)
@@ -175,10 +180,9 @@ class FeatureDistiller(nn.Module):
         return self.teacher_tensors(features)
 
     def teacher_tensors(self, teacher_feats: Dict[str, Tensor]) -> List[Tensor]:
-        """The teacher's tap tensors ({name: tensor}) in pair order, in the student's dtype and each
-        pair's loss layout: what ``distill_loss`` compares with."""
-        student_dtype = next(self.student.parameters()).dtype
-        return [to_loss_layout(teacher_feats[t.name].to(student_dtype), t, layout, prefix)
+        """The teacher's tap tensors ({name: tensor}) in pair order, each in its pair's loss layout: what
+        ``distill_loss`` compares with."""
+        return [to_loss_layout(teacher_feats[t.name], t, layout, prefix)
                 for (_, t), layout, (_, prefix) in zip(self.pairs, self.layouts, self._prefixes)]
 
     def _mode_on(self, device: torch.device) -> Tuple[torch.dtype, bool]:
@@ -254,6 +258,10 @@ class FeatureDistiller(nn.Module):
         return [to_loss_layout(x, s, layout, prefix)
                 for x, (s, _), layout, (prefix, _) in zip(student_feats, self.pairs, self.layouts, self._prefixes)]
 
+    def _student_dtype(self) -> torch.dtype:
+        """The student's dtype, read at each call: the student may be cast after construction."""
+        return next(self.student.parameters()).dtype
+
     def _channel_dim(self, i: int) -> int:
         return 1 if self.layouts[i] == "nchw" else -1
 
@@ -295,11 +303,12 @@ class FeatureDistiller(nn.Module):
             t = teacher.pop()
             r = match_size(regressor(feature), t, pair, self.config.align)
             if self.config.distance == "l2":
-                return (r - margin_relu(t.detach(), self.margins[i], channel_dim)).pow(2).sum()
+                target = margin_relu(t.detach().to(self._student_dtype()), self.margins[i], channel_dim)
+                return (r - target).pow(2).sum()
             if not self.config.memory_saving:
                 return ofd_loss_reference(r, t, self.margins[i], channel_dim)
             # The regressor's output, read by nothing else, holds the kept difference.
-            owned = r is not feature and r._base is None and r.dtype == t.dtype
+            owned = r is not feature and r._base is None and r.dtype == self._student_dtype()
             return ofd_loss(r, t, self.margins[i], channel_dim, overwrite_teacher=overwrite_teacher,
                             overwrite_student=owned)
 
