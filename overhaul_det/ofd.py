@@ -111,8 +111,8 @@ def ofd_loss(
     m = _per_channel(margin, student, channel_dim)
     teacher = teacher.detach()
     if teacher.dtype != student.dtype or teacher.stride() != student.stride():
-        # One pass into the student's dtype and memory layout: on CPU the loss's element-wise passes
-        # over mixed layouts (a channels-last teacher, a channels-first regressor) take ~3x as long.
+        # One pass into the student's dtype and memory layout: the loss's element-wise passes are slow
+        # over mixed layouts (a channels-last teacher, a channels-first regressor).
         teacher = torch.empty_like(student, requires_grad=False).copy_(teacher)
     return _PartialL2.apply(student, teacher, m, overwrite_teacher, overwrite_student)
 

@@ -1,11 +1,7 @@
-"""How the frozen teacher runs: its precision and memory format, by a fixed rule per device (never
-timed at start-up, so runs stay deterministic).
+"""How the frozen teacher runs: its precision and memory format, by a fixed rule per device.
 
-Measured (torchvision resnet50 inference forward, batch 4, 224 px, 2 threads, medians of 7): on a
-Xeon with AMX-BF16, bfloat16 autocast took 0.60x and bfloat16 + channels-last 0.37x the float32
-time; on an AMD EPYC with AVX512-BF16, 0.54x and 0.45x (float32 channels-last alone 0.87x). So
-'auto' means bfloat16, with channels-last for conv nets, on CPUs with AVX512-BF16 or AMX-BF16 and
-on CUDA devices that support bfloat16; float32, as the model is, everywhere else.
+The rule is never timed at start-up, so runs stay deterministic: 'auto' is bfloat16 (channels-last for
+conv nets) where the device computes bfloat16 natively, float32, as the model is, everywhere else.
 """
 from __future__ import annotations
 
@@ -17,14 +13,26 @@ from torch import nn
 
 from .cpuinfo import cpu_has_native_bf16
 
-__all__ = ["PRECISIONS", "cpu_has_native_bf16", "describe_teacher_mode", "resolve_teacher_mode", "teacher_autocast"]
+__all__ = ["PRECISIONS", "cpu_has_native_bf16", "cuda_has_native_bf16", "describe_teacher_mode", "resolve_teacher_mode", "teacher_autocast"]
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` computes bfloat16 in hardware (compute capability 8.0, Ampere, or later).
+
+    ``torch.cuda.is_bf16_supported()`` is not the question: it is true through emulation on older GPUs,
+    and it asks about the current device rather than the one the teacher runs on.
+
+    Args:
+        device: a CUDA device; without an index, the current one.
+    """
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def _auto_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if cuda_has_native_bf16(device) else torch.float32
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32

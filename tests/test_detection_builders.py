@@ -8,7 +8,8 @@ from torchvision.models.detection.ssd import SSD
 from overhaul_det.datasets.coco import CocoDetection
 from overhaul_det.evaluation.coco_metric import BBOX_KEYS, SEGM_KEYS, CocoDetectionMetric
 from overhaul_det.models.detection import TORCHVISION_DETECTORS, build_detector, feature_extractor
-from overhaul_det.tasks.detection import SSD_MAX_TAP_STRIDE, DetectionDistiller
+from overhaul_det.taps.presets import SSD_MAX_TAP_STRIDE
+from overhaul_det.tasks.detection import DetectionDistiller
 
 SIZE = 96
 NUM_CLASSES = 4

@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from overhaul_det.distiller import default_tap_weights
+from overhaul_det.pairing import default_tap_weights
 from overhaul_det.export import student_state_dict
 from overhaul_det.models.detection import build_detector
 from overhaul_det.taps import find_taps

@@ -20,7 +20,8 @@ from overhaul_det import (
     pair_taps,
 )
 
-from overhaul_det.distiller import resize_to, round_to_series
+from overhaul_det.alpha_schedule import round_to_series
+from overhaul_det.pairing import resize_to
 from cifar_models import CifarResNet, WideResNet
 from conftest import assert_same_state, randomize_bn, snapshot_state
 

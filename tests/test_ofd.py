@@ -122,6 +122,16 @@ def test_ofd_loss_channels_last_teacher_is_read_in_the_students_layout(teacher_d
     assert torch.equal(t_last, t), "a teacher of another layout is copied into the student's, not overwritten"
 
 
+def test_ofd_loss_reads_a_bfloat16_channels_last_teacher_as_its_float32_copy_would_be_read():
+    """One conversion (dtype and layout together, in the loss) gives the loss and gradient of two (the
+    teacher first made float32, then read in the student's layout), to the bit."""
+    s, t, m = random_case(torch.float32, shape=(2, 6, 5, 7))
+    t = t.detach().to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    once, grad_once, _ = _grad(ofd_loss, s, t, m)
+    twice, grad_twice, _ = _grad(ofd_loss, s, t.float(), m)
+    assert torch.equal(once, twice) and torch.equal(grad_once, grad_twice)
+
+
 @pytest.mark.parametrize("teacher_dtype", [torch.bfloat16, torch.float16])
 def test_ofd_loss_reduced_precision_teacher_keeps_the_float32_margin(teacher_dtype):
     s, t, m = random_case(torch.float32, shape=(2, 6, 5, 7))

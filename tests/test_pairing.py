@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from overhaul_det import FeatureDistiller, Regressor, TokenRegressor, find_taps, pair_taps
-from overhaul_det.distiller import loss_layout, to_loss_layout
+from overhaul_det.pairing import loss_layout, to_loss_layout
 from overhaul_det.taps import Tap, TapExtractor
 
 

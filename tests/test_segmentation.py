@@ -13,7 +13,8 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from overhaul_det.engine.runner import load_config
-from overhaul_det.models.segmentation import build_segmenter, head_tap_nodes, segmenter_taps
+from overhaul_det.models.segmentation import build_segmenter
+from overhaul_det.taps.presets import head_tap_nodes, segmenter_taps
 from overhaul_det.taps import attach_taps, capture_taps, find_taps, qualified_name, trace
 from overhaul_det.tasks.segmentation import SegmentationDistiller, segmentation_tap_weights
 
@@ -103,7 +104,7 @@ class _LinearBottleneckPair(torch.nn.Module):
 
 
 def test_linear_bottleneck_stage_tap_is_the_frozen_expansion_norm():
-    from overhaul_det.models.segmentation import _stage_tap
+    from overhaul_det.taps.presets import _stage_tap
 
     model = _LinearBottleneckPair()
     graph = trace(model)

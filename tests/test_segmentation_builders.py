@@ -7,7 +7,8 @@ import pytest
 import torch
 import torchvision
 
-from overhaul_det.models.segmentation import TORCHVISION_SEGMENTERS, build_segmenter, segmenter_tap_groups
+from overhaul_det.models.segmentation import TORCHVISION_SEGMENTERS, build_segmenter
+from overhaul_det.taps.presets import segmenter_tap_groups
 from overhaul_det.taps import attach_taps, capture_taps
 from overhaul_det.tasks.segmentation import SegmentationDistiller, segmentation_tap_weights
 

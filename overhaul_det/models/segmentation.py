@@ -1,10 +1,8 @@
 """DeepLabV3 / DeepLabV3+ segmenters over any timm or torchvision backbone, torchvision's own
-segmenters (DeepLabV3, FCN, LRASPP), and their OFD taps.
+segmenters (DeepLabV3, FCN, LRASPP).
 
 ``build_segmenter`` returns a ``Segmenter``: backbone stage features -> head -> logits at the
-input size. ``segmenter_taps`` finds the taps in its FX graph: each backbone stage end before its
-activation, then the head's: for an ASPP head the paper's two (the ASPP projection's BN output and
-the head's last conv+BN output), for another head every BN output that feeds an activation.
+input size. Its OFD taps are chosen by ``taps.presets.segmenter_taps``.
 """
 from __future__ import annotations
 
@@ -15,13 +13,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 import torchvision
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.models.segmentation.lraspp import LRASPPHead
 
-from ..taps import Tap, activation_name, applies_norm, find_taps, is_passthrough, qualified_name, trace
+from ..taps.presets import head_tap_nodes, segmenter_tap_groups, segmenter_taps, stage_end_nodes
 from .hub import backbone_weights_enum, cached_state_dict, load_torchvision_weights
 from .weights import classifier_key_candidates, load_state_dict_file, load_weights_into
 from .zoo import create_model, resolve_model_name
@@ -338,112 +336,3 @@ def _stage_channels(body: nn.Module, stages: Sequence[int]) -> List[int]:
         return [info.channels()[i] for i in stages]
     last_bns = [[m for m in body[f"layer{i + 1}"].modules() if isinstance(m, nn.BatchNorm2d)][-1] for i in stages]
     return [bn.num_features for bn in last_bns]
-
-
-# --------------------------------------------------------------------------------------------
-# Taps
-
-
-def _consumers(root: nn.Module, node: fx.Node) -> List[fx.Node]:
-    """The nodes that use ``node``'s value, looking through identity/dropout."""
-    found = []
-    for user in node.users:
-        found += _consumers(root, user) if is_passthrough(root, user) else [user]
-    return found
-
-
-def _expansion_norm(root: nn.Module, node: fx.Node) -> Optional[fx.Node]:
-    """The BN output of a 1x1 conv + BN + activation that ``node`` feeds (the next block's expansion).
-
-    The node returned is the activation's own input (an identity after the BN, if any), so that
-    capture makes that activation out-of-place and the captured tensor keeps its negative half.
-    """
-    for conv in node.users:
-        if conv.op != "call_module":
-            continue
-        module = root.get_submodule(conv.target)
-        if not (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1):
-            continue
-        for norm in (user for user in conv.users if applies_norm(root, user)):
-            after = _consumers(root, norm)
-            if len(after) == 1 and activation_name(root, after[0]) is not None:
-                return after[0].args[0]
-    return None
-
-
-def _stage_tap(root: nn.Module, node: fx.Node) -> fx.Node:
-    """OFD's position for a stage output: the input of the activation that closes the stage; for a
-    linear bottleneck, the next block's expansion conv + BN output (before its activation), if any."""
-    while is_passthrough(root, node):
-        node = node.args[0]
-    if activation_name(root, node) is not None:
-        return node.args[0]
-    return _expansion_norm(root, node) or node
-
-
-def _under(node: fx.Node, path: str) -> bool:
-    own = node.meta.get("module_path", "")
-    return not path or own == path or own.startswith(path + ".")
-
-
-def stage_end_nodes(model: Segmenter, graph: Optional[fx.Graph] = None, tracer_kwargs: Optional[dict] = None
-                    ) -> List[str]:
-    """Qualified node names, in ``model``'s graph, of each backbone stage end before the activation closing it.
-
-    Stages are the backbone outputs that ``model.stages`` picks, found in the backbone's own graph;
-    a linear bottleneck's tap is the next block's expansion BN (the official MobileNetV2 position).
-    """
-    body_graph = trace(model.backbone, tracer_kwargs=tracer_kwargs)
-    returned = next(n for n in body_graph.nodes if n.op == "output").args[0]
-    returned = list(returned.values()) if isinstance(returned, dict) else list(returned)
-    ends = [f"backbone.{qualified_name(_stage_tap(model.backbone, returned[i]))}" for i in model.stages]
-    graph = graph if graph is not None else trace(model, tracer_kwargs=tracer_kwargs)
-    names = {qualified_name(node) for node in graph.nodes}
-    missing = [name for name in ends if name not in names]
-    if missing:
-        raise ValueError(f"backbone nodes {missing} are not in {type(model).__name__}'s graph; the backbone must be "
-                         "called once, as model.backbone(x); pick the taps by hand with ofd.student_taps=[...]")
-    return ends
-
-
-def head_tap_nodes(head: nn.Module, graph: Optional[fx.Graph] = None, path: str = "") -> List[str]:
-    """Node names of the head's pre-activation taps: with an ASPP, its projection's BN output and the head's
-    last conv+BN output; without one (FCN, LRASPP), every BN output that feeds an activation.
-
-    ``graph`` defaults to ``head``'s own; with a whole model's graph, ``path`` is the head's module path.
-    """
-    graph = graph if graph is not None else trace(head)
-    aspps = [name for name, module in head.named_modules() if isinstance(module, ASPP) and (
-        not path or name == path or name.startswith(path + "."))]
-    activations = [n for n in graph.nodes if activation_name(head, n) is not None and _under(n, path)]
-    if not aspps:
-        return [qualified_name(n.args[0]) for n in activations
-                if isinstance(n.args[0], fx.Node) and applies_norm(head, n.args[0])]
-    if len(aspps) > 1:
-        raise ValueError(f"expected one torchvision ASPP under '{path or type(head).__name__}', found {aspps}; "
-                         "pick the head's tap nodes by hand with ofd.student_taps / ofd.teacher_taps")
-    project = [n for n in activations if _under(n, f"{aspps[0]}.project")]
-    if not project:
-        raise ValueError(f"no activation in {aspps[0]}.project; pick the head's tap nodes by hand")
-    return [qualified_name(project[-1].args[0]), qualified_name(activations[-1].args[0])]
-
-
-def segmenter_taps(model: Segmenter, input_size: Sequence[int] = (3, 128, 128),
-                   tracer_kwargs: Optional[dict] = None) -> List[Tap]:
-    """The OFD taps of a ``Segmenter``: its backbone stage ends, then its head's taps (``head_tap_nodes``).
-
-    ``input_size`` (C, H, W) is the sample used to measure channels and strides; ``tracer_kwargs``
-    reaches the FX tracer (see ``find_taps``).
-    """
-    backbone, head = segmenter_tap_groups(model, input_size, tracer_kwargs)
-    return backbone + head
-
-
-def segmenter_tap_groups(model: Segmenter, input_size: Sequence[int] = (3, 128, 128),
-                         tracer_kwargs: Optional[dict] = None) -> Tuple[List[Tap], List[Tap]]:
-    """``segmenter_taps`` split into (backbone stage-end taps, head taps), for pairing heads of other shapes."""
-    graph = trace(model, tracer_kwargs=tracer_kwargs)
-    stages = stage_end_nodes(model, graph, tracer_kwargs)
-    names = stages + head_tap_nodes(model, graph, "classifier")
-    taps = find_taps(model, input_size=input_size, nodes=names, tracer_kwargs=tracer_kwargs)
-    return taps[:len(stages)], taps[len(stages):]

@@ -195,32 +195,49 @@ def find_taps(
     try:
         graph = trace(model, tracer_kwargs=tracer_kwargs)
     except TraceFailure as failure:
-        if nodes is not None:
-            return named_module_taps(model, nodes, sample)
-        fallback = module_taps(model, sample, min_stride)
-        if not fallback:
-            raise
-        logger.info("%s: %s; taps at the outputs of the modules in its feature_info instead (stage outputs, "
-                    "not pre-activation points): %s", type(model).__name__, failure.reason,
-                    [t.name for t in fallback])
-        return fallback
+        return _taps_without_graph(model, nodes, sample, min_stride, failure)
     if nodes is None:
         check_input_size(model, sample.shape, graph=graph, min_stride=min_stride)
     propagate_shapes(model, graph, sample)
     if nodes is not None:
-        by_name = {qualified_name(n): n for n in graph.nodes}
-        missing = [name for name in nodes if name not in by_name]
-        if len(missing) == len(nodes) and all(names_module(model, name) for name in nodes):
-            logger.info("%s: %s are modules, not graph nodes: taps at their outputs", type(model).__name__, nodes)
-            return named_module_taps(model, nodes, sample)
-        if missing:
-            valid = [qualified_name(n) for n in graph.nodes if layout_of(shape_of(n), sample) is not None]
-            raise ValueError(
-                f"unknown tap node(s) in {type(model).__name__}: "
-                + "; ".join(closest_names(name, valid) for name in missing)
-                + ". graph_node_names(model) lists every node."
-            )
-        return [_make_tap(model, by_name[n], sample, consumer_activation(model, by_name[n])) for n in nodes]
+        return _named_taps(model, graph, nodes, sample)
+    return _stage_end_taps(model, graph, sample, min_stride, position)
+
+
+def _taps_without_graph(model: nn.Module, nodes: Optional[Sequence[str]], sample: Tensor, min_stride: int,
+                        failure: TraceFailure) -> List[Tap]:
+    """Where FX cannot trace ``model``: the named modules' outputs, or those of its feature_info modules."""
+    if nodes is not None:
+        return named_module_taps(model, nodes, sample)
+    fallback = module_taps(model, sample, min_stride)
+    if not fallback:
+        raise failure
+    logger.info("%s: %s; taps at the outputs of the modules in its feature_info instead (stage outputs, "
+                "not pre-activation points): %s", type(model).__name__, failure.reason,
+                [t.name for t in fallback])
+    return fallback
+
+
+def _named_taps(model: nn.Module, graph: fx.Graph, nodes: Sequence[str], sample: Tensor) -> List[Tap]:
+    """The taps at the named graph nodes (or, where every name is a module and no node, at module outputs)."""
+    by_name = {qualified_name(n): n for n in graph.nodes}
+    missing = [name for name in nodes if name not in by_name]
+    if len(missing) == len(nodes) and all(names_module(model, name) for name in nodes):
+        logger.info("%s: %s are modules, not graph nodes: taps at their outputs", type(model).__name__, nodes)
+        return named_module_taps(model, nodes, sample)
+    if missing:
+        valid = [qualified_name(n) for n in graph.nodes if layout_of(shape_of(n), sample) is not None]
+        raise ValueError(
+            f"unknown tap node(s) in {type(model).__name__}: "
+            + "; ".join(closest_names(name, valid) for name in missing)
+            + ". graph_node_names(model) lists every node."
+        )
+    return [_make_tap(model, by_name[n], sample, consumer_activation(model, by_name[n])) for n in nodes]
+
+
+def _stage_end_taps(model: nn.Module, graph: fx.Graph, sample: Tensor, min_stride: int, position: str) -> List[Tap]:
+    """One tap per stage end of the graph (before its activation with ``position='pre'``); the outputs of the
+    feature_info modules instead where the graph has fewer than three stage ends and they are more."""
     taps = []
     for end in _stage_ends(model, graph, sample, min_stride):
         node, activation = pre_activation(model, end) if position == "pre" else (end, None)

@@ -14,8 +14,8 @@ from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 from torch import nn
 
-from ..distiller import FeatureDistiller
-from ..engine.keys import parameter_names, refuse_unknown_keys, unknown_key_error
+from ..ofd_config import OFDConfig
+from ..engine.keys import parameter_names, unknown_key_error
 
 __all__ = ["DistillationModel", "build_from_spec", "warn_if_random_teacher"]
 
@@ -30,13 +30,6 @@ def _unknown_key(where: str, key: str, builder: Callable, error: TypeError) -> T
     """A TypeError naming ``where.key`` and the nearest key ``builder`` takes."""
     error = unknown_key_error(where, key, parameter_names(builder), builder.__name__, str(error))
     return TypeError(f"{error}; other keys go to the model's own constructor")
-
-
-def check_ofd_keys(ofd: dict) -> None:
-    """Refuse a ``model.ofd`` key that ``FeatureDistiller`` does not take, naming it and the nearest one,
-    before any model is built (a baseline config, ``alpha=0``, is checked as well)."""
-    names = [name for name in parameter_names(FeatureDistiller.__init__) if name not in ("self", "teacher", "student")]
-    refuse_unknown_keys(ofd, names, "model.ofd", "FeatureDistiller")
 
 
 def build_from_spec(spec: Union[dict, nn.Module], builder: Callable[..., nn.Module], where: str, required: str,
@@ -97,10 +90,10 @@ class DistillationModel(BaseModel):
         if not isinstance(student_channels_last, bool):
             raise ValueError(f"model.student_channels_last={student_channels_last!r}; give True or False")
         self.student_channels_last = student_channels_last
-        check_ofd_keys(dict(ofd or {}))
         alpha = dict(ofd or {}).get("alpha", self.default_alpha)
         if alpha != "auto" and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0):
             raise ValueError(f"model.ofd.alpha={alpha!r}; give a number >= 0 (0 trains the plain baseline) or 'auto'")
+        OFDConfig.from_dict(dict(ofd or {}), where="model.ofd")
         self.ofd_enabled = alpha == "auto" or alpha > 0
 
     def init_weights(self) -> None:

@@ -21,27 +21,24 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.ops import box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..distiller import FeatureDistiller, default_tap_weights, pair_taps
+from ..distiller import FeatureDistiller
 from ..models.detection import build_detector, feature_extractor, fixed_input_size, probe_size
+from ..pairing import default_tap_weights, pair_taps
 from ..registry import MODELS
-from ..taps import Tap, find_taps
+from ..taps import find_taps
+from ..taps.presets import FPN_LEVEL_WEIGHT, PyramidOutputs, pyramid_keys, pyramid_taps, ssd_taps
 from .base import DistillationModel
 
-__all__ = ["DetectionDistiller", "FEATURE_LEVELS", "PyramidOutputs"]
+__all__ = ["DetectionDistiller", "FEATURE_LEVELS"]
 
 logger = logging.getLogger(__name__)
 
 ModelSpec = Union[str, dict, nn.Module]
 _SHARED_BODY = "distiller.student."
 FEATURE_LEVELS = ("body", "fpn", "body+fpn")
-# Every FPN level feeds the same RPN and box head, so none is the "deepest" that OFD's 2^-(n-1-i) favours:
-# each gets the weight of the deepest body tap.
-FPN_LEVEL_WEIGHT = 1.0
 _TAP_KEYS = ("teacher_taps", "student_taps", "pairs")
 _FROZEN_NORMS = (FrozenBatchNorm2d, FrozenBatchNormAct2d)
 DETECTORS = (GeneralizedRCNN, RetinaNet, FCOS, SSD)
-# SSD's extra layers past stride 32 are its neck (as an FPN is), and at small inputs they cannot run.
-SSD_MAX_TAP_STRIDE = 32
 
 
 def _normalisation(model: nn.Module) -> Tuple[Tensor, Tensor]:
@@ -180,35 +177,6 @@ def _ignore_shared_body(module: nn.Module, incompatible_keys) -> None:
         incompatible_keys.missing_keys.remove(key)
 
 
-class PyramidOutputs(nn.Module):
-    """A detector backbone (body + FPN) whose FPN outputs pass through named identities, ``levels.<key>``.
-
-    torchvision's FeaturePyramidNetwork is an FX leaf, so its outputs are no graph nodes of their own;
-    these identities are, and OFD taps them. Same output as the backbone; no state of its own.
-    """
-
-    def __init__(self, backbone: nn.Module, keys: Sequence[str]) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.levels = nn.ModuleDict((key, nn.Identity()) for key in keys)
-
-    def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        features = self.backbone(x)
-        return OrderedDict((key, level(features[key])) for key, level in self.levels.items())
-
-
-@torch.no_grad()
-def _pyramid_keys(backbone: nn.Module, input_size: Optional[Sequence[int]]) -> List[str]:
-    """The names of the FPN maps ``backbone`` returns ('0', '1', ..., 'pool'), from one eval-mode sample."""
-    side = tuple(input_size or (224, 224))[-2:]
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        return list(backbone(torch.zeros(1, 3, *side)).keys())
-    finally:
-        backbone.train(was_training)
-
-
 def _check_fpn_teacher(spec: Optional[ModelSpec], feature_levels: str) -> None:
     """Refuse a teacher spec whose FPN would be random: backbone weights without a trained detector."""
     if isinstance(spec, dict) and spec.get("backbone_checkpoint") and not spec.get("checkpoint"):
@@ -216,12 +184,6 @@ def _check_fpn_teacher(spec: Optional[ModelSpec], feature_levels: str) -> None:
             f"model.feature_levels={feature_levels!r} distils the teacher's FPN, but model.teacher sets only "
             "backbone_checkpoint, so its FPN would be random; give the trained detector as "
             "model.teacher.checkpoint=PATH, or use model.feature_levels='body'")
-
-
-def _pyramid_taps(view: PyramidOutputs, body_taps: Sequence[Tap], input_size, tracer_kwargs) -> List[Tap]:
-    """``body_taps`` (found on the body alone) and the FPN levels, as taps of ``view``."""
-    names = [f"backbone.body.{t.name}" for t in body_taps] + [f"levels.{key}" for key in view.levels]
-    return find_taps(view, input_size=input_size, nodes=names, tracer_kwargs=tracer_kwargs)
 
 
 def _warn_frozen_norms(teacher: nn.Module, teacher_bn: str) -> None:
@@ -245,25 +207,19 @@ def _check_has_fpn(detector: nn.Module, role: str, feature_levels: str) -> None:
                          f"({type(detector).__name__}) has no FPN; use model.feature_levels='body'")
 
 
-def _ssd_taps(extractor: nn.Module, side: int, ofd: dict) -> List[Tap]:
-    """An SSD backbone's stage ends up to ``SSD_MAX_TAP_STRIDE``, found at ``probe_size(side)``."""
-    size = (3, probe_size(side), probe_size(side))
-    taps = find_taps(extractor, input_size=size, min_stride=ofd.get("min_stride", 4),
-                     position=ofd.get("position", "pre"), tracer_kwargs=ofd.get("tracer_kwargs"))
-    return [tap for tap in taps if tap.stride <= SSD_MAX_TAP_STRIDE]
-
-
 def _fixed_size_taps(ofd: dict, student: nn.Module, teacher: Optional[nn.Module], teacher_extractor: nn.Module) -> dict:
     """``ofd`` with the taps of each fixed-size side (SSD) chosen here, unless given: its extractor probed at
     its own size, not ``ofd.input_size``, and cut at ``SSD_MAX_TAP_STRIDE`` (its extras are its neck); a
     teacher SSD is probed at its size but runs on the student's batch only as far as that cut."""
     ofd = dict(ofd)
     student_side = fixed_input_size(student)
+    found = dict(min_stride=ofd.get("min_stride", 4), position=ofd.get("position", "pre"),
+                 tracer_kwargs=ofd.get("tracer_kwargs"))
     if student_side and ofd.get("student_taps") is None:
-        ofd["student_taps"] = _ssd_taps(feature_extractor(student), student_side, ofd)
+        ofd["student_taps"] = ssd_taps(feature_extractor(student), probe_size(student_side), **found)
     teacher_side = fixed_input_size(teacher) if teacher is not None else None
     if teacher_side and ofd.get("teacher_taps") is None:
-        ofd["teacher_taps"] = _ssd_taps(teacher_extractor, teacher_side, ofd)
+        ofd["teacher_taps"] = ssd_taps(teacher_extractor, probe_size(teacher_side), **found)
     elif student_side and ofd.get("teacher_taps") is None and ofd.get("teacher_input_size") is None:
         ofd["teacher_input_size"] = (3, probe_size(student_side), probe_size(student_side))
     return ofd
@@ -373,9 +329,9 @@ class DetectionDistiller(DistillationModel):
         with_body = self.feature_levels == "body+fpn"
         sides = []
         for backbone, size in ((student, student_size), (teacher, teacher_size)):
-            view = PyramidOutputs(backbone, _pyramid_keys(backbone, size))
+            view = PyramidOutputs(backbone, pyramid_keys(backbone, size))
             body_taps = find_taps(backbone.body, input_size=size, **found) if with_body else []
-            taps = _pyramid_taps(view, body_taps, size, tracer_kwargs)
+            taps = pyramid_taps(view, body_taps, size, tracer_kwargs)
             sides.append((view, taps[:len(body_taps)], taps[len(body_taps):]))
         (student_view, student_body, student_fpn), (teacher_view, teacher_body, teacher_fpn) = sides
         body_pairs = pair_taps(student_body, teacher_body) if with_body else []

@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distiller import FeatureDistiller, default_tap_weights
-from ..models.segmentation import build_segmenter, segmenter_tap_groups
+from ..distiller import FeatureDistiller
+from ..models.segmentation import build_segmenter
+from ..pairing import default_tap_weights
 from ..registry import MODELS
 from ..taps import Tap, check_input_size, trace
+from ..taps.presets import segmenter_tap_groups
 from .base import DistillationModel
 
 __all__ = ["SegmentationDistiller", "segmentation_tap_weights"]
