@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from overhaul_det import FeatureDistiller, reproduce
+from overhaul_det import FeatureDistiller
+from tools import reproduce
 from tools.reproduce import plots, runs
 from tools.reproduce.methods import alpha_runs, check_methods
 from tools.reproduce.report import markdown

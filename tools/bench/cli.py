@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = BenchConfig()
     parser.add_argument("--task", choices=tuple(TASK_DEFAULTS), default=defaults.task,
                         help="which pair: classifiers (default), Faster R-CNNs or DeepLabV3s")
-    task_default = "(default: the task's, see TASK_DEFAULTS in overhaul_det/bench/config.py)"
+    task_default = "(default: the task's, see TASK_DEFAULTS in tools/bench/config.py)"
     parser.add_argument("--teacher", default=None, help=f"teacher model {task_default}")
     parser.add_argument("--student", default=None, help=f"student model {task_default}")
     parser.add_argument("--batch-size", type=int, default=None, help=task_default)
