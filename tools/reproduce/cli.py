@@ -43,7 +43,8 @@ _not_negative = _at_least(0, "a seed")
 DEFAULT_WORK_DIR = Path("work_dirs/reproduce")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python tools/reproduce.py``."""
     parser = argparse.ArgumentParser(prog="python tools/reproduce.py", description=__doc__)
     parser.add_argument("task", choices=sorted(TASKS))
     parser.add_argument("--seeds", type=_positive, help="seeds 0 .. N-1 of each run (default 3)")
@@ -80,6 +81,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--known-fingerprints", type=Path, nargs="+", default=[],
                         help="fingerprint files of older checkouts: a run recorded before fingerprints (with a code "
                              "hash) counts as current where the file of its code matches today's fingerprint")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Train (or with ``--report-only`` collect) a task's runs and write its report; returns the exit status.
+
+    Args:
+        argv: the command-line arguments (default: ``sys.argv[1:]``).
+    """
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.out = args.out or args.work_dir
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
