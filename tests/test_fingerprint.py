@@ -69,6 +69,15 @@ def test_compare_tells_identical_metrics_moved_and_missing():
                       ("segmentation", "ofd"): "missing"}
 
 
+def test_a_nan_metric_agrees_with_itself():
+    """A class no validation image shows has a NaN IoU; the same NaN on both sides is no change."""
+    entry = _entry(_state(), {"seg/IoU.Dress": float("nan"), "seg/mIoU": 0.25})
+    written = json.loads(json.dumps(_file({"segmentation": {"ofd": entry}})))
+    assert compare(written, _file({"segmentation": {"ofd": entry}}))[0]["status"] == "identical"
+    other = dict(entry, metrics={"seg/IoU.Dress": 0.0, "seg/mIoU": 0.25})
+    assert compare(written, _file({"segmentation": {"ofd": other}}))[0]["status"] == "metrics moved"
+
+
 def test_a_file_that_is_no_fingerprint_file_is_refused_by_name(tmp_path):
     path = tmp_path / "results_classification.json"
     path.write_text(json.dumps({"task": "classification", "results": []}))

@@ -36,6 +36,11 @@ def _first_difference(a: Mapping[str, str], b: Mapping[str, str]) -> str:
     return ""
 
 
+def _same_metrics(a: Mapping, b: Mapping) -> bool:
+    """Whether two runs' metrics agree, a NaN (a class no image shows) equal to a NaN."""
+    return json.dumps(a.get("metrics"), sort_keys=True) == json.dumps(b.get("metrics"), sort_keys=True)
+
+
 def _pairs(a: Mapping, b: Mapping) -> List[Tuple[str, str]]:
     return sorted({(t, m) for data in (a, b) for t, methods in data["fingerprints"].items() for m in methods})
 
@@ -56,14 +61,14 @@ def compare(a: Mapping, b: Mapping) -> List[Dict[str, object]]:
         if left is None or right is None:
             row.update(status="missing", detail=f"only in the {'second' if left is None else 'first'} file")
         elif left["hash"] == right["hash"]:
-            agree = left.get("metrics") == right.get("metrics")
+            agree = _same_metrics(left, right)
             row.update(status="identical" if agree else "metrics moved", metrics_agree=agree)
         else:
             moved = sum(left["tensors"].get(k) != right["tensors"].get(k)
                         for k in set(left["tensors"]) | set(right["tensors"]))
             row.update(status="moved", first_tensor=_first_difference(left["tensors"], right["tensors"]),
                        tensors_moved=moved, tensors=len(set(left["tensors"]) | set(right["tensors"])),
-                       metrics_agree=left.get("metrics") == right.get("metrics"))
+                       metrics_agree=_same_metrics(left, right))
         rows.append(row)
     return rows
 
