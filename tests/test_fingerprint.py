@@ -17,8 +17,10 @@ def _state():
     return {"student_model.conv.weight": torch.randn(4, 3, 3, 3, generator=generator),
             "student_model.bn.num_batches_tracked": torch.tensor(6),
             "distiller.regressors.0.conv.weight": torch.randn(8, 4, 1, 1, generator=generator),
+            "distiller.student.head.weight": torch.randn(2, 4, generator=generator),
             "teacher_model.conv.weight": torch.randn(8, 3, 3, 3, generator=generator),
-            "distiller.margins.0": torch.randn(8, generator=generator)}
+            "distiller.teacher.conv.weight": torch.randn(8, 3, 3, 3, generator=generator),
+            "distiller.margin_0": torch.randn(8, generator=generator)}
 
 
 def _file(entries, **checkout):
@@ -33,11 +35,12 @@ def _entry(state, metrics=None):
 def test_the_hash_reads_the_student_and_regressors_in_key_order():
     state = _state()
     digest, tensors = hash_state(state)
-    assert sorted(tensors) == ["distiller.regressors.0.conv.weight", "student_model.bn.num_batches_tracked",
-                               "student_model.conv.weight"]
+    assert sorted(tensors) == ["distiller.regressors.0.conv.weight", "distiller.student.head.weight",
+                               "student_model.bn.num_batches_tracked", "student_model.conv.weight"]
     assert hash_state(dict(reversed(list(state.items()))))[0] == digest  # insertion order does not count
     state["teacher_model.conv.weight"] += 1  # the teacher and the margins are not hashed
-    state["distiller.margins.0"] += 1
+    state["distiller.teacher.conv.weight"] += 1
+    state["distiller.margin_0"] += 1
     assert hash_state(state)[0] == digest
 
 
@@ -100,7 +103,7 @@ def test_compare_on_the_command_line_exits_1_when_a_fingerprint_moved(tmp_path, 
     assert "identical: every fingerprint agrees" in capsys.readouterr().out
     assert main(["--compare", str(paths["before"]), str(paths["after"])]) == 1
     out = capsys.readouterr().out
-    assert "classification  ofd       moved: 1/3 tensors, first student_model.conv.weight" in out
+    assert "classification  ofd       moved: 1/4 tensors, first student_model.conv.weight" in out
     assert "classification  baseline  identical" in out
 
 

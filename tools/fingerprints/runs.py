@@ -53,10 +53,16 @@ def write_data(data_root: Path, code_root: Path) -> Path:
 
 
 def fingerprinted_keys(state: Mapping[str, torch.Tensor]) -> List[str]:
-    """The keys a fingerprint hashes: the student's (a first part ``student...``: ``student.``,
-    ``student_model.``) and the OFD regressors' (a part ``regressors``); not the teacher's or the distiller's margins.
+    """The keys a fingerprint hashes: the student's and the OFD regressors' (a part named ``student...`` or
+    ``regressors``: ``student_model.`` without a teacher, ``distiller.student.`` with one), never the teacher's (a
+    part named ``teacher...``) nor the distiller's margins.
     """
-    return sorted(k for k in state if k.split(".")[0].startswith("student") or "regressors" in k.split("."))
+    def trained(key: str) -> bool:
+        parts = key.split(".")
+        if any(part.startswith("teacher") for part in parts):
+            return False
+        return any(part.startswith("student") or part == "regressors" for part in parts)
+    return sorted(k for k in state if trained(k))
 
 
 def _tensor_digest(name: str, tensor: torch.Tensor) -> bytes:
