@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
                         help=f"where the data and runs go (default {DEFAULT_WORK_DIR})")
     parser.add_argument("--out", type=Path, help="the fingerprint file to write (default WORK_DIR/fingerprints.json)")
-    parser.add_argument("--against", type=Path, help="then compare with this fingerprint file")
+    parser.add_argument("--against", type=Path,
+                        help="then compare with this fingerprint file (the tasks and methods just fingerprinted)")
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("A", "B"),
                         help="train nothing: compare two fingerprint files")
     return parser
@@ -74,4 +75,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     for task, methods in result["fingerprints"].items():
         for method, entry in methods.items():
             sys.stdout.write(f"{task:<15} {method:<9} {entry['hash'][:16]}  {entry['metrics']}\n")
-    return _report(against, result) if against else 0
+    return _report(_only(against, result), result) if against else 0
+
+
+def _only(fingerprints: dict, like: dict) -> dict:
+    """``fingerprints`` cut to the (task, method) pairs ``like`` holds: a partial run compares what it ran."""
+    kept = {task: {m: e for m, e in methods.items() if m in like["fingerprints"].get(task, {})}
+            for task, methods in fingerprints["fingerprints"].items()}
+    return dict(fingerprints, fingerprints={task: methods for task, methods in kept.items() if methods})
