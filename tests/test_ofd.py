@@ -356,3 +356,13 @@ def test_fast_loss_gradcheck():
     teacher = torch.randn(2, 4, 3, 3, dtype=torch.float64)
     margin = -torch.rand(4, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda s: ofd_loss(s, teacher, margin), (student,))
+
+
+def test_loss_that_reuses_the_student_memory_refuses_a_second_backward():
+    student = torch.randn(2, 4, 3, 3, requires_grad=True)
+    loss = ofd_loss(student * 1.0, torch.randn(2, 4, 3, 3), torch.zeros(4), overwrite_student=True)
+    loss.backward(retain_graph=True)
+    first = student.grad.clone()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    torch.testing.assert_close(student.grad, first)
