@@ -1,4 +1,4 @@
-"""The ``overhaul-det`` command: train, test, export, taps, demo, bench, make-scenes, reproduce."""
+"""The ``overhaul-det`` command: train, test, export, taps, make-scenes, demo (one parser, one subcommand each)."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ from typing import List, Optional
 
 __all__ = ["main"]
 
+LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
 DATA_ROOT_HELP = "the dataset folder: the config's top-level data_root, which every dataset and evaluator takes"
 
 
@@ -51,29 +52,28 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(work_dir=args.work_dir, epochs=args.epochs, retrain_teacher=args.retrain_teacher)
 
 
-def _bench(argv: List[str]) -> int:
-    from .bench import main as bench_main
+def _make_scenes(args: argparse.Namespace) -> int:
+    from .datasets.scenes import make_scenes
 
-    return bench_main(argv) or 0
-
-
-def _reproduce(argv: List[str]) -> int:
-    from .reproduce import main as reproduce_main
-
-    return reproduce_main(argv)
-
-
-def _make_scenes(argv: List[str]) -> int:
-    from .datasets.scenes import make_scenes_cli
-
-    return make_scenes_cli(argv) or 0
+    written = make_scenes(args.out, split=args.split, num_images=args.num_images, image_size=args.image_size,
+                          min_objects=args.min_objects, max_objects=args.max_objects,
+                          scale_range=tuple(args.scale_range), seed=args.seed, fmt=tuple(args.fmt))
+    for name, path in written.items():
+        logging.getLogger(__name__).info("%s: %s", name, path)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmengine.config import DictAction
-
+    """The ``overhaul-det`` parser: one subparser per command, each naming its handler in ``func``."""
     parser = argparse.ArgumentParser(prog="overhaul-det", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_test, _add_export, _add_taps, _add_make_scenes, _add_demo):
+        add(sub)
+    return parser
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from mmengine.config import DictAction
 
     train = sub.add_parser("train", help="train from a config with mmengine's Runner")
     train.add_argument("config")
@@ -82,8 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-root", help=DATA_ROOT_HELP)
     train.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
     train.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast on CPU)")
-    train.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    train.add_argument("--launcher", choices=LAUNCHERS, default="none")
     train.set_defaults(func=_train)
+
+
+def _add_test(sub: argparse._SubParsersAction) -> None:
+    from mmengine.config import DictAction
 
     test = sub.add_parser("test", help="evaluate a checkpoint")
     test.add_argument("config")
@@ -91,9 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--work-dir")
     test.add_argument("--cfg-options", nargs="+", action=DictAction)
     test.add_argument("--data-root", help=DATA_ROOT_HELP)
-    test.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    test.add_argument("--launcher", choices=LAUNCHERS, default="none")
     test.set_defaults(func=_test)
 
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="write the student alone as a plain state_dict")
     export.add_argument("checkpoint")
     export.add_argument("--out", required=True, help="student.safetensors or student.pth")
@@ -102,34 +108,48 @@ def build_parser() -> argparse.ArgumentParser:
                         help="store floating-point weights in this dtype (default: as trained)")
     export.set_defaults(func=_export)
 
+
+def _add_taps(sub: argparse._SubParsersAction) -> None:
     taps = sub.add_parser("taps", help="print the OFD tap points of a timm/torchvision model")
     taps.add_argument("model")
     taps.add_argument("--input-size", type=int, default=224)
     taps.add_argument("--min-stride", type=int, default=4)
-    taps.add_argument("--png", help="also draw the stages with the taps marked into this PNG")
+    taps.add_argument("--png", help="also draw the stages with the taps marked into this PNG (needs matplotlib)")
     taps.set_defaults(func=_taps)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="teacher, baseline and OFD student on Fashion-MNIST")
     demo.add_argument("--work-dir", default="work_dirs/demo")
     demo.add_argument("--epochs", type=int, default=None)
     demo.add_argument("--retrain-teacher", action="store_true")
     demo.set_defaults(func=_demo)
 
-    sub.add_parser("bench", help="benchmark an OFD step against its parts (see bench --help)", add_help=False)
-    sub.add_parser("make-scenes", help="write Fashion-MNIST scenes as COCO/VOC datasets", add_help=False)
-    sub.add_parser("reproduce", help="baseline/KD/OFD/OFD+KD over seeds for a task", add_help=False)
-    return parser
+
+def _add_make_scenes(sub: argparse._SubParsersAction) -> None:
+    from .datasets.scenes import CLI_SPLITS, FORMATS
+
+    scenes = sub.add_parser("make-scenes", help="write Fashion-MNIST scenes as COCO/VOC datasets")
+    scenes.add_argument("out", help="output folder (created if missing)")
+    scenes.add_argument("--split", default="train", choices=CLI_SPLITS,
+                        help="'train' uses Fashion-MNIST training items, the others its test items")
+    scenes.add_argument("--num-images", type=int, default=200)
+    scenes.add_argument("--image-size", type=int, default=128)
+    scenes.add_argument("--min-objects", type=int, default=1)
+    scenes.add_argument("--max-objects", type=int, default=6)
+    scenes.add_argument("--scale-range", type=float, nargs=2, default=(0.8, 2.0), metavar=("LOW", "HIGH"))
+    scenes.add_argument("--seed", type=int, default=0)
+    scenes.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS), dest="fmt")
+    scenes.set_defaults(func=_make_scenes)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one ``overhaul-det`` subcommand; returns the exit status (2 for bad input, with its message).
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if argv and argv[0] == "bench":
-        return _bench(argv[1:])
-    if argv and argv[0] == "make-scenes":
-        return _make_scenes(argv[1:])
-    if argv and argv[0] == "reproduce":
-        return _reproduce(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

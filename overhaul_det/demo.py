@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,6 @@ from .engine.history import read_val_history
 from .engine.hooks import find_distiller
 from .engine.runner import build_runner, load_config
 from .export import export_student
-from .provenance import git_commit
 
 __all__ = ["run_demo", "REPO", "TEACHER_CONFIG", "STUDENT_CONFIG", "TEACHER_CHECKPOINT"]
 
@@ -65,8 +65,22 @@ def _train_student(work_dir: Path, name: str, alpha: float, teacher: Path, epoch
     return dict(method=name, top1=history[-1], history=history, seconds=seconds, alpha=alpha, teacher=teacher_mode)
 
 
-def _plot(results: List[Dict], teacher_top1: float, path: Path) -> None:
-    import matplotlib
+def _git_commit(repo: Path) -> str:
+    """The short commit of ``repo`` the demo ran from, for the reader of its results; 'unknown' outside git."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=repo,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _plot(results: List[Dict], teacher_top1: float, path: Path) -> bool:
+    """Draw the students' accuracy per epoch and the teacher's into ``path``; False where matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'overhaul-det[plot]'): no plot drawn")
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -84,6 +98,7 @@ def _plot(results: List[Dict], teacher_top1: float, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def _table(teacher_top1: float, teacher_seconds: float, results: List[Dict], trained: bool) -> str:
@@ -115,12 +130,13 @@ def run_demo(work_dir: str = "work_dirs/demo", epochs: Optional[int] = None, ret
     logger.info("[demo 4/4] training the OFD student (alpha=%g)", alpha)
     ofd = _train_student(out, "ofd", alpha, TEACHER_CHECKPOINT, epochs)
     results = [baseline, ofd]
-    _plot(results, teacher_top1, out / "demo_accuracy.png")
-    origin = dict(commit=git_commit(REPO), torch=torch.__version__, cpu=cpu_model(), threads=torch.get_num_threads(),
+    plotted = _plot(results, teacher_top1, out / "demo_accuracy.png")
+    origin = dict(commit=_git_commit(REPO), torch=torch.__version__, cpu=cpu_model(), threads=torch.get_num_threads(),
                   seed=load_config(str(STUDENT_CONFIG)).randomness.seed)
     summary = dict(teacher_top1=teacher_top1, results=results, total_seconds=time.perf_counter() - start, **origin)
     (out / "demo_results.json").write_text(json.dumps(summary, indent=2))
     sys.stdout.write("\n" + _table(teacher_top1, teacher_seconds, results, trained) + "\n")
     sys.stdout.write("commit {commit}, torch {torch}, {cpu}, {threads} thread(s), seed {seed}\n".format(**origin))
-    sys.stdout.write(f"plot: {out / 'demo_accuracy.png'}   results: {out / 'demo_results.json'}\n")
+    plot = f"plot: {out / 'demo_accuracy.png'}   " if plotted else ""
+    sys.stdout.write(f"{plot}results: {out / 'demo_results.json'}\n")
     return 0

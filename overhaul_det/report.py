@@ -52,8 +52,19 @@ def _tap_context(tap: Tap) -> str:
 def plot_taps(model: torch.nn.Module, model_name: str, taps: Sequence[Tap], input_size: Sequence[int],
               path: str) -> None:
     """One panel per tap: the block around it, its shape and stride, and the distribution of its
-    values on a random batch in eval mode with the per-channel margin range OFD clips the teacher to."""
-    import matplotlib
+    values on a random batch in eval mode with the per-channel margin range OFD clips the teacher to.
+
+    Args:
+        model: the model the taps were found in.
+        model_name: its name, for the title.
+        taps: the taps to draw, one panel each.
+        input_size: (channels, height, width) of the random batch.
+        path: the PNG to write.
+    """
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ValueError(f"drawing {path} needs matplotlib: pip install 'overhaul-det[plot]'") from error
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -10,12 +10,10 @@ fixtures, ``fashion_files``), and a download attempt fails the test.
 from __future__ import annotations
 
 import copy
-import gzip
-import struct
+import sys
 from pathlib import Path
 from typing import Callable, Dict, Tuple
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -23,7 +21,13 @@ from torchvision.datasets import FashionMNIST
 
 from overhaul_det import teacher_mode
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
+REPO = Path(__file__).resolve().parents[1]
+# The lab's tests import it as a clone runs it: ``tools`` from the repository root.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from tools.synthetic import write_fashion_mnist  # noqa: E402  (after the root is on sys.path)
+
+DEMO_CONFIG = REPO / "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"
 # The smallest benchmark configuration that runs every classification step (test_bench*.py).
 TINY_BENCH = dict(teacher="resnet18", student="mobilenet_v3_small", batch_size=2, input_size=64, repeats=1, warmup=0,
                   loss_shape=(2, 16, 8, 8), rewrite_model="resnet18", measure_memory=False, freed_memory="return")
@@ -143,42 +147,11 @@ def randomized() -> Callable[..., nn.Module]:
 FASHION_PER_CLASS = {"train": 30, "t10k": 20}  # 300 training and 200 test images
 
 
-def _synthetic_fashion_mnist(per_class: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Shuffled (N, 28, 28) uint8 images and labels: class c is a bright box of its own size,
-    hollow for c >= 5 (mirror-symmetric, so flips keep the class), placed and shaded at random."""
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), per_class))
-    rows, cols = np.mgrid[:28, :28]
-    images = np.zeros((len(labels), 28, 28), dtype=np.uint8)
-    for image, label in zip(images, labels):
-        half_w, half_h = 3 + 2 * (label % 5), 11 - 2 * (label % 5)
-        y, x = rng.integers(12, 16, 2)
-        box = (abs(rows - y) <= half_h) & (abs(cols - x) <= half_w)
-        if label >= 5:
-            box &= (abs(rows - y) > half_h - 2) | (abs(cols - x) > half_w - 2)
-        image[box] = rng.integers(120, 256, int(box.sum()))
-    return images, labels
-
-
-def _idx(array: np.ndarray) -> bytes:
-    """The original files' idx format: magic 0x800 + ndim (2049 labels, 2051 images), big-endian sizes, uint8 data."""
-    return struct.pack(f">{1 + array.ndim}I", 0x800 + array.ndim, *array.shape) + array.tobytes()
-
-
 @pytest.fixture(scope="session")
 def fashion_files(tmp_path_factory) -> Path:
     """A synthetic Fashion-MNIST ROOT: unpacked under ROOT/FashionMNIST/raw, and gzip'd in ROOT/debian
     as Debian's ``dataset-fashion-mnist`` ships it."""
-    root = tmp_path_factory.mktemp("fashion-mnist")
-    raw, debian = root / "FashionMNIST" / "raw", root / "debian"
-    raw.mkdir(parents=True)
-    debian.mkdir()
-    for seed, (split, per_class) in enumerate(FASHION_PER_CLASS.items()):
-        images, labels = _synthetic_fashion_mnist(per_class, seed)
-        for name, array in ((f"{split}-images-idx3-ubyte", images), (f"{split}-labels-idx1-ubyte", labels)):
-            (raw / name).write_bytes(_idx(array))
-            (debian / f"{name}.gz").write_bytes(gzip.compress(_idx(array), mtime=0))
-    return root
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion-mnist"), FASHION_PER_CLASS)
 
 
 @pytest.fixture

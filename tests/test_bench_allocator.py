@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from overhaul_det.bench import BenchConfig, format_table, run_benchmark
-from overhaul_det.bench import run as bench_run
+from tools.bench import BenchConfig, format_table, run_benchmark
+from tools.bench import run as bench_run
 
 TINY = dict(teacher="resnet18", student="mobilenet_v3_small", batch_size=2, input_size=32, repeats=2, warmup=0,
             loss_shape=(2, 8, 4, 4), rewrite_model="resnet18", measure_memory=False)
@@ -14,7 +14,7 @@ TINY = dict(teacher="resnet18", student="mobilenet_v3_small", batch_size=2, inpu
 # (A kept heap can take a few rounds to hold a free block that size: Python's small objects split some.)
 _LAST_ALLOCATION_FAULTS = """
 import sys, torch
-from overhaul_det.bench.allocator import keep_freed_memory, minor_faults
+from tools.bench.allocator import keep_freed_memory, minor_faults
 kept = sys.argv[1] == "keep" and keep_freed_memory()
 faults = []
 for _ in range(12):
@@ -57,14 +57,14 @@ def test_the_run_records_its_freed_memory_and_the_page_faults_of_every_step(monk
 
 
 def test_an_unknown_freed_memory_mode_is_a_clear_error():
-    from overhaul_det.bench.config import validate
+    from tools.bench.config import validate
 
     with pytest.raises(ValueError, match="freed_memory='free'; choose one of"):
         validate(BenchConfig(**TINY, freed_memory="free"))
 
 
 def test_off_linux_freed_memory_is_left_to_the_platform(monkeypatch):
-    from overhaul_det.bench import allocator
+    from tools.bench import allocator
 
     monkeypatch.setattr(allocator.sys, "platform", "darwin")
     assert allocator.keep_freed_memory() is False

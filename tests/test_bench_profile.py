@@ -2,10 +2,10 @@
 not time is a clear error before anything is timed."""
 import pytest
 
-from overhaul_det.bench import BenchConfig, format_table, main, run_benchmark
-from overhaul_det.bench.cli import build_parser, config_from_args
-from overhaul_det.bench.config import validate
-from overhaul_det.bench.profile import UnknownStepError
+from tools.bench import BenchConfig, format_table, main, run_benchmark
+from tools.bench.cli import build_parser, config_from_args
+from tools.bench.config import validate
+from tools.bench.profile import UnknownStepError
 from conftest import TINY_BENCH as TINY
 
 

@@ -62,6 +62,7 @@ def _student_top1(runner) -> float:
      (1e-2, 1.0, {"loss_cls", "loss_ofd", "loss_kd"})],
     ids=["baseline", "kd", "ofd", "ofd+kd"],
 )
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_data")
 def test_runner_two_iterations(tmp_path, alpha, kd_weight, expected):
     runner = build_runner(tiny_config(tmp_path, alpha, kd_weight), str(DEMO_CONFIG))
@@ -79,6 +80,7 @@ def test_runner_two_iterations(tmp_path, alpha, kd_weight, expected):
         assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_data")
 def test_resume_continues_at_saved_iteration(tmp_path):
     first = build_runner(tiny_config(tmp_path, max_iters=2), str(DEMO_CONFIG))
@@ -105,6 +107,7 @@ def test_resume_continues_at_saved_iteration(tmp_path):
     assert load_checkpoint_file(tmp_path / "iter_3.pth")["meta"]["iter"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_data")
 def test_export_loads_strict_into_plain_timm_model(tmp_path):
     runner = build_runner(tiny_config(tmp_path), str(DEMO_CONFIG))

@@ -87,6 +87,7 @@ def _dataset_hashes() -> set:
     return {hashlib.sha1(dataset[i]["inputs"].numpy().tobytes()).hexdigest() for i in range(len(dataset))}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_data")
 def test_torchrun_two_cpu_processes(tmp_path):
     config = _write_config(tmp_path)

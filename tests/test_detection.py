@@ -260,6 +260,7 @@ def _pycocotools_stats(ann_file: str, predictions) -> list:
     return sorted(truth.getImgIds()), list(evaluator.stats)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_data")
 def test_runner_trains_and_evaluates_ofd_on_scenes(tmp_path, resnet18_checkpoint):
     """Two OFD iterations, then validation: the metric saw every val image once, and its box mAPs are

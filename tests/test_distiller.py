@@ -486,3 +486,17 @@ def test_a_numeric_alpha_has_no_auto_state(pair):
     for alpha in ("aut", -1e-3):
         with pytest.raises(ValueError, match=f"alpha={alpha!r}; give a number >= 0 or 'auto'"):
             FeatureDistiller(teacher, student, input_size=SIZE, alpha=alpha)
+
+
+def test_distiller_forward_equals_distill_loss(make_model):
+    torch.manual_seed(0)
+    teacher, student = make_model("tv", "resnet18"), make_model("tv", "mobilenet_v3_small")
+    distiller = FeatureDistiller(teacher, student, input_size=(64, 64)).train()
+    x = torch.randn(2, 3, 64, 64)
+    _, losses = distiller(x)
+    with distiller.capture_student() as captured:
+        distiller.student(x)
+        reference = distiller.distill_loss(captured, distiller.teacher_features(x))
+    torch.testing.assert_close(losses["loss_ofd"], reference)
+
+

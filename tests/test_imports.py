@@ -1,7 +1,7 @@
-"""overhaul_det has no import cycle: the graph of its import statements (lazy ones inside
-functions included) is acyclic; every one of those statements that names the package resolves;
-the benchmark's modules also import on their own in a fresh interpreter, and
-``python -m overhaul_det.bench`` runs.
+"""overhaul_det and the lab under tools/ have no import cycle: the graph of their import statements (lazy ones
+inside functions included) is acyclic; every one of those statements that names the package or the lab resolves;
+the package imports nothing of the lab, nor mpmath or scipy, and matplotlib only inside functions; the benchmark's
+modules also import on their own in a fresh interpreter, and ``python -m tools.bench`` runs.
 
 The graph counts import statements only: ``from .config import X`` is an edge to
 ``bench.config``, ``from . import x`` an edge to the package itself (its ``__init__``).
@@ -9,6 +9,7 @@ The graph counts import statements only: ``from .config import X`` is an edge to
 import ast
 import graphlib
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Dict, Set
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = "overhaul_det.bench"
+PACKAGE = "tools.bench"
+LAB_ONLY = ("tools", "mpmath", "scipy")
 
 
 def _module_name(path: Path) -> str:
@@ -25,7 +27,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {_module_name(path): path for path in sorted((ROOT / "overhaul_det").rglob("*.py"))}
+LIBRARY = {_module_name(path): path for path in sorted((ROOT / "overhaul_det").rglob("*.py"))}
+MODULES = {**LIBRARY, **{_module_name(path): path for path in sorted((ROOT / "tools").rglob("*.py"))}}
+CLONE_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 BENCH = {name for name in MODULES if name == PACKAGE or name.startswith(PACKAGE + ".")}
 
 
@@ -56,7 +60,7 @@ def _package_imports(name: str, path: Path) -> Set[tuple]:
             if node.level:
                 parent = package.rsplit(".", node.level - 1)[0]
                 base = f"{parent}.{base}" if base else parent
-            if base.split(".")[0] == "overhaul_det":
+            if base.split(".")[0] in ("overhaul_det", "tools"):
                 found.update((base, alias.name) for alias in node.names)
     return found
 
@@ -67,16 +71,16 @@ def _graph() -> Dict[str, Set[str]]:
 
 def test_the_walk_sees_top_level_and_lazy_imports():
     graph = _graph()
-    assert {"overhaul_det.bench.config", "overhaul_det.bench.runtime"} <= graph["overhaul_det.bench.workload"]
-    assert "overhaul_det.bench.tasks" in graph["overhaul_det.bench.workload"]  # imported inside functions
-    assert "overhaul_det.bench.cli" in graph[PACKAGE]
+    assert {"tools.bench.config", "tools.bench.runtime"} <= graph["tools.bench.workload"]
+    assert "tools.bench.tasks" in graph["tools.bench.workload"]  # imported inside functions
+    assert "tools.bench.cli" in graph[PACKAGE]
 
 
 def test_import_graph_has_no_cycle():
     try:
         order = list(graphlib.TopologicalSorter(_graph()).static_order())
     except graphlib.CycleError as error:
-        pytest.fail(f"import cycle in overhaul_det: {' -> '.join(reversed(error.args[1]))}")
+        pytest.fail(f"import cycle: {' -> '.join(reversed(error.args[1]))}")
     assert set(order) == set(MODULES) and len(MODULES) > 50
 
 
@@ -92,7 +96,7 @@ def test_every_import_of_the_package_resolves_lazy_ones_too():
                 broken.append(f"{name}: {module} has no {imported}")
     assert not broken
     assert ("overhaul_det.engine.checkpoint", "load_checkpoint_file") in _package_imports(
-        "overhaul_det.reproduce.runs", MODULES["overhaul_det.reproduce.runs"])
+        "tools.reproduce.runs", MODULES["tools.reproduce.runs"])
 
 
 def test_a_planted_lazy_cycle_is_seen():
@@ -110,11 +114,50 @@ def test_no_bench_module_imports_the_package_back():
 @pytest.mark.parametrize("module", sorted(BENCH - {f"{PACKAGE}.__main__"}))
 def test_module_imports_in_a_fresh_interpreter(module):
     proc = subprocess.run([sys.executable, "-c", f"import importlib; importlib.import_module({module!r})"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=ROOT, env=CLONE_ENV)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 def test_python_dash_m_runs_the_bench_command():
-    proc = subprocess.run([sys.executable, "-m", PACKAGE, "--help"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", PACKAGE, "--help"], capture_output=True, text=True, cwd=ROOT,
+                          env=CLONE_ENV)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.startswith("usage: overhaul-det bench") and "--loss-shape" in proc.stdout
+    assert proc.stdout.startswith("usage: python tools/benchmark.py") and "--loss-shape" in proc.stdout
+
+
+@pytest.mark.parametrize("script", ["benchmark.py", "reproduce.py", "fingerprint.py"])
+def test_lab_scripts_run_from_anywhere(script, tmp_path):
+    """``python tools/<script>.py`` finds the clone's ``tools`` and package from any working directory."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / script), "--help"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.startswith("usage: ")
+
+
+def _top_level_imports(path: Path) -> Set[str]:
+    """The modules ``path`` imports at module level (not inside a function)."""
+    names = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add(node.module or "")
+    return names
+
+
+def test_the_library_imports_nothing_of_the_lab():
+    """The installed package holds no lab code and needs none of the lab's extras: no import of ``tools``,
+    mpmath or scipy anywhere in it, and matplotlib only inside the functions that draw."""
+    lab = [f"{name}: {imported}" for name, path in LIBRARY.items() for imported in _imported(name, path)
+           if imported.split(".")[0] in LAB_ONLY]
+    eager_plots = [name for name, path in LIBRARY.items()
+                   if any(m.split(".")[0] == "matplotlib" for m in _top_level_imports(path))]
+    assert not lab and not eager_plots
+    assert not any(name.split(".")[1] in ("bench", "reproduce", "provenance") for name in LIBRARY if "." in name)
+
+
+def test_the_lab_check_sees_a_planted_import(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("import matplotlib.pyplot as plt\n\ndef f():\n    from tools.bench import main\n")
+    assert "tools.bench" in _imported("overhaul_det.planted", planted)
+    assert "matplotlib.pyplot" in _top_level_imports(planted)

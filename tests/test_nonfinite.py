@@ -27,6 +27,7 @@ def _parameters(model: torch.nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_data")
 def test_diverging_run_stops_before_the_step_and_keeps_the_last_checkpoint(tmp_path):
     config = _write_config(tmp_path, lr=1e10)
@@ -46,6 +47,7 @@ def test_diverging_run_stops_before_the_step_and_keeps_the_last_checkpoint(tmp_p
     assert all(torch.equal(inside[k], good["state_dict"][k]) for k in inside), "the optimizer stepped on NaN"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_data")
 def test_cli_reports_one_line_and_keeps_what_was_written(tmp_path, capsys):
     config = _write_config(tmp_path, lr=1e10)

@@ -329,3 +329,50 @@ def test_token_regressor_init_and_shape():
     assert torch.equal(reg.bn.weight, torch.ones(256)) and torch.equal(reg.bn.bias, torch.zeros(256))
     assert reg(torch.randn(2, 7, 64)).shape == (2, 7, 256)
     assert reg(torch.randn(2, 3, 5, 64)).shape == (2, 3, 5, 256)
+
+
+# The fast loss against the reference (moved here from the benchmark tests: they test ofd_loss, not the harness)
+@pytest.mark.parametrize("overwrite_teacher", [False, True])
+@pytest.mark.parametrize("overwrite_student", [False, True])
+def test_fast_loss_equals_reference_in_value_and_gradient(overwrite_teacher, overwrite_student):
+    torch.manual_seed(0)
+    student = torch.randn(2, 16, 8, 8)
+    teacher = torch.randn(2, 16, 8, 8)
+    margin = -torch.rand(16)
+    margin[0] = 0.0
+    teacher.view(-1)[::7] = 0.0
+    student.view(-1)[::5] = teacher.view(-1)[::5]
+    fast = student.clone().requires_grad_(True)
+    naive = student.clone().requires_grad_(True)
+    fast_loss = ofd_loss(fast * 1.0, teacher.clone(), margin, overwrite_teacher=overwrite_teacher,
+                         overwrite_student=overwrite_student)
+    naive_loss = ofd_loss_reference(naive, teacher, margin)
+    fast_loss.backward()
+    naive_loss.backward()
+    torch.testing.assert_close(fast_loss, naive_loss)
+    torch.testing.assert_close(fast.grad, naive.grad, rtol=0, atol=0)
+
+
+def test_overwriting_a_student_tensor_another_op_saved_is_refused_by_autograd():
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    saved_by_exp = x.exp()
+    loss = ofd_loss(saved_by_exp, torch.randn(2, 4, 3, 3), torch.zeros(4), overwrite_student=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_fast_loss_gradcheck():
+    student = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    margin = -torch.rand(4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda s: ofd_loss(s, teacher, margin), (student,))
+
+
+def test_loss_that_reuses_the_student_memory_refuses_a_second_backward():
+    student = torch.randn(2, 4, 3, 3, requires_grad=True)
+    loss = ofd_loss(student * 1.0, torch.randn(2, 4, 3, 3), torch.zeros(4), overwrite_student=True)
+    loss.backward(retain_graph=True)
+    first = student.grad.clone()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    torch.testing.assert_close(student.grad, first)

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from overhaul_det import FeatureDistiller, reproduce
-from overhaul_det.reproduce import plots, runs
-from overhaul_det.reproduce.methods import alpha_runs, check_methods
-from overhaul_det.reproduce.report import markdown
+from overhaul_det import FeatureDistiller
+from tools import reproduce
+from tools.reproduce import plots, runs
+from tools.reproduce.methods import alpha_runs, check_methods
+from tools.reproduce.report import markdown
 
 
 def _fake_run(root, method, seed, final, threads=1):
@@ -36,7 +37,7 @@ def test_report_from_finished_runs(tmp_path):
     assert report["summary"]["ofd"]["mean"] == pytest.approx(82.0)
     assert report["summary"]["baseline"]["std"] == pytest.approx(statistics.stdev([75.0, 76.0, 74.0]))
     assert report["summary"]["ofd, teacher BN eval"]["std"] == 0.0
-    table = markdown(report, "overhaul-det reproduce classification", "plot.png")
+    table = markdown(report, "python tools/reproduce.py classification", "plot.png")
     assert "| ofd | 82.00 ± 1.00 | 82.00 (s0/1t), 81.00 (s1/1t), 83.00 (s2/1t) | 11 |" in table
     assert "| 1 | 1 | 76.00 | 81.00 | +5.00 |" in table  # baseline and OFD run by run
     assert "commit `abc1234` (code `c0de`, torch 2.x, CPU Some CPU)" in table
@@ -51,24 +52,26 @@ def test_the_report_names_a_command_that_runs_as_pasted(tmp_path, capsys):
             "--out", str(tmp_path / "out")]
     assert reproduce.main(argv) == 0
     written = (tmp_path / "out" / "results_classification.md").read_text()
-    assert f"`overhaul-det reproduce classification --report-only --methods 'ofd, teacher BN eval' --work-dir {tmp_path}" \
+    assert f"`python tools/reproduce.py classification --report-only --methods 'ofd, teacher BN eval' --work-dir {tmp_path}" \
         in written  # the method name quoted, as a shell needs it
     assert "80.00" in capsys.readouterr().out
 
 
-def test_a_work_dir_of_its_own_keeps_its_report_and_leaves_docs_alone(tmp_path, monkeypatch):
+def test_the_report_goes_into_the_work_dir_unless_out_says_where(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "results_classification.md").write_text("the full sweep's table")
     sweep = tmp_path / "work_dirs" / "seeds12"
     _fake_run(sweep, "baseline", 12, 76.0)
     assert reproduce.main(["classification", "--report-only", "--work-dir", str(sweep)]) == 0
     assert "76.00 (s12/1t)" in (sweep / "results_classification.md").read_text()
-    assert (docs / "results_classification.md").read_text() == "the full sweep's table"
+    assert json.loads((sweep / "results_classification.json").read_text())["results"][0]["final"] == 76.0
+    assert not (tmp_path / "docs").exists()
     _fake_run(tmp_path / "work_dirs" / "reproduce", "baseline", 0, 75.0)
-    assert reproduce.main(["classification", "--report-only"]) == 0  # the default work dir reports to docs
-    assert "75.00 (s0/1t)" in (docs / "results_classification.md").read_text()
+    assert reproduce.main(["classification", "--report-only"]) == 0  # the default work dir keeps its own report
+    assert "75.00 (s0/1t)" in (tmp_path / "work_dirs" / "reproduce" / "results_classification.md").read_text()
+    results = tmp_path / "docs" / "results"
+    assert reproduce.main(["classification", "--report-only", "--out", str(results)]) == 0
+    assert sorted(p.name for p in results.iterdir()) == ["results.md", "results_classification.json",
+                                                         "results_classification.md", "results_classification.png"]
 
 
 def test_ofd_with_two_teacher_precisions_gets_a_run_by_run_plot(tmp_path):
@@ -98,20 +101,33 @@ def test_teacher_precisions_get_a_paired_t_test_over_seeds(tmp_path):
         _fake_run(tmp_path, "baseline", seed, 75.0)
         _fake_run(tmp_path, "ofd, float32 teacher", seed, 80.0)
         _fake_run(tmp_path, "ofd, bfloat16 teacher", seed, 80.0 + difference)
-    table = markdown(reproduce.collect_task("classification", tmp_path), "overhaul-det reproduce", "plot.png")
+    table = markdown(reproduce.collect_task("classification", tmp_path), "python tools/reproduce.py", "plot.png")
     # t = 2 / (1 / sqrt 3); with 2 df, P(|T| > t) = 1 - t / sqrt(2 + t^2) = 0.074 and the 0.975 quantile is 4.303
     assert ("run by run: +2.00 ± 1.00 over 3 runs, higher on 3; over seeds, t = +3.46 (2 df), two-sided p = 0.074, "
             "95% interval -0.48 to +4.48." in table)
 
 
 def test_report_without_runs_names_the_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="overhaul-det reproduce detection"):
+    with pytest.raises(FileNotFoundError, match="python tools/reproduce.py detection"):
         reproduce.collect_task("detection", tmp_path)
 
 
 def test_unknown_method_is_refused(tmp_path):
     with pytest.raises(ValueError, match="kd"):
         reproduce.run_task("detection", 1, tmp_path, None, False, methods=["kd"])
+
+
+FINGERPRINTS = {"baseline": "fp-baseline", "ofd": "fp-ofd"}
+
+
+@pytest.fixture(autouse=True)
+def _fixed_fingerprints(monkeypatch):
+    """Today's fingerprints, as ``tools/fingerprint.py`` would compute them (tests train no fingerprint)."""
+    monkeypatch.setattr(runs, "current_fingerprints", lambda task, root, path=None: dict(FINGERPRINTS))
+
+
+def _prints(known=(), **current):
+    return runs._Fingerprints({**FINGERPRINTS, **current}, list(known))
 
 
 def _fake_training(calls):
@@ -130,24 +146,54 @@ def _fake_training(calls):
 def test_a_run_is_reused_only_while_its_stamp_holds(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(runs, "_train", _fake_training(calls))
-    first = runs._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de")
+    first = runs._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, fingerprints=_prints())
     assert calls[0][1] == "1" and first["threads"] == 1 and first["final"] == 71.0
-    assert set(first["provenance"]) == {"commit", "code", "config", "weights", "threads", "torch", "cpu"}
+    assert set(first["provenance"]) == {"commit", "fingerprint", "config", "weights", "threads", "torch", "cpu"}
+    assert first["provenance"]["fingerprint"] == "fp-ofd"
     assert first["teacher"] == "bfloat16, channels-last"  # what 'auto' resolved to, from the distiller's log line
-    assert runs._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de") == first  # reused
+    assert runs._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, fingerprints=_prints()) == first  # reused
     assert len(calls) == 1
 
     result_file = tmp_path / "classification" / "ofd" / "threads1" / "seed0" / "result.json"
     recorded = json.loads(result_file.read_text())
     recorded["provenance"]["cpu"] = "another CPU"
     result_file.write_text(json.dumps(recorded))
-    again = runs._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, code="c0de")  # another CPU: rerun
+    again = runs._run("classification", "ofd", {}, 0, 1, tmp_path, epochs=1, fingerprints=_prints())  # another CPU: rerun
     assert len(calls) == 2 and again["final"] == 72.0
 
-    runs._run("classification", "ofd", {}, 0, 2, tmp_path, epochs=1, code="c0de")  # another thread count: its own run
+    runs._run("classification", "ofd", {}, 0, 2, tmp_path, epochs=1, fingerprints=_prints())  # another thread count: its own run
     assert len(calls) == 3 and calls[-1][1] == "2"
-    runs._run("classification", "ofd", {"model.ofd.alpha": 0.1}, 0, 1, tmp_path, epochs=1, code="c0de")  # other config
+    runs._run("classification", "ofd", {"model.ofd.alpha": 0.1}, 0, 1, tmp_path, epochs=1, fingerprints=_prints())  # other config
     assert len(calls) == 4
+
+
+def test_a_moved_fingerprint_reruns_the_runs_of_its_method_only(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runs, "_train", _fake_training(calls))
+    for overrides in ({}, {"model.ofd.alpha": 0}):
+        runs._run("classification", "x", overrides, 0, 1, tmp_path / str(len(calls)), 1, fingerprints=_prints())
+    assert len(calls) == 2
+    moved = _prints(ofd="fp-ofd-moved")
+    runs._run("classification", "x", {"model.ofd.alpha": 0}, 0, 1, tmp_path / "1", 1, fingerprints=moved)
+    assert len(calls) == 2  # the baseline's fingerprint holds: reused
+    runs._run("classification", "x", {}, 0, 1, tmp_path / "0", 1, fingerprints=moved)
+    assert len(calls) == 3  # the OFD run's moved: trained again
+
+
+def test_a_run_recorded_before_fingerprints_is_reused_through_the_file_of_its_code(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runs, "_train", _fake_training(calls))
+    runs._run("classification", "ofd", {}, 0, 1, tmp_path, 1, fingerprints=_prints())
+    result_file = tmp_path / "classification" / "ofd" / "threads1" / "seed0" / "result.json"
+    legacy = json.loads(result_file.read_text())
+    del legacy["provenance"]["fingerprint"]
+    legacy["provenance"]["code"] = "c0de"
+    result_file.write_text(json.dumps(legacy))
+    older = dict(format=1, recorded_code="c0de", fingerprints=dict(classification=dict(ofd=dict(hash="fp-ofd"))))
+    reused = runs._run("classification", "ofd", {}, 0, 1, tmp_path, 1, fingerprints=_prints([older]))
+    assert len(calls) == 1 and reused["provenance"]["code"] == "c0de"
+    runs._run("classification", "ofd", {}, 0, 1, tmp_path, 1, fingerprints=_prints())  # no file of its code
+    assert len(calls) == 2
 
 
 def test_an_auto_alpha_run_records_the_alpha_its_checkpoint_holds(tmp_path, monkeypatch):
@@ -161,7 +207,7 @@ def test_an_auto_alpha_run_records_the_alpha_its_checkpoint_holds(tmp_path, monk
 
     monkeypatch.setattr(runs, "_train", with_checkpoint)
     result = runs._run("classification", "ofd, alpha auto", {"model.ofd.alpha": "auto"}, 0, 1, tmp_path, epochs=1,
-                       code="c0de")
+                       fingerprints=_prints())
     assert result["alpha_auto"] == pytest.approx(0.01)
 
 
@@ -245,7 +291,7 @@ def test_alpha_sweep_skips_the_configs_own_alpha_and_plots_auto(tmp_path):
         result_file.write_text(json.dumps(dict(json.loads(result_file.read_text()), alpha_auto=0.004 + seed / 1000)))
     report = reproduce.collect_task("classification", tmp_path)
     assert list(report["summary"]) == ["baseline", "ofd", "alpha 1e-3", "alpha auto"]
-    table = markdown(report, "overhaul-det reproduce classification", "plot.png")
+    table = markdown(report, "python tools/reproduce.py classification", "plot.png")
     assert "alpha='auto' chose: 0.004 (s0/1t), 0.005 (s1/1t)." in table
     assert "results_classification_alpha.png" in table
     plot = tmp_path / "alpha.png"
@@ -281,7 +327,7 @@ def test_a_sweep_with_a_teacher_precision_trains_it_and_pairs_it_with_the_baseli
     assert "model.ofd.teacher_precision=float32" not in options[0]
     assert all("model.ofd.teacher_precision=float32" in o for o in options[1:])
     assert (tmp_path / "classification" / "ofd_kd,_float32_teacher" / "threads1" / "seed0" / "result.json").exists()
-    table = markdown(report, "overhaul-det reproduce classification", "plot.png")
+    table = markdown(report, "python tools/reproduce.py classification", "plot.png")
     assert "| seed | threads | baseline | ofd, float32 teacher | gain |" in table
     assert "| 0 | 1 | 71.00 | 72.00 | +1.00 |" in table
 
@@ -334,7 +380,7 @@ def test_each_methods_teacher_precisions_are_reported_together(tmp_path):
     report = reproduce.collect_task("classification", tmp_path)
     assert list(report["summary"]) == ["baseline", "ofd", "ofd, float32 teacher", "ofd, bfloat16 teacher", "ofd+kd",
                                        "ofd+kd, float32 teacher", "ofd, no margin (identity teacher), float32 teacher"]
-    table = markdown(report, "overhaul-det reproduce classification", "plot.png")
+    table = markdown(report, "python tools/reproduce.py classification", "plot.png")
     assert ("| baseline | ofd | gain | ofd, float32 teacher | gain | ofd, bfloat16 teacher | gain |") in table
 
 
@@ -398,7 +444,7 @@ def test_the_alphas_auto_chose_are_named_by_method_where_several_chose(tmp_path)
         _fake_run(tmp_path, method, 0, 80.0)
         result_file = tmp_path / "classification" / method.replace(" ", "_") / "threads1" / "seed0" / "result.json"
         result_file.write_text(json.dumps(dict(json.loads(result_file.read_text()), alpha_auto=alpha)))
-    table = markdown(reproduce.collect_task("classification", tmp_path), "overhaul-det reproduce", "plot.png")
+    table = markdown(reproduce.collect_task("classification", tmp_path), "python tools/reproduce.py", "plot.png")
     assert ("alpha='auto' chose: alpha auto: 0.004 (s0/1t); alpha auto, bfloat16 teacher: 0.005 (s0/1t)."
             in table)
 
@@ -441,7 +487,7 @@ def test_more_threads_than_cores_is_warned_with_counts_that_fit(jobs, threads, w
                                                                 caplog):
     monkeypatch.setattr(runs.os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(runs, "_train", _fake_training([]))
-    with caplog.at_level("WARNING", logger="overhaul_det.reproduce"):
+    with caplog.at_level("WARNING", logger="tools.reproduce"):
         reproduce.run_task("classification", 1, tmp_path, 1, False, methods=["baseline"], threads=[threads],
                            jobs=jobs)
     warnings_logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

@@ -69,6 +69,7 @@ def _train_until_killed(config: str, work_dir: Path, kill_at: int) -> str:
     return "".join(log)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_data")
 @pytest.mark.parametrize("teacher_precision", ["float32", "bfloat16"])
 def test_sigkill_at_random_iteration_then_resume_matches_uninterrupted(tmp_path, teacher_precision):
@@ -86,6 +87,7 @@ def test_sigkill_at_random_iteration_then_resume_matches_uninterrupted(tmp_path,
     _assert_same_weights(_state(killed / final), _state(tmp_path / "uninterrupted" / final))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_data")
 def test_kill_mid_write_resumes_from_last_good_checkpoint(tmp_path):
     config = _write_config(tmp_path, max_iters=3)

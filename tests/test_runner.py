@@ -30,6 +30,7 @@ def _ofd_checkpoint(path: Path) -> dict:
     return {k[len("distiller.student."):]: v for k, v in state.items() if k.startswith("distiller.student.")}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_data")
 def test_test_command_needs_no_teacher_file(tmp_path, monkeypatch, capsys):
     student = _ofd_checkpoint(tmp_path / "ofd.pth")
@@ -68,6 +69,7 @@ def test_base_dataset_configs_build_dataloaders_without_workers(tmp_path, base):
         assert next(iter(loader))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_data")
 def test_test_command_scores_a_float16_export(tmp_path, monkeypatch, capsys):
     student = _ofd_checkpoint(tmp_path / "ofd.pth")

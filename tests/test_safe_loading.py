@@ -121,6 +121,7 @@ def _one_iteration_config(work_dir: Path) -> Config:
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_data")
 def test_own_checkpoints_load_and_resume_with_the_allow_list(tmp_path):
     build_runner(_one_iteration_config(tmp_path), str(DEMO_CONFIG)).train()

@@ -281,6 +281,7 @@ def test_paper_configs_follow_the_recipe():
         assert any(h.type == "RegressorWarmupHook" and h.epochs == 1 for h in cfg.custom_hooks)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_data")
 def test_runner_trains_and_evaluates_on_generated_scenes(tmp_path):
     from mmengine.runner import Runner

@@ -572,5 +572,10 @@ def test_a_batchnorm_module_the_graph_calls_keeps_its_own_mode(make_model):
 def test_a_deep_copy_checks_its_own_batchnorms(make_model):
     model = make_model("timm", "mobilenetv3_large_100")
     attach_taps(model, find_taps(model, input_size=SIZE)).train()
-    copy.deepcopy(model).eval()(_x())  # the original stays in train mode
+    twin = copy.deepcopy(model).eval()  # the original stays in train mode
+    name = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before, twin_before = (m.get_submodule(name).running_mean.clone() for m in (model, twin))
+    twin(_x())
     model(_x())
+    assert torch.equal(twin.get_submodule(name).running_mean, twin_before)  # the copy ran in eval mode
+    assert not torch.equal(model.get_submodule(name).running_mean, before)  # the original in train mode

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Benchmark what OFD adds to a training step; same as `overhaul-det bench` (see overhaul_det.bench)."""
+"""Benchmark what OFD adds to a training step (see tools/bench): ``python tools/benchmark.py --help``."""
 import sys
 
-from overhaul_det.bench import main
+import _clone  # noqa: F401  (the clone's root on sys.path)
+
+from tools.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,7 +30,7 @@ torchvision.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_de
 run() {  # name, seconds, options...
   local name=$1 limit=$2
   shift 2
-  local cmd=("$PYTHON" -m overhaul_det.bench "${COMMON[@]}" "$@" "${EXTRA[@]}" --json "$OUT/$name.json")
+  local cmd=("$PYTHON" -m tools.bench "${COMMON[@]}" "$@" "${EXTRA[@]}" --json "$OUT/$name.json")
   echo "=== $name (timeout ${limit} s): PYTHONPATH=. ${cmd[*]}" | tee -a "$LOG"
   timeout --kill-after=5 "$limit" "${cmd[@]}" >>"$LOG" 2>&1
   echo "=== $name: exit $? after ${SECONDS} s in all" | tee -a "$LOG"

@@ -1,7 +1,10 @@
-"""Same as `overhaul-det reproduce TASK ...`: baseline/KD/OFD/OFD+KD over seeds."""
+#!/usr/bin/env python
+"""Baseline/KD/OFD/OFD+KD over seeds for a task (see tools/reproduce): ``python tools/reproduce.py TASK ...``."""
 import sys
 
-from overhaul_det.reproduce import main
+import _clone  # noqa: F401  (the clone's root on sys.path)
+
+from tools.reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -83,7 +83,7 @@ class BenchConfig:
 
 def build_model(name: str) -> nn.Module:
     """A randomly initialised model by name (``timm/x``, ``torchvision/x`` or bare: torchvision's if it has one)."""
-    from ..models.zoo import create_model
+    from overhaul_det.models.zoo import create_model
 
     return create_model(name)
 
@@ -106,12 +106,12 @@ def resolve_device(name: str, amp: str) -> torch.device:
 
 def _unknown_model(name: str, task: str) -> Optional[str]:
     """None when ``task`` can build ``name``; else the resolver's error, with its close names."""
-    from ..models.zoo import resolve_model_name
+    from overhaul_det.models.zoo import resolve_model_name
 
     if task == "detection":
-        from ..models.detection import TORCHVISION_DETECTORS as presets
+        from overhaul_det.models.detection import TORCHVISION_DETECTORS as presets
     elif task == "segmentation":
-        from ..models.segmentation import TORCHVISION_SEGMENTERS as presets
+        from overhaul_det.models.segmentation import TORCHVISION_SEGMENTERS as presets
     else:
         presets = ()
     if name.removeprefix("torchvision/") in presets:
@@ -126,7 +126,7 @@ def _unknown_model(name: str, task: str) -> Optional[str]:
 def check_teacher_precision(precision: str, device: torch.device) -> None:
     """A clear error unless the distiller runs a teacher in ``precision`` on ``device``: it accepts the
     name, and its autocast really computes in that dtype there (a probe convolution)."""
-    from ..teacher_mode import resolve_teacher_mode, teacher_autocast
+    from overhaul_det.teacher_mode import resolve_teacher_mode, teacher_autocast
 
     probe = nn.Conv2d(1, 1, 1).to(device)
     try:

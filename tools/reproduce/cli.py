@@ -1,11 +1,11 @@
 """Reproduce the comparison: baseline vs KD vs OFD vs OFD+KD over seeds, per task, from configs.
 
 Each run trains the student with the task's config and one method's switches at a given thread
-count, records the test metric after every epoch, the wall time and where it came from (commit,
-code, config and weights hashes, threads, torch version, CPU; ``provenance.py``). A run whose result exists is
-skipped while that record still matches the current code, so the command resumes; otherwise it
-is trained again. Writes a JSON file, a markdown table and a plot per task: into docs for the default work dir, else
-into the work dir itself (``--out`` chooses).
+count, records the test metric after every epoch, the wall time and where it came from (commit, the training
+fingerprint of its task and method, config and weights hashes, threads, torch version, CPU; ``provenance.py``). A run
+whose result exists is skipped while that record still matches, so the command resumes and an edit that keeps the
+fingerprints reruns nothing; otherwise it is trained again. Writes a JSON file, a markdown table and a plot per task
+(results_TASK.json, .md, .png) into the work dir, or where ``--out`` says (docs/results for the project's own).
 
 The OFD teacher runs in the config's precision, 'auto' (bfloat16 on CPUs and GPUs that compute it natively, float32
 elsewhere). ``--teacher-precision`` fixes it for every run that distils features; such a run is named '<method>,
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from ..teacher_mode import PRECISIONS
+from overhaul_det.teacher_mode import PRECISIONS
 from .methods import TASK_ABLATIONS, TASKS, config_alpha, is_alpha_run
 from .plots import plot_alpha, plot_curves, plot_precision_runs
 from .report import collect_task, markdown, ofd_variants, write_index
@@ -43,8 +43,9 @@ _not_negative = _at_least(0, "a seed")
 DEFAULT_WORK_DIR = Path("work_dirs/reproduce")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="overhaul-det reproduce", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python tools/reproduce.py``."""
+    parser = argparse.ArgumentParser(prog="python tools/reproduce.py", description=__doc__)
     parser.add_argument("task", choices=sorted(TASKS))
     parser.add_argument("--seeds", type=_positive, help="seeds 0 .. N-1 of each run (default 3)")
     parser.add_argument("--first-seed", type=_not_negative, default=0,
@@ -72,12 +73,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
                         help=f"where the runs train and their records stay (default {DEFAULT_WORK_DIR})")
     parser.add_argument("--out", type=Path,
-                        help="where the report (results_TASK.md, .json, plots) goes; default docs for the default "
-                             "--work-dir, else that work dir, so a sweep in a work dir of its own leaves docs' "
-                             "reports as they are")
+                        help="where the report (results_TASK.md, .json, plots) goes (default: the work dir; the "
+                             "project's results live in docs/results)")
+    parser.add_argument("--fingerprints", type=Path,
+                        help="this checkout's fingerprint file (python tools/fingerprint.py --out FILE); default: "
+                             "computed into WORK_DIR/fingerprint and reused while the code is the same")
+    parser.add_argument("--known-fingerprints", type=Path, nargs="+", default=[],
+                        help="fingerprint files of older checkouts: a run recorded before fingerprints (with a code "
+                             "hash) counts as current where the file of its code matches today's fingerprint")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Train (or with ``--report-only`` collect) a task's runs and write its report; returns the exit status.
+
+    Args:
+        argv: the command-line arguments (default: ``sys.argv[1:]``).
+    """
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.out is None:
-        args.out = Path("docs") if args.work_dir == DEFAULT_WORK_DIR else args.work_dir
+    args.out = args.out or args.work_dir
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         if args.report_only:
@@ -86,7 +101,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             report = run_task(args.task, 3 if args.seeds is None else args.seeds, args.work_dir, args.epochs,
                               args.ablations, args.methods, args.threads, args.jobs or 1, args.alphas,
-                              args.teacher_precision or "auto", args.first_seed)
+                              args.teacher_precision or "auto", args.first_seed, args.fingerprints,
+                              args.known_fingerprints)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         plot_precision_runs(args.task, report["results"], report["metric"],
                             args.out / f"results_{args.task}_precision.png")
     (args.out / f"results_{args.task}.json").write_text(json.dumps(report, indent=2))
-    command = shlex.join(["overhaul-det", "reproduce", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "tools/reproduce.py", *(argv if argv is not None else sys.argv[1:])])
     section = args.out / f"results_{args.task}.md"
     section.write_text(markdown(report, command, plot.name))
     write_index(args.out)
@@ -111,7 +127,8 @@ def _refuse_training_flags(args: argparse.Namespace) -> None:
     """--report-only trains nothing: a flag that only shapes trainings would be ignored, so it is refused."""
     flags = (("--seeds", args.seeds), ("--first-seed", args.first_seed), ("--epochs", args.epochs),
              ("--ablations", args.ablations), ("--jobs", args.jobs), ("--alphas", args.alphas),
-             ("--teacher-precision", args.teacher_precision))
+             ("--teacher-precision", args.teacher_precision), ("--fingerprints", args.fingerprints),
+             ("--known-fingerprints", args.known_fingerprints))
     given = [flag for flag, value in flags if value]
     if given:
         raise ValueError(f"{', '.join(given)} shape trainings, and --report-only trains none: drop them; choose the "

@@ -1,4 +1,4 @@
-"""Reproduce the comparison of methods over seeds, per task (``overhaul-det reproduce``; see ``cli.py``):
+"""Reproduce the comparison of methods over seeds, per task (``python tools/reproduce.py``; see ``cli.py``):
 ``methods`` (what runs), ``runs`` (training them), ``report`` (tables), ``plots``."""
 from .cli import main
 from .methods import ABLATIONS, METHODS, TASK_ABLATIONS, TASKS, split_teacher_precision, with_teacher_precision

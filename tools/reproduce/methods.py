@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from ..teacher_mode import PRECISIONS
+from overhaul_det.teacher_mode import PRECISIONS
 
 REPO = Path(__file__).resolve().parents[2]
 

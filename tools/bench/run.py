@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from ..cpuinfo import cpu_model
+from overhaul_det.cpuinfo import cpu_model
 from .allocator import keep_freed_memory, minor_faults
 from .config import REDUCED_PRECISIONS, TARGETS, BenchConfig, validate
 from .memory import activation_sizes, measure_memory

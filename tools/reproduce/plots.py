@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
-from ..teacher_mode import PRECISIONS
+from overhaul_det.teacher_mode import PRECISIONS
 from .methods import TASK_ABLATIONS, is_alpha_run, split_teacher_precision
 from .report import decimals, finals_by_run, ofd_variants, summarise
 

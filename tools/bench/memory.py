@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..distiller import FeatureDistiller
+from overhaul_det.distiller import FeatureDistiller
 from .config import BenchConfig
 from .runtime import Runtime, Step, captured_features
 from .workload import Workload, memory_step
@@ -171,7 +171,7 @@ def measure_memory_subprocess(kind: str, cfg: BenchConfig) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = Path(tmp, "spec.json"), Path(tmp, "result.json")
         spec_path.write_text(json.dumps(spec))
-        code = "from overhaul_det.bench.memory import child_main; child_main()"
+        code = "from tools.bench.memory import child_main; child_main()"
         proc = subprocess.run([sys.executable, "-c", code, str(spec_path), str(out_path)],
                               env=env, capture_output=True, text=True)
         if proc.returncode != 0:

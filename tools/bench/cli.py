@@ -1,6 +1,6 @@
 """Performance benchmark of OFD: what distillation adds to a student's training step.
 
-The ``overhaul-det bench`` command line: options -> BenchConfig -> run -> table on stdout (and JSON).
+The ``python tools/benchmark.py`` command line: options -> BenchConfig -> run -> table on stdout (and JSON).
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ __all__ = ["build_parser", "config_from_args", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The options of ``overhaul-det bench``; the task-dependent ones default to None (the task's)."""
-    parser = argparse.ArgumentParser(prog="overhaul-det bench", description=__doc__.split("\n")[0])
+    """The options of ``python tools/benchmark.py``; the task-dependent ones default to None (the task's)."""
+    parser = argparse.ArgumentParser(prog="python tools/benchmark.py", description=__doc__.split("\n")[0])
     defaults = BenchConfig()
     parser.add_argument("--task", choices=tuple(TASK_DEFAULTS), default=defaults.task,
                         help="which pair: classifiers (default), Faster R-CNNs or DeepLabV3s")
-    task_default = "(default: the task's, see TASK_DEFAULTS in overhaul_det/bench/config.py)"
+    task_default = "(default: the task's, see TASK_DEFAULTS in tools/bench/config.py)"
     parser.add_argument("--teacher", default=None, help=f"teacher model {task_default}")
     parser.add_argument("--student", default=None, help=f"student model {task_default}")
     parser.add_argument("--batch-size", type=int, default=None, help=task_default)
@@ -78,7 +78,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`overhaul-det bench`: run the benchmark, print the table, optionally write JSON."""
+    """`python tools/benchmark.py`: run the benchmark, print the table, optionally write JSON."""
     parser = build_parser()
     args = parser.parse_args(argv)
     cfg = config_from_args(args)

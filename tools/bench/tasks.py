@@ -12,9 +12,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..distiller import FeatureDistiller
-from ..tasks.detection import DetectionDistiller
-from ..tasks.segmentation import SegmentationDistiller
+from overhaul_det.distiller import FeatureDistiller
+from overhaul_det.tasks.detection import DetectionDistiller
+from overhaul_det.tasks.segmentation import SegmentationDistiller
 from .config import BenchConfig
 from .runtime import Runtime
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distiller import FeatureDistiller
-from ..taps import capture_taps
+from overhaul_det.distiller import FeatureDistiller
+from overhaul_det.taps import capture_taps
 from .config import AMP_DTYPES, BenchConfig, resolve_device
 
 __all__ = ["Step", "Runtime", "optimizer", "student_step", "ofd_step", "reference_loss", "reference_step", "task_step",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..provenance import git_commit
-from ..teacher_mode import PRECISIONS
+from overhaul_det.teacher_mode import PRECISIONS
 from .methods import METHODS, REPO, TASK_ABLATIONS, TASKS, alpha_order, is_alpha_run, split_teacher_precision
 
 
@@ -18,7 +18,7 @@ def collect_task(task: str, root: Path, methods: Sequence[str] = (), threads: Se
     order = {m: i for i, m in enumerate(list(METHODS) + [f"ofd, {a}" for a in TASK_ABLATIONS[task]])}
     results = [json.loads(p.read_text()) for p in (root / task).glob("*/threads*/seed*/result.json")]
     if not results:
-        raise FileNotFoundError(f"no finished run under {root / task}; run `overhaul-det reproduce {task}` first")
+        raise FileNotFoundError(f"no finished run under {root / task}; run `python tools/reproduce.py {task}` first")
     results = _select(results, methods, threads, root / task)
 
     def key(result: Dict) -> Tuple:
@@ -42,7 +42,8 @@ def _select(results: List[Dict], methods: Sequence[str], threads: Sequence[int],
     return [r for r in results if (not methods or r["method"] in methods) and (not threads or r["threads"] in threads)]
 
 
-_ORIGIN = (("commit", "unrecorded"), ("code", "-"), ("torch", "-"), ("cpu", "unrecorded"))
+# What the report names of where its runs come from; a run recorded before fingerprints has its code hash instead.
+_ORIGIN = (("commit", "unrecorded"), ("fingerprint", "-"), ("code", "-"), ("torch", "-"), ("cpu", "unrecorded"))
 
 
 def build_report(task: str, results: List[Dict], seeds: int, epochs: Optional[int]) -> Dict:
@@ -63,11 +64,18 @@ def summarise(results: List[Dict]) -> Dict[str, Dict]:
             for m, v in by_method.items()}
 
 
+def _origin(stamp: Dict) -> str:
+    """'commit `abc` (fingerprint `f00`, torch 2.x, CPU ...)', or the code hash for a run recorded before
+    fingerprints (and for reports written then)."""
+    fingerprint = stamp.get("fingerprint", "-")
+    code = f"fingerprint `{fingerprint[:12]}`" if fingerprint != "-" else f"code `{stamp.get('code', '-')}`"
+    return f"commit `{stamp['commit']}` ({code}, torch {stamp['torch']}, CPU {stamp.get('cpu', 'unrecorded')})"
+
+
 def markdown(report: Dict, command: str, plot: str) -> str:
-    origins = "; ".join(f"commit `{o['commit']}` (code `{o['code']}`, torch {o['torch']}, CPU {o.get('cpu', 'unrecorded')})"
-                        for o in report["runs_from"])
+    origins = "; ".join(_origin(o) for o in report["runs_from"])
     lines = [f"## {report['task']}", "", f"Table written by `{command}` at commit `{report['commit']}` from runs "
-             f"of `overhaul-det reproduce {report['task']}` on `{report['config']}` that ran at {origins} (each run's "
+             f"of `python tools/reproduce.py {report['task']}` on `{report['config']}` that ran at {origins} (each run's "
              f"options, history, wall time, thread count and stamp: `results_{report['task']}.json`); metric: test "
              f"`{report['metric']}` after the last epoch.", "",
              "| method | mean ± std | runs (seed/threads) | mean time (s) |", "|---|---|---|---|"]
@@ -183,13 +191,14 @@ def ofd_variants(results: List[Dict]) -> List[str]:
 
 
 def write_index(out: Path) -> None:
-    """docs/results.md: every task's section, in a fixed order, under one header; a hand-written
+    """``out``/results.md: every task's section, in a fixed order, under one header; a hand-written
     ``results_TASK_notes.md`` (the reading of the numbers) follows its task's table."""
     sections = [out / f"results_{task}{part}.md" for task in ("classification", "detection", "segmentation")
                 for part in ("", "_notes")]
     body = "\n".join(p.read_text() for p in sections if p.exists())
     header = ("# Results: baseline vs KD vs OFD on real images (CPU)\n\n"
-              "Every number below comes from `overhaul-det reproduce TASK`; each section names its command, the "
-              "commit that wrote it, its config, and the commit, code hash and CPU its runs ran at. Per-run values, "
-              "histories and wall times are in `results_TASK.json`.\n\n")
+              "Every number below comes from `python tools/reproduce.py TASK`; each section names its command, the "
+              "commit that wrote it, its config, and the commit, training fingerprint (or, before fingerprints, code "
+              "hash) and CPU its runs ran at. Per-run values, histories and wall times are in `results_TASK.json`."
+              "\n\n")
     (out / "results.md").write_text(header + body)

@@ -18,7 +18,7 @@ targets, validation), ``runtime`` (Runtime and the step builders), ``tasks`` (de
 segmentation adapters), ``workload`` (models, data and steps of a configuration), ``memory``
 (activation sizes, peak memory), ``profile`` (a step's ops under ``torch.profiler``), ``run`` (run_benchmark),
 ``report`` (format_table), ``cli``
-(``overhaul-det bench``; also ``python -m overhaul_det.bench``).
+(``python tools/benchmark.py``; also ``python -m tools.bench``).
 """
 from .cli import main
 from .config import BenchConfig, build_model

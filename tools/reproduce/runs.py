@@ -1,5 +1,5 @@
 """Training the runs: one process per (method, seed, threads), ``jobs`` at a time, each recorded with its stamp
-and reused while the stamp holds."""
+and reused while the stamp holds (its fingerprint among it: ``current_fingerprints``)."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
-from ..engine.history import read_val_history
-from ..provenance import code_hash, stamp, stale_fields
+from overhaul_det.engine.history import read_val_history
+from ..fingerprints.compare import read_fingerprints
+from ..fingerprints.spec import METHODS as FINGERPRINTED, fingerprint_method
+from ..provenance import code_hash, recorded_fingerprint, stamp, stale_fields
 from .methods import METHODS, REPO, TASK_ABLATIONS, TASKS, alpha_runs, check_methods, split_teacher_precision, \
     with_teacher_precision
 from .report import build_report
@@ -31,19 +33,22 @@ def _options(overrides: Dict, seed: int, epochs: Optional[int]) -> Dict[str, obj
 
 
 def _run(task: str, name: str, overrides: Dict, seed: int, threads: int, root: Path, epochs: Optional[int],
-         code: str, progress: Optional["_Progress"] = None) -> Dict:
+         fingerprints: "_Fingerprints", progress: Optional["_Progress"] = None) -> Dict:
     """Train one (method, seed, threads); returns the recorded result (from disk while still current).
-    ``code`` is the code hash, computed once for all runs; ``progress`` hears when a training starts and of
-    each result."""
+    ``fingerprints`` holds today's fingerprints of the task and those of other checkouts; ``progress`` hears when a
+    training starts and of each result."""
     progress = progress or _Progress(1, 1)
     spec = TASKS[task]
     work_dir = root / task / name.replace(" ", "_").replace("+", "_") / f"threads{threads}" / f"seed{seed}"
     result_file = work_dir / "result.json"
     options = _options(overrides, seed, epochs)
-    current = stamp(REPO, REPO / spec["config"], options, threads, code)
+    method = fingerprint_method(overrides)
+    current = stamp(REPO, REPO / spec["config"], options, threads, fingerprints.current[method])
     if result_file.exists():
         result = json.loads(result_file.read_text())
-        stale = stale_fields(result.get("provenance", {}), current)
+        recorded = dict(result.get("provenance", {}))
+        recorded["fingerprint"] = recorded_fingerprint(recorded, task, method, fingerprints.known)
+        stale = stale_fields(recorded, current)
         if not stale:
             progress(result, False)
             return result
@@ -118,7 +123,7 @@ def _teacher_mode(log: Path) -> Optional[str]:
 
 def _auto_alpha(work_dir: Path) -> float:
     """The alpha that alpha='auto' chose, from the run's last checkpoint."""
-    from ..engine.checkpoint import load_checkpoint_file
+    from overhaul_det.engine.checkpoint import load_checkpoint_file
 
     checkpoint = (work_dir / "last_checkpoint").read_text().strip()
     return float(load_checkpoint_file(checkpoint)["state_dict"]["distiller.alpha_auto"])
@@ -131,12 +136,51 @@ def _train(command: List[str], log_path: Path, threads: int) -> None:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
 
 
+class _Fingerprints(NamedTuple):
+    current: Dict[str, str]
+    known: List[Dict]
+
+
+def current_fingerprints(task: str, root: Path, path: Optional[Path] = None) -> Dict[str, str]:
+    """Today's fingerprint of each method of ``task``: from ``path`` (refused unless made from this checkout's
+    code), else from ``root``/fingerprint/fingerprints.json while its code is this checkout's, else trained there
+    now (a few minutes; ``python tools/fingerprint.py``).
+
+    Args:
+        task: the task.
+        root: the reproduce work dir.
+        path: a fingerprint file of this checkout, computed beforehand.
+    """
+    from ..fingerprints.runs import fingerprint_checkout
+
+    code = code_hash(REPO)
+    if path is not None:
+        data = read_fingerprints(path)
+        if data.get("code") != code or task not in data["fingerprints"]:
+            raise ValueError(f"--fingerprints {path}: made from code {data.get('code')} (this checkout's is {code}) "
+                             f"with tasks {sorted(data['fingerprints'])}; write it again with `python "
+                             f"tools/fingerprint.py --out {path}` or leave --fingerprints out")
+        return {m: e["hash"] for m, e in data["fingerprints"][task].items()}
+    cache = root / "fingerprint" / "fingerprints.json"
+    previous = read_fingerprints(cache) if cache.exists() else None
+    if previous is None or previous.get("code") != code:
+        previous = None
+    if previous is None or set(previous["fingerprints"].get(task, {})) < set(FINGERPRINTED):
+        logger.info("fingerprinting %s's training at this checkout (into %s)", task, cache.parent)
+        previous = fingerprint_checkout(REPO, cache.parent, [task], previous=previous)
+        cache.write_text(json.dumps(previous, indent=2, sort_keys=True) + "\n")
+    return {m: e["hash"] for m, e in previous["fingerprints"][task].items()}
+
+
 def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations: bool,
              methods: Optional[List[str]] = None, threads: Sequence[int] = (), jobs: int = 1,
-             alphas: Sequence[str] = (), teacher_precision: str = "auto", first_seed: int = 0) -> Dict:
+             alphas: Sequence[str] = (), teacher_precision: str = "auto", first_seed: int = 0,
+             fingerprints: Optional[Path] = None, known_fingerprints: Sequence[Path] = ()) -> Dict:
     """All methods (and, with ``ablations``, the task's ablations; with ``alphas``, OFD at each
     alpha) over ``seeds`` seeds from ``first_seed`` on at each thread count (default: torch's), ``jobs``
-    trainings at a time; every run that distils features with its teacher in ``teacher_precision``."""
+    trainings at a time; every run that distils features with its teacher in ``teacher_precision``. A recorded run
+    is reused while its stamp holds: its fingerprint against today's (``fingerprints``, else computed), a record
+    made before fingerprints through the ``known_fingerprints`` file of a checkout with its code hash."""
     spec = TASKS[task]
     check_methods(task, methods or [])
     runs = [with_teacher_precision(base, METHODS[base], precision)
@@ -152,10 +196,11 @@ def run_task(task: str, seeds: int, root: Path, epochs: Optional[int], ablations
     _warn_if_oversubscribed(jobs, max(threads))
     todo = [(name, overrides, seed, n) for n in threads for seed in range(first_seed, first_seed + seeds)
             for name, overrides in runs]
-    code = code_hash(REPO)
+    prints = _Fingerprints(current_fingerprints(task, root, fingerprints),
+                           [read_fingerprints(path) for path in known_fingerprints])
     progress = _Progress(len(todo), jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(lambda run: _run(task, *run, root, epochs, code, progress), todo))
+        results = list(pool.map(lambda run: _run(task, *run, root, epochs, prints, progress), todo))
     return build_report(task, results, first_seed + seeds, epochs)
 
 

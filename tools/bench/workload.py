@@ -8,9 +8,9 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..distiller import FeatureDistiller
-from ..ofd import ofd_loss, ofd_loss_reference
-from ..taps import attach_taps, find_taps
+from overhaul_det.distiller import FeatureDistiller
+from overhaul_det.ofd import ofd_loss, ofd_loss_reference
+from overhaul_det.taps import attach_taps, find_taps
 from .config import BenchConfig, build_model
 from .runtime import (Runtime, Step, forward_step, loss_step, ofd_step, optimizer, reference_step, regressor_step,
                       student_step, task_step, teacher_step)
