@@ -12,7 +12,7 @@ DATA_ROOT_HELP = "the dataset folder: the config's top-level data_root, which ev
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .engine.runner import build_runner, load_config
+    from .training import build_runner, load_config
 
     cfg = load_config(args.config, args.cfg_options, args.data_root)
     runner = build_runner(cfg, args.config, args.work_dir, args.resume, args.amp, args.launcher)
@@ -21,7 +21,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from .engine.runner import build_test_runner, load_config
+    from .training import build_test_runner, load_config
 
     cfg = load_config(args.config, args.cfg_options, args.data_root)
     runner = build_test_runner(cfg, args.config, args.checkpoint, args.work_dir, args.launcher)

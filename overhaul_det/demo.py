@@ -18,7 +18,7 @@ from mmengine.config import Config
 from .cpuinfo import cpu_model
 from .engine.history import read_val_history
 from .engine.hooks import find_distiller
-from .engine.runner import build_runner, load_config
+from .training import build_runner, load_config
 from .export import export_student
 from .provenance import git_commit
 

@@ -10,7 +10,7 @@ from mmengine.registry import Registry
 from overhaul_det.cli import main as cli_main
 from overhaul_det.engine import keys
 from overhaul_det.engine.keys import check_config_keys
-from overhaul_det.engine.runner import load_config
+from overhaul_det.training import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(path for path in (REPO / "configs").glob("*/*.py") if path.parent.name != "_base_")

@@ -11,7 +11,7 @@ from mmengine.logging import MessageHub
 from conftest import iteration_config
 from overhaul_det.cli import main as cli_main
 from overhaul_det.engine.checkpoint import load_checkpoint_file
-from overhaul_det.engine.runner import build_runner, load_config
+from overhaul_det.training import build_runner, load_config
 from overhaul_det.tasks.classification import ClassificationDistiller
 
 

@@ -9,9 +9,9 @@ from mmengine.config import Config
 
 from overhaul_det.cli import main as cli_main
 from overhaul_det.engine import paths
-from overhaul_det.engine import runner as runner_module
+from overhaul_det import training
 from overhaul_det.engine.paths import fill_data_root
-from overhaul_det.engine.runner import load_config
+from overhaul_det.training import load_config
 from overhaul_det.evaluation.coco_metric import CocoDetectionMetric
 from overhaul_det.models.classifiers import build_classifier
 from overhaul_det.registry import DATASETS
@@ -86,8 +86,8 @@ def _cli_config(monkeypatch, argv) -> dict:
         seen["cfg"] = cfg
         return Stub()
 
-    monkeypatch.setattr(runner_module, "build_runner", capture)
-    monkeypatch.setattr(runner_module, "build_test_runner", capture)
+    monkeypatch.setattr(training, "build_runner", capture)
+    monkeypatch.setattr(training, "build_test_runner", capture)
     assert cli_main(argv) == 0
     return seen["cfg"]
 

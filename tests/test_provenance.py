@@ -107,7 +107,7 @@ def test_a_training_imports_nothing_left_out_of_the_code_hash(tmp_path):
     config = iteration_config(tmp_path / "one_iteration.py", max_iters=1,
                               extra="train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(num_samples=8))")
     modules = _modules_a_training_loads(config, tmp_path / "work")
-    assert "overhaul_det.engine.runner" in modules
+    assert "overhaul_det.training" in modules
     assert not [m for m in modules if _left_out(Path(*m.split(".")))]
 
 

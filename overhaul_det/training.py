@@ -1,4 +1,6 @@
-"""Load, check and run configs with mmengine's Runner (train, test), as the CLI and tools do."""
+"""Assemble runs from configs: load, check and build mmengine Runners (train, test), as the CLI and tools do.
+
+The one place that registers every task, dataset and metric; ``engine/`` stays mmengine glue and imports no task."""
 from __future__ import annotations
 
 import difflib
