@@ -3,8 +3,6 @@
 The one place that registers every task, dataset and metric; ``engine/`` stays mmengine glue and imports no task."""
 from __future__ import annotations
 
-import difflib
-import inspect
 import os
 from pathlib import Path
 from typing import Optional
@@ -23,7 +21,7 @@ from overhaul_det.datasets.classification import share_train_classes
 from overhaul_det.datasets.voc import check_normalised_once
 from overhaul_det.engine import install
 from overhaul_det.engine.checkpoint import load_checkpoint_file, load_state_into
-from overhaul_det.engine.keys import check_config_keys
+from overhaul_det.engine.keys import check_config_keys, check_option_keys, check_top_level_keys
 from overhaul_det.engine.logging_bridge import LoggingRunner
 from overhaul_det.engine.paths import DATALOADERS, fill_data_root, find_config, resolve_repo_paths
 from overhaul_det.engine.reliability import prepare_distributed
@@ -32,21 +30,15 @@ from overhaul_det.export import STUDENT_PREFIXES, student_state_dict
 
 __all__ = ["load_config", "validate_config", "build_runner", "build_test_runner", "DictAction"]
 
-_KNOWN_KEYS = set(inspect.signature(Runner.__init__).parameters) | {
-    "_base_", "default_scope", "launcher", "randomness", "env_cfg", "log_level", "log_processor",
-    "visualizer", "custom_hooks", "default_hooks", "resume", "load_from", "work_dir", "data_preprocessor",
-    "model_wrapper_cfg", "custom_imports", "auto_scale_lr", "vis_backends",
-}
-
-
 def validate_config(cfg: Config, source: str = "config") -> None:
-    """Reject top-level keys that look like misspellings of a known key (e.g. ``train_dataloder``)."""
-    for key in cfg.keys():
-        if key in _KNOWN_KEYS:
-            continue
-        close = difflib.get_close_matches(key, sorted(_KNOWN_KEYS), n=1, cutoff=0.85)
-        if close:
-            raise ValueError(f"{source}: unknown key '{key}'; did you mean '{close[0]}'?")
+    """Reject top-level keys that look like misspellings of a known or inherited key (``data_rot``) and a config
+    without ``model``.
+
+    Args:
+        cfg: the loaded config.
+        source: its file, named in the error.
+    """
+    check_top_level_keys(cfg, source)
     if "model" not in cfg:
         raise ValueError(f"{source}: no 'model' key; a config needs model=dict(type=...)")
 
@@ -57,6 +49,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None, data_root: Option
     path = find_config(path)
     cfg = Config.fromfile(path)
     if cfg_options:
+        check_option_keys(cfg, path, cfg_options)
         cfg.merge_from_dict(cfg_options)
     if data_root is not None:
         cfg.data_root = data_root
