@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .eager_grad import eager_term
+from .finite import refuse_non_finite_input, refuse_non_finite_loss
 from .ofd import (DataMarginEstimator, Regressor, TokenRegressor, bn_margin, margin_relu, ofd_loss,
                   ofd_loss_reference)
 from .taps import Tap, TapExtractor, attach_taps, capture_taps, find_taps
@@ -222,6 +223,9 @@ class FeatureDistiller(nn.Module):
     ``memory_saving=False`` computes the loss on the plain autograd graph (``ofd_loss_reference``,
     no eager differentiation, no memory reuse): the same training, for ruling the optimisations out.
     """
+
+    # ``forward`` stops a non-finite loss_ofd; a caller that checks every loss term itself turns this off.
+    stop_non_finite_loss = True
 
     def __init__(
         self,
@@ -556,10 +560,14 @@ class FeatureDistiller(nn.Module):
         return self.weights[i] * eager_term(term, s, regressor)
 
     def forward(self, x: Tensor) -> Tuple[object, Dict[str, Tensor]]:
-        """Student output and {'loss_ofd': loss} for a batch both models see as it is."""
+        """Student output and {'loss_ofd': loss} for a batch both models see as it is; a non-finite batch or loss
+        raises FloatingPointError before it reaches the weights or the BatchNorm statistics."""
         _check_batch(x, self.student_taps, self.student, "student")
+        refuse_non_finite_input(x, "FeatureDistiller")
         with self.capture_student() as captured:
             out = self.student(x)
             student_feats = self.student_features(captured)
         loss = self._consume_loss(student_feats, self.teacher_features(x), own_teacher=True)
+        if self.stop_non_finite_loss:
+            refuse_non_finite_loss("loss_ofd", loss, "lower alpha or the learning rate")
         return out, {"loss_ofd": loss}

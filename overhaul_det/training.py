@@ -99,6 +99,9 @@ def build_runner(
     if amp:
         _set_amp(cfg)
     prepare_resume(cfg)
+    hooks = cfg.setdefault("custom_hooks", [])
+    if not any(hook.get("type") == "FiniteInputHook" for hook in hooks):
+        hooks.append(dict(type="FiniteInputHook"))
     prepare_distributed(cfg, launcher)
     return LoggingRunner.from_cfg(cfg)
 
