@@ -35,4 +35,5 @@ def refuse_non_finite_loss(name: str, loss: Tensor, advice: str) -> None:
         advice: what to change, appended to the error.
     """
     if not bool(torch.isfinite(loss.detach()).all()):
-        raise FloatingPointError(f"non-finite {name}={float(loss.detach())}; stopped before the optimizer step: {advice}")
+        raise FloatingPointError(
+            f"non-finite {name}={float(loss.detach())}; stopped before the optimizer step: {advice}")

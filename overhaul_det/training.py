@@ -100,8 +100,9 @@ def build_runner(
         _set_amp(cfg)
     prepare_resume(cfg)
     hooks = cfg.setdefault("custom_hooks", [])
-    if not any(hook.get("type") == "FiniteInputHook" for hook in hooks):
-        hooks.append(dict(type="FiniteInputHook"))
+    for name in ("FiniteInputHook", "InputSizeHook"):
+        if not any(hook.get("type") == name for hook in hooks):
+            hooks.append(dict(type=name))
     prepare_distributed(cfg, launcher)
     return LoggingRunner.from_cfg(cfg)
 
