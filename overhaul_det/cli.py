@@ -15,7 +15,7 @@ def _train(args: argparse.Namespace) -> int:
     from .training import build_runner, load_config
 
     cfg = load_config(args.config, args.cfg_options, args.data_root)
-    runner = build_runner(cfg, args.config, args.work_dir, args.resume, args.amp, args.launcher)
+    runner = build_runner(cfg, args.config, args.work_dir, args.resume, args.amp, args.launcher, args.auto_scale_lr)
     runner.train()
     return 0
 
@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
     train.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast on CPU)")
     train.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    train.add_argument("--auto-scale-lr", action="store_true",
+                       help="scale the learning rate by total batch / the config's auto_scale_lr.base_batch_size")
     train.set_defaults(func=_train)
 
     test = sub.add_parser("test", help="evaluate a checkpoint")

@@ -20,6 +20,7 @@ import overhaul_det.tasks  # noqa: F401  (registers task models)
 from overhaul_det.datasets.classification import share_train_classes
 from overhaul_det.datasets.voc import check_normalised_once
 from overhaul_det.engine import install
+from overhaul_det.engine.batch_lr import enable_auto_scale_lr
 from overhaul_det.engine.checkpoint import load_checkpoint_file, load_state_into
 from overhaul_det.engine.keys import check_config_keys, check_option_keys, check_top_level_keys
 from overhaul_det.engine.logging_bridge import LoggingRunner
@@ -88,6 +89,7 @@ def build_runner(
     resume: bool = False,
     amp: bool = False,
     launcher: str = "none",
+    auto_scale_lr: bool = False,
 ) -> Runner:
     """A Runner from a loaded config with the CLI's overrides applied (mmengine's local file backend
     and checkpoint loader replaced by the safe ones: ``engine.install``)."""
@@ -98,9 +100,11 @@ def build_runner(
         cfg.resume = True
     if amp:
         _set_amp(cfg)
+    if auto_scale_lr:
+        enable_auto_scale_lr(cfg, config_path)
     prepare_resume(cfg)
     hooks = cfg.setdefault("custom_hooks", [])
-    for name in ("FiniteInputHook", "InputSizeHook"):
+    for name in ("FiniteInputHook", "InputSizeHook", "BatchLRHook"):
         if not any(hook.get("type") == name for hook in hooks):
             hooks.append(dict(type=name))
     prepare_distributed(cfg, launcher)
