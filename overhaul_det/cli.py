@@ -16,7 +16,12 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.cfg_options, args.data_root)
     runner = build_runner(cfg, args.config, args.work_dir, args.resume, args.amp, args.launcher, args.auto_scale_lr)
-    runner.train()
+    try:
+        runner.train()
+    except KeyboardInterrupt:
+        sys.stderr.write(f"overhaul-det train: interrupted; to continue from the last checkpoint in {runner.work_dir}, "
+                         "run the same command with --resume\n")
+        return 130
     return 0
 
 

@@ -173,6 +173,35 @@ def test_resume_with_nothing_to_resume_starts_over(tmp_path):
     assert find_resume_checkpoint(str(tmp_path)) is None
 
 
+def test_resume_with_nothing_to_resume_says_so(tmp_path, caplog):
+    from mmengine.config import Config
+
+    from overhaul_det.engine.resume import prepare_resume
+
+    cfg = Config(dict(work_dir=str(tmp_path), resume=True, load_from=None))
+    with caplog.at_level("WARNING", logger="overhaul_det.engine.resume"):
+        prepare_resume(cfg)
+    assert f"--resume: no checkpoint in {tmp_path} yet; training starts from the beginning" in caplog.text
+    assert cfg.resume is False and cfg.load_from is None
+
+
+@pytest.mark.usefixtures("fashion_data")
+def test_sigint_stops_with_a_one_line_hint_to_resume(tmp_path):
+    config = _write_config(tmp_path, max_iters=200)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "overhaul_det.cli", "train", config, "--work-dir", str(tmp_path / "work")]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in child.stdout:
+        if re.search(r"Iter\(train\) \[\s*2/", line):
+            child.send_signal(signal.SIGINT)
+            break
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"overhaul-det train: interrupted; to continue from the last checkpoint in "
+                                            f"{tmp_path / 'work'}, run the same command with --resume")
+
+
 WRITER = """
 import sys
 from mmengine.fileio import get_file_backend

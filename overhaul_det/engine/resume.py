@@ -115,13 +115,16 @@ def fresh_epoch_workers(cfg: Config) -> None:
 
 def prepare_resume(cfg: Config) -> None:
     """Add ``ResumeRNGHook`` and start workers afresh each epoch; with ``cfg.resume`` and no ``load_from``,
-    pick the checkpoint here."""
+    pick the checkpoint here (none yet: said, and training starts over)."""
     fresh_epoch_workers(cfg)
     hooks = cfg.setdefault("custom_hooks", [])
     if not any(h.get("type") == "ResumeRNGHook" for h in hooks):
         hooks.append(dict(type="ResumeRNGHook"))
     if cfg.get("resume") and not cfg.get("load_from"):
         cfg.load_from = find_resume_checkpoint(cfg.work_dir)
+        if cfg.load_from is None:
+            logger.warning("--resume: no checkpoint in %s yet; training starts from the beginning", cfg.work_dir)
+            cfg.resume = False
 
 
 def rng_state() -> Dict[str, Any]:
