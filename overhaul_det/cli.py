@@ -140,8 +140,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, KeyError, FileNotFoundError, FloatingPointError, SyntaxError) as error:
-        sys.stderr.write(f"overhaul-det {args.command}: error: {error}\n")
+    except (ValueError, TypeError, KeyError, OSError, FloatingPointError, SyntaxError) as error:
+        from .training import error_message
+
+        sys.stderr.write(f"overhaul-det {args.command}: error: {error_message(error)}\n")
         return 2
 
 

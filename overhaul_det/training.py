@@ -29,7 +29,7 @@ from overhaul_det.engine.reliability import prepare_distributed
 from overhaul_det.engine.resume import prepare_resume
 from overhaul_det.export import STUDENT_PREFIXES, student_state_dict
 
-__all__ = ["load_config", "validate_config", "build_runner", "build_test_runner", "DictAction"]
+__all__ = ["load_config", "validate_config", "build_runner", "build_test_runner", "error_message", "DictAction"]
 
 def validate_config(cfg: Config, source: str = "config") -> None:
     """Reject top-level keys that look like misspellings of a known or inherited key (``data_rot``) and a config
@@ -144,3 +144,18 @@ def build_test_runner(cfg: Config, config_path: str, checkpoint: str, work_dir: 
     runner = build_runner(cfg, config_path, work_dir, launcher=launcher)
     _load_student(runner.model.module if is_model_wrapper(runner.model) else runner.model, checkpoint)
     return runner
+
+
+def error_message(error: BaseException) -> str:
+    """The message of ``error`` alone: for an error raised in a DataLoader worker, without the worker's traceback
+    that torch puts before it (a bad image's one clear message, not buried under it).
+
+    Args:
+        error: the exception a run stopped with.
+    """
+    text = str(error)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    marker = f"\n{type(error).__name__}: "
+    start = text.rfind(marker)
+    return text[start + len(marker):].strip() if start >= 0 else text
