@@ -24,7 +24,7 @@ from overhaul_det.engine.batch_lr import enable_auto_scale_lr
 from overhaul_det.engine.checkpoint import load_checkpoint_file, load_state_into
 from overhaul_det.engine.keys import check_config_keys, check_option_keys, check_top_level_keys
 from overhaul_det.engine.logging_bridge import LoggingRunner
-from overhaul_det.engine.paths import DATALOADERS, fill_data_root, find_config, resolve_repo_paths
+from overhaul_det.engine.paths import DATALOADERS, fill_data_root, find_config, resolve_repo_path, resolve_repo_paths
 from overhaul_det.engine.reliability import prepare_distributed
 from overhaul_det.engine.resume import prepare_resume
 from overhaul_det.export import STUDENT_PREFIXES, student_state_dict
@@ -142,6 +142,7 @@ def build_test_runner(cfg: Config, config_path: str, checkpoint: str, work_dir: 
     cfg.load_from = None
     cfg.resume = False
     runner = build_runner(cfg, config_path, work_dir, launcher=launcher)
+    checkpoint = resolve_repo_path(checkpoint, config_path)
     _load_student(runner.model.module if is_model_wrapper(runner.model) else runner.model, checkpoint)
     return runner
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -148,3 +149,13 @@ def test_data_root_reaches_datasets_inside_wrappers():
     fill_data_root(cfg)
     assert cfg.train_dataloader.dataset.dataset.data_root == "/coco"
     assert "data_root" not in cfg.train_dataloader.dataset
+
+
+def test_test_finds_a_checkpoint_under_the_clones_checkpoints_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    loaded = []
+    monkeypatch.setattr(training, "build_runner", lambda *args, **kwargs: SimpleNamespace(model=None))
+    monkeypatch.setattr(training, "_load_student", lambda model, checkpoint: loaded.append(checkpoint))
+    training.build_test_runner(load_config(str(DEMO_CONFIG)), str(DEMO_CONFIG), TEACHER)
+    assert loaded == [str(REPO / TEACHER)]
+    assert paths.resolve_repo_path("checkpoints/none_such.pth", str(DEMO_CONFIG)) == "checkpoints/none_such.pth"
