@@ -13,16 +13,21 @@ DATA_ROOT_HELP = "the dataset folder: the config's top-level data_root, which ev
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .engine.runner import build_runner, load_config
+    from .training import build_runner, load_config
 
     cfg = load_config(args.config, args.cfg_options, args.data_root)
-    runner = build_runner(cfg, args.config, args.work_dir, args.resume, args.amp, args.launcher)
-    runner.train()
+    runner = build_runner(cfg, args.config, args.work_dir, args.resume, args.amp, args.launcher, args.auto_scale_lr)
+    try:
+        runner.train()
+    except KeyboardInterrupt:
+        sys.stderr.write(f"overhaul-det train: interrupted; to continue from the last checkpoint in {runner.work_dir}, "
+                         "run the same command with --resume\n")
+        return 130
     return 0
 
 
 def _test(args: argparse.Namespace) -> int:
-    from .engine.runner import build_test_runner, load_config
+    from .training import build_test_runner, load_config
 
     cfg = load_config(args.config, args.cfg_options, args.data_root)
     runner = build_test_runner(cfg, args.config, args.checkpoint, args.work_dir, args.launcher)
@@ -83,6 +88,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
     train.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast on CPU)")
     train.add_argument("--launcher", choices=LAUNCHERS, default="none")
+    train.add_argument("--auto-scale-lr", action="store_true",
+                       help="scale the learning rate by total batch / the config's auto_scale_lr.base_batch_size")
     train.set_defaults(func=_train)
 
 
@@ -153,8 +160,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, KeyError, FileNotFoundError, FloatingPointError, SyntaxError) as error:
-        sys.stderr.write(f"overhaul-det {args.command}: error: {error}\n")
+    except (ValueError, TypeError, KeyError, OSError, FloatingPointError, SyntaxError) as error:
+        from .training import error_message
+
+        sys.stderr.write(f"overhaul-det {args.command}: error: {error_message(error)}\n")
         return 2
 
 

@@ -19,7 +19,7 @@ from mmengine.config import Config
 from .cpuinfo import cpu_model
 from .engine.history import read_val_history
 from .engine.hooks import find_distiller
-from .engine.runner import build_runner, load_config
+from .training import build_runner, load_config
 from .export import export_student
 
 __all__ = ["run_demo", "REPO", "TEACHER_CONFIG", "STUDENT_CONFIG", "TEACHER_CHECKPOINT"]

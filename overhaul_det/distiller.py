@@ -19,6 +19,7 @@ from .ofd_config import OFDConfig
 from .pairing import (check_batch, default_tap_weights, loss_layout, match_size, pair_taps, resolve_taps, to_loss_layout,
                       token_prefix)
 from .taps import Tap, TapExtractor, attach_taps, capture_taps
+from .finite import refuse_non_finite_input, refuse_non_finite_loss
 from .teacher_mode import describe_teacher_mode, resolve_teacher_mode, teacher_autocast
 
 __all__ = ["FeatureDistiller", "OFDConfig", "pair_taps", "default_tap_weights"]
@@ -43,6 +44,9 @@ class FeatureDistiller(nn.Module):
         config: the options (``OFDConfig``); None for the defaults.
         **options: ``OFDConfig`` options, over ``config`` (e.g. ``alpha=1e-2, input_size=(3, 32, 32)``).
     """
+
+    # ``forward`` stops a non-finite loss_ofd; a caller that checks every loss term itself turns this off.
+    stop_non_finite_loss = True
 
     def __init__(self, teacher: nn.Module, student: nn.Module, config: Optional[OFDConfig] = None,
                  **options: Any) -> None:
@@ -317,10 +321,14 @@ class FeatureDistiller(nn.Module):
         return self.weights[i] * eager_term(term, s, regressor)
 
     def forward(self, x: Tensor) -> Tuple[object, Dict[str, Tensor]]:
-        """Student output and {'loss_ofd': loss} for a batch both models see as it is."""
+        """Student output and {'loss_ofd': loss} for a batch both models see as it is; a non-finite batch or loss
+        raises FloatingPointError before it reaches the weights or the BatchNorm statistics."""
         check_batch(x, self.student_taps, self.student, "student")
+        refuse_non_finite_input(x, "FeatureDistiller")
         with self.capture_student() as captured:
             out = self.student(x)
             student_feats = self.student_features(captured)
         loss = self._consume_loss(student_feats, self.teacher_features(x), own_teacher=True)
+        if self.stop_non_finite_loss:
+            refuse_non_finite_loss("loss_ofd", loss, "lower alpha or the learning rate")
         return out, {"loss_ofd": loss}

@@ -11,7 +11,7 @@ from mmengine.config import Config
 
 from overhaul_det.cli import main as cli_main
 from overhaul_det.engine.checkpoint import load_checkpoint_file
-from overhaul_det.engine.runner import build_runner, load_config, validate_config
+from overhaul_det.training import build_runner, load_config, validate_config
 from overhaul_det.export import export_student, student_state_dict
 from overhaul_det.registry import DATASETS
 

@@ -80,9 +80,25 @@ def test_no_detections_scores_zero_and_unknown_labels_are_named(ann_file):
     metric = CocoDetectionMetric(ann_file=ann_file, label_to_cat={1: 1})
     empty = dict(image_id=1, boxes=torch.zeros(0, 4), scores=torch.zeros(0), labels=torch.zeros(0, dtype=torch.long))
     metric.process({}, [empty])
-    assert metric.compute_metrics(metric.results) == {key: 0.0 for key in BBOX_KEYS}
+    scores = metric.compute_metrics(metric.results)
+    assert scores["bbox_mAP"] == 0.0 and set(scores.values()) <= {0.0, -1.0}
     metric.process({}, [dict(empty, boxes=torch.ones(1, 4), scores=torch.ones(1), labels=torch.tensor([2]))])
     with pytest.raises(ValueError, match="label 2"):
         metric.compute_metrics(metric.results)
     with pytest.raises(ValueError, match="ann_file"):
         CocoDetectionMetric().compute_metrics([])
+
+
+def test_an_epoch_without_detections_gives_minus_one_where_cocoeval_does(ann_file):
+    """A size range with no ground truth reads -1 on every epoch, with detections or without."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(ann_file)
+    one_miss = [dict(image_id=image_id, category_id=sorted(coco.cats)[0], score=0.5, bbox=[0.0, 0.0, 1.0, 1.0])
+                for image_id in sorted(coco.imgs)]
+    with_detections = _direct_cocoeval(coco, one_miss)
+    metric = CocoDetectionMetric(ann_file=ann_file)
+    metric.process({}, [dict(image_id=image_id, boxes=torch.zeros(0, 4), scores=torch.zeros(0),
+                             labels=torch.zeros(0, dtype=torch.long)) for image_id in sorted(coco.imgs)])
+    without = metric.compute_metrics(metric.results)
+    assert -1.0 in list(with_detections) and 0.0 in list(with_detections)
+    assert [without[key] for key in BBOX_KEYS] == [-1.0 if value == -1 else 0.0 for value in with_detections]

@@ -224,7 +224,7 @@ def test_alpha_zero_trains_the_plain_student_without_a_teacher():
 @pytest.mark.parametrize("name, num_classes", [("ofd_frcnn_r101-to-r18_coco", 81), ("ofd_frcnn_r50-to-mbv3_coco", 81),
                                                ("frcnn_r101_coco", 81), ("ofd_frcnn_fashion_scenes", 11)])
 def test_configs_load(name, num_classes):
-    from overhaul_det.engine.runner import load_config
+    from overhaul_det.training import load_config
 
     cfg = load_config(str(CONFIG.with_name(f"{name}.py")))
     assert cfg.model.type == "DetectionDistiller" and cfg.model.num_classes == num_classes
@@ -266,7 +266,7 @@ def test_runner_trains_and_evaluates_ofd_on_scenes(tmp_path, resnet18_checkpoint
     """Two OFD iterations, then validation: the metric saw every val image once, and its box mAPs are
     pycocotools' own on the predictions the Runner produced."""
     from overhaul_det.datasets.scenes import make_scenes
-    from overhaul_det.engine.runner import build_runner, load_config
+    from overhaul_det.training import build_runner, load_config
 
     make_scenes(tmp_path / "scenes", "train", 8, SIZE, seed=0, fmt=("coco",))
     root = str(tmp_path / "scenes")

@@ -43,3 +43,23 @@ def test_detection_margins_come_from_the_teachers_view_of_several_batches(detect
     assert all(torch.equal(m, w) for m, w in zip(calibrated, wanted))
     assert all((m < 0).all() for m in calibrated)
     assert all(not torch.equal(m, u) for m, u in zip(calibrated, _margins(detector)))  # the uncalibrated ones
+
+
+@pytest.mark.usefixtures("fashion_data")
+@pytest.mark.parametrize("resize, refused", [(64, True), (32, False)])
+def test_ofd_input_size_unlike_the_first_batch_is_refused_with_the_key(tmp_path, capsys, resize, refused):
+    from conftest import iteration_config
+    from overhaul_det.cli import main as cli_main
+
+    config = iteration_config(tmp_path / "size.py", max_iters=1, extra=f"""
+train_dataloader = dict(batch_size=4, dataset=dict(num_samples=8, resize={resize}, augment=False))
+model = dict(ofd=dict(input_size=(3, 32, 32)))
+""")
+    code = cli_main(["train", config, "--work-dir", str(tmp_path / "work")])
+    if refused:
+        assert code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            "overhaul-det train: error: model.ofd.input_size=(3, 32, 32) but the first training batch is 64x64 px "
+            "(train_dataloader's pipeline): set model.ofd.input_size=(3, 64, 64) or resize the data to it")
+    else:
+        assert code == 0

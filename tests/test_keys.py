@@ -10,7 +10,7 @@ from mmengine.registry import Registry
 from overhaul_det.cli import main as cli_main
 from overhaul_det.engine import keys
 from overhaul_det.engine.keys import check_config_keys
-from overhaul_det.engine.runner import load_config
+from overhaul_det.training import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(path for path in (REPO / "configs").glob("*/*.py") if path.parent.name != "_base_")
@@ -30,11 +30,43 @@ def test_every_shipped_config_passes(config):
     ("train_cfg.max_epoch=3", "train_cfg.max_epoch: unknown key; did you mean train_cfg.max_epochs? "
                               "EpochBasedTrainLoop takes max_epochs, val_begin, val_interval, dynamic_intervals"),
     ("val_cfg.fp61=True", "val_cfg.fp61: unknown key; did you mean val_cfg.fp16? ValLoop takes fp16"),
+    ("default_hooks.checkpoint.intervall=5", "default_hooks.checkpoint.intervall: unknown key; did you mean "
+                                             "default_hooks.checkpoint.interval? CheckpointHook takes interval, "),
+    ("train_dataloader.batch_szie=2", "train_dataloader.batch_szie: unknown key; did you mean "
+                                      "train_dataloader.batch_size? DataLoader takes dataset, batch_size"),
+    ("optim_wrapper.optimizer.momentun=0.9", "optim_wrapper.optimizer.momentun: unknown key; did you mean "
+                                             "optim_wrapper.optimizer.momentum? SGD takes params, lr, momentum"),
+    ("optim_wrapper.clip_gard=1", "optim_wrapper.clip_gard: unknown key; did you mean optim_wrapper.clip_grad? "
+                                  "OptimWrapper takes optimizer, accumulative_counts, clip_grad"),
+    ("custom_hooks.0.num_batchs=2", "custom_hooks[0].num_batchs: unknown key; did you mean "
+                                    "custom_hooks[0].num_batches? DataMarginHook takes num_batches"),
+    ("data_rot=/x", "--cfg-options data_rot: "),
 ])
 def test_a_misspelt_key_stops_the_cli_before_anything_is_built(option, message, tmp_path, capsys):
     assert cli_main(["train", str(DEMO_CONFIG), "--work-dir", str(tmp_path), "--cfg-options", option]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"overhaul-det train: error: {message}")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_new_top_level_option_is_named_with_the_nearest_key(tmp_path, capsys):
+    assert cli_main(["train", str(DEMO_CONFIG), "--work-dir", str(tmp_path), "--cfg-options", "data_rot=/x"]) == 2
+    assert "has no key 'data_rot' and nothing reads it; did you mean data_root?" in capsys.readouterr().err
+
+
+def test_a_misspelt_inherited_key_in_a_file_is_named(tmp_path):
+    config = tmp_path / "typo.py"
+    config.write_text(f"_base_ = [{str(DEMO_CONFIG)!r}]\ndata_rot = '/x'\nmy_helper = 3\n")
+    with pytest.raises(ValueError, match=r"typo\.py: unknown key 'data_rot'; did you mean 'data_root'\?"):
+        load_config(str(config))
+    config.write_text(f"_base_ = [{str(DEMO_CONFIG)!r}]\nmy_helper = 3\nmax_epoch = 2\n")
+    with pytest.raises(ValueError, match=r"unknown key 'max_epoch'; did you mean 'max_epochs'\?"):
+        load_config(str(config))
+
+
+def test_options_on_known_or_existing_keys_pass():
+    cfg = load_config(str(DEMO_CONFIG), {"auto_scale_lr.base_batch_size": 64, "image_size": 32,
+                                         "default_hooks.checkpoint.interval": 5, "optim_wrapper.optimizer.lr": 0.1})
+    assert cfg.default_hooks.checkpoint.interval == 5 and cfg.optim_wrapper.optimizer.lr == 0.1
 
 
 def test_datasets_inside_wrappers_are_checked_with_their_place():

@@ -11,7 +11,7 @@ from mmengine.logging import MessageHub
 from conftest import iteration_config
 from overhaul_det.cli import main as cli_main
 from overhaul_det.engine.checkpoint import load_checkpoint_file
-from overhaul_det.engine.runner import build_runner, load_config
+from overhaul_det.training import build_runner, load_config
 from overhaul_det.tasks.classification import ClassificationDistiller
 
 
@@ -72,3 +72,50 @@ def test_any_single_term_is_named(plain_model, bad, value):
     losses[bad] = torch.tensor(value, requires_grad=True)
     with pytest.raises(FloatingPointError, match=rf"^non-finite loss at iteration 7: {bad}={value}\. "):
         plain_model.parse_losses(losses)
+
+
+@pytest.fixture
+def api_distiller(make_model):
+    from overhaul_det import FeatureDistiller
+
+    return FeatureDistiller(make_model("tv", "resnet18"), make_model("tv", "mobilenet_v3_small"),
+                            input_size=(3, 64, 64)).train()
+
+
+def _student_state(distiller) -> dict:
+    return {k: v.clone() for k, v in distiller.student.state_dict().items()}
+
+
+def test_api_path_refuses_a_nan_batch_before_batchnorm_takes_it(api_distiller):
+    before = _student_state(api_distiller)
+    x = torch.randn(2, 3, 64, 64)
+    x[0, 0, 3, 3] = math.nan
+    with pytest.raises(FloatingPointError, match=r"^FeatureDistiller: the input batch holds 1 NaN/Inf value\(s\) of "
+                                                 r"24576; .*The data is the cause, not the loss weights"):
+        api_distiller(x)
+    after = _student_state(api_distiller)
+    assert all(torch.equal(before[k], after[k]) for k in before), "BatchNorm statistics took the NaN batch"
+
+
+def test_api_path_stops_a_non_finite_loss_before_the_optimizer_step(api_distiller):
+    with torch.no_grad():
+        next(api_distiller.regressors[0].parameters()).fill_(math.inf)
+    weights = {k: v.clone() for k, v in api_distiller.student.named_parameters()}
+    optimizer = torch.optim.SGD(api_distiller.student.parameters(), lr=0.1)
+    with pytest.raises(FloatingPointError, match=r"^non-finite loss_ofd=(nan|inf); stopped before the optimizer "
+                                                 r"step: lower alpha or the learning rate"):
+        _, losses = api_distiller(torch.randn(2, 3, 64, 64))
+        losses["loss_ofd"].backward()
+        optimizer.step()
+    assert all(torch.equal(v, weights[k]) for k, v in api_distiller.student.named_parameters())
+
+
+@pytest.mark.usefixtures("fashion_data")
+def test_runner_path_blames_the_data_for_a_non_finite_batch(tmp_path):
+    config = _write_config(tmp_path, lr=0.01)
+    cfg = load_config(config, {"model.data_preprocessor.std": [0.0, 0.0, 0.0]})
+    runner = build_runner(cfg, config, str(tmp_path / "work"))
+    with pytest.raises(FloatingPointError, match=r"^(FeatureDistiller|the student \(\w+\)): the input batch holds \d+ "
+                                                 r"NaN/Inf value.*The data is the cause"):
+        runner.train()
+    assert not list((tmp_path / "work").glob("*.pth"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,9 +10,9 @@ from mmengine.config import Config
 
 from overhaul_det.cli import main as cli_main
 from overhaul_det.engine import paths
-from overhaul_det.engine import runner as runner_module
+from overhaul_det import training
 from overhaul_det.engine.paths import fill_data_root
-from overhaul_det.engine.runner import load_config
+from overhaul_det.training import load_config
 from overhaul_det.evaluation.coco_metric import CocoDetectionMetric
 from overhaul_det.models.classifiers import build_classifier
 from overhaul_det.registry import DATASETS
@@ -86,8 +87,8 @@ def _cli_config(monkeypatch, argv) -> dict:
         seen["cfg"] = cfg
         return Stub()
 
-    monkeypatch.setattr(runner_module, "build_runner", capture)
-    monkeypatch.setattr(runner_module, "build_test_runner", capture)
+    monkeypatch.setattr(training, "build_runner", capture)
+    monkeypatch.setattr(training, "build_test_runner", capture)
     assert cli_main(argv) == 0
     return seen["cfg"]
 
@@ -148,3 +149,13 @@ def test_data_root_reaches_datasets_inside_wrappers():
     fill_data_root(cfg)
     assert cfg.train_dataloader.dataset.dataset.data_root == "/coco"
     assert "data_root" not in cfg.train_dataloader.dataset
+
+
+def test_test_finds_a_checkpoint_under_the_clones_checkpoints_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    loaded = []
+    monkeypatch.setattr(training, "build_runner", lambda *args, **kwargs: SimpleNamespace(model=None))
+    monkeypatch.setattr(training, "_load_student", lambda model, checkpoint: loaded.append(checkpoint))
+    training.build_test_runner(load_config(str(DEMO_CONFIG)), str(DEMO_CONFIG), TEACHER)
+    assert loaded == [str(REPO / TEACHER)]
+    assert paths.resolve_repo_path("checkpoints/none_such.pth", str(DEMO_CONFIG)) == "checkpoints/none_such.pth"

@@ -10,7 +10,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from overhaul_det.cli import main as cli_main
-from overhaul_det.engine.runner import load_config
+from overhaul_det.training import load_config
 from overhaul_det.registry import MODELS
 
 README = Path(__file__).resolve().parents[1] / "README.md"

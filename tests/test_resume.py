@@ -48,8 +48,9 @@ def _assert_same_weights(a: dict, b: dict) -> None:
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
-def _train_until_killed(config: str, work_dir: Path, kill_at: int) -> str:
-    """Run `overhaul-det train` in a child process and SIGKILL it once it logs iteration ``kill_at``."""
+def _train_until_killed(config: str, work_dir: Path, kill_at: int, progress: str = r"Iter\(train\) \[\s*(\d+)/") -> str:
+    """Run `overhaul-det train` in a child process and SIGKILL it once ``progress`` (a log pattern whose group
+    is the iteration or epoch) reaches ``kill_at``."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     command = [sys.executable, "-m", "overhaul_det.cli", "train", config, "--work-dir", str(work_dir)]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -57,7 +58,7 @@ def _train_until_killed(config: str, work_dir: Path, kill_at: int) -> str:
     try:
         for line in child.stdout:
             log.append(line)
-            found = re.search(r"Iter\(train\) \[\s*(\d+)/", line)
+            found = re.search(progress, line)
             if found and int(found.group(1)) >= kill_at:
                 os.kill(child.pid, signal.SIGKILL)
                 break
@@ -88,6 +89,25 @@ def test_sigkill_at_random_iteration_then_resume_matches_uninterrupted(tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fashion_data")
+def test_sigkill_in_epoch_3_with_two_persistent_workers_then_resume_matches_uninterrupted(tmp_path):
+    config = iteration_config(tmp_path / "workers_config.py", 1, extra="""
+train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop', max_epochs=3)
+train_dataloader = dict(batch_size=4, num_workers=2, persistent_workers=True, dataset=dict(num_samples=20))
+default_hooks = dict(checkpoint=dict(interval=1, by_epoch=True, max_keep_ckpts=3), logger=dict(interval=1))
+log_processor = dict(by_epoch=True)
+randomness = dict(seed=0, deterministic=True)
+model = dict(ofd=dict(teacher_precision='float32'))
+""")
+    killed = tmp_path / "killed"
+    _train_until_killed(config, killed, 3, progress=r"Epoch\(train\)\s*\[(\d+)\]")
+    assert (killed / "epoch_2.pth").is_file() and not (killed / "epoch_3.pth").exists()
+
+    assert cli_main(["train", config, "--work-dir", str(killed), "--resume"]) == 0
+    assert cli_main(["train", config, "--work-dir", str(tmp_path / "uninterrupted")]) == 0
+    _assert_same_weights(_state(killed / "epoch_3.pth"), _state(tmp_path / "uninterrupted" / "epoch_3.pth"))
+
+
 @pytest.mark.usefixtures("fashion_data")
 def test_kill_mid_write_resumes_from_last_good_checkpoint(tmp_path):
     config = _write_config(tmp_path, max_iters=3)
@@ -153,6 +173,35 @@ def test_resume_refuses_when_no_checkpoint_loads(tmp_path, three_checkpoints):
 
 def test_resume_with_nothing_to_resume_starts_over(tmp_path):
     assert find_resume_checkpoint(str(tmp_path)) is None
+
+
+def test_resume_with_nothing_to_resume_says_so(tmp_path, caplog):
+    from mmengine.config import Config
+
+    from overhaul_det.engine.resume import prepare_resume
+
+    cfg = Config(dict(work_dir=str(tmp_path), resume=True, load_from=None))
+    with caplog.at_level("WARNING", logger="overhaul_det.engine.resume"):
+        prepare_resume(cfg)
+    assert f"--resume: no checkpoint in {tmp_path} yet; training starts from the beginning" in caplog.text
+    assert cfg.resume is False and cfg.load_from is None
+
+
+@pytest.mark.usefixtures("fashion_data")
+def test_sigint_stops_with_a_one_line_hint_to_resume(tmp_path):
+    config = _write_config(tmp_path, max_iters=200)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "overhaul_det.cli", "train", config, "--work-dir", str(tmp_path / "work")]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in child.stdout:
+        if re.search(r"Iter\(train\) \[\s*2/", line):
+            child.send_signal(signal.SIGINT)
+            break
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"overhaul-det train: interrupted; to continue from the last checkpoint in "
+                                            f"{tmp_path / 'work'}, run the same command with --resume")
 
 
 WRITER = """

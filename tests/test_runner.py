@@ -9,7 +9,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from overhaul_det.cli import main as cli_main
-from overhaul_det.engine.runner import load_config
+from overhaul_det.training import load_config
 from overhaul_det.registry import MODELS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from overhaul_det.engine import install
 from overhaul_det.engine.checkpoint import UnsafeCheckpointError, load_checkpoint_file, load_state_dict_file
-from overhaul_det.engine.runner import build_runner
+from overhaul_det.training import build_runner
 from overhaul_det.export import export_student
 from overhaul_det.models.classifiers import build_classifier
 

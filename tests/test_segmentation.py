@@ -12,7 +12,7 @@ from mmengine.config import Config
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
-from overhaul_det.engine.runner import load_config
+from overhaul_det.training import load_config
 from overhaul_det.models.segmentation import build_segmenter
 from overhaul_det.taps.presets import head_tap_nodes, segmenter_taps
 from overhaul_det.taps import attach_taps, capture_taps, find_taps, qualified_name, trace

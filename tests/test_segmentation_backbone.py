@@ -10,7 +10,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from overhaul_det.engine.runner import load_config
+from overhaul_det.training import load_config
 from overhaul_det.models.classifiers import build_classifier
 from overhaul_det.models.segmentation import build_segmenter
 from overhaul_det.registry import MODELS

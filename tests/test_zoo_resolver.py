@@ -11,7 +11,7 @@ import torch
 import torchvision
 from safetensors.torch import load_file
 
-from overhaul_det.engine.runner import load_config
+from overhaul_det.training import load_config
 from overhaul_det.models import zoo
 from overhaul_det.models.classifiers import build_classifier
 from overhaul_det.models.detection import build_detector, build_fpn_backbone

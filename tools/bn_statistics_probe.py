@@ -26,7 +26,7 @@ from mmengine.config import DictAction
 from mmengine.hooks import Hook
 from torch.utils.data import DataLoader
 
-from overhaul_det.engine.runner import build_runner, load_config
+from overhaul_det.training import build_runner, load_config
 
 
 def _top1(model, loader) -> float:

@@ -1,7 +1,8 @@
 """COCO-format detection for torchvision detectors: xyxy boxes, labels 1..K, images in [0, 1].
 
-The annotation file is checked entry by entry when the dataset is built, so a bad box or category
-stops the run before training with the file, the annotation id and the fix.
+The annotation file is checked entry by entry when the dataset is built, so a malformed entry, an unknown category
+or an image missing on disk stops the run before training with the file, the id and the fix; boxes of zero area or
+outside their image are skipped and counted in one warning, as mmdet does.
 """
 from __future__ import annotations
 
@@ -55,17 +56,43 @@ def _box_errors(ann: dict, images: Dict[Any, dict], categories: set) -> List[str
     box = ann["bbox"]
     if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, numbers.Real) for v in box)):
         return [f"{where}: bbox {box!r} is not [x, y, width, height]"]
-    x, y, w, h = box
-    if w <= 0 or h <= 0:
-        return [f"{where}: bbox {box} has non-positive width or height"]
-    image = images[ann["image_id"]]
-    width, height, tol = image["width"], image["height"], _BOX_TOLERANCE
-    outside = x < -tol or y < -tol or x + w > width + tol or y + h > height + tol
-    if outside or x >= width or y >= height or x + w <= 0 or y + h <= 0:
-        return [f"{where}: bbox {box} (xywh) lies outside image {ann['image_id']} of size {width}x{height}"]
     if ann.get("iscrowd", 0) not in (0, 1):
         return [f"{where}: iscrowd is {ann['iscrowd']!r}, expected 0 or 1"]
     return []
+
+
+def _skip_reason(ann: dict, image: dict) -> Optional[str]:
+    """Why a well-formed box is left out of training (mmdet skips these too), or None to keep it."""
+    x, y, w, h = ann["bbox"]
+    if w <= 0 or h <= 0:
+        return "of zero area"
+    width, height, tol = image["width"], image["height"], _BOX_TOLERANCE
+    outside = x < -tol or y < -tol or x + w > width + tol or y + h > height + tol
+    if outside or x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        return "outside their image"
+    return None
+
+
+def _skipped_boxes(coco: COCO, ann_file: str) -> set:
+    """The ids of the annotations whose box ``_skip_reason`` leaves out, counted in one warning."""
+    reasons = {ann_id: _skip_reason(ann, coco.imgs[ann["image_id"]]) for ann_id, ann in coco.anns.items()}
+    skipped = {ann_id: reason for ann_id, reason in reasons.items() if reason}
+    if skipped:
+        counts = ", ".join(f"{list(skipped.values()).count(reason)} {reason}"
+                           for reason in sorted(set(skipped.values())))
+        logger.warning("COCO %s: skipped %d box(es) (%s), e.g. annotation id(s) %s", ann_file, len(skipped), counts,
+                       sorted(skipped)[:_ERRORS_SHOWN])
+    return set(skipped)
+
+
+def _refuse_missing_images(data_list: List[dict], ann_file: str, img_dir: str) -> None:
+    """ValueError listing the images ``ann_file`` names that are not on disk, before any training starts."""
+    missing = [info["img_path"] for info in data_list if not Path(info["img_path"]).is_file()]
+    if missing:
+        shown = "\n  ".join(missing[:_ERRORS_SHOWN])
+        more = f"\n  ... and {len(missing) - _ERRORS_SHOWN} more" if len(missing) > _ERRORS_SHOWN else ""
+        raise ValueError(f"{ann_file}: {len(missing)} of {len(data_list)} images are not on disk:\n  {shown}{more}"
+                         f"\nput them under {img_dir} (the dataset's data_root + img_prefix), or remove their entries")
 
 
 def _id_errors(dataset: dict) -> List[str]:
@@ -81,7 +108,8 @@ def _id_errors(dataset: dict) -> List[str]:
 def validate_coco(dataset: Any, source: str) -> None:
     """Raise ValueError naming ``source`` and the offending ids if a COCO dict is not usable for training.
 
-    Checks required keys, unique ids, positive image sizes, known image/category ids, boxes inside the image.
+    Checks required keys, unique ids, positive image sizes, known image/category ids and the form of boxes; boxes
+    of zero area or outside their image are skipped when the data is loaded (``load_data_list``), not refused.
     """
     if not isinstance(dataset, dict):
         raise ValueError(f"{source}: top level is a {type(dataset).__name__}; a COCO file is a JSON object")
@@ -212,13 +240,15 @@ class CocoDetection(BaseDataset):
         )
         if self.with_masks:
             _check_segmentations(coco, self.ann_file)
-        data_list = [self._parse_image(coco, image_id, cat_to_label) for image_id in sorted(coco.getImgIds())]
+        skipped = _skipped_boxes(coco, self.ann_file)
+        data_list = [self._parse_image(coco, image_id, cat_to_label, skipped) for image_id in sorted(coco.getImgIds())]
+        _refuse_missing_images(data_list, self.ann_file, self.data_prefix["img_path"])
         logger.info("COCO %s: %d images, %d categories", self.ann_file, len(data_list), len(cat_ids))
         return data_list
 
-    def _parse_image(self, coco: COCO, image_id: int, cat_to_label: Dict[int, int]) -> dict:
+    def _parse_image(self, coco: COCO, image_id: int, cat_to_label: Dict[int, int], skipped: set) -> dict:
         image = coco.imgs[image_id]
-        anns = [ann for ann in coco.imgToAnns[image_id] if not ann.get("iscrowd", 0)]
+        anns = [ann for ann in coco.imgToAnns[image_id] if not ann.get("iscrowd", 0) and ann["id"] not in skipped]
         boxes = np.array([ann["bbox"] for ann in anns], dtype=np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, image["width"])

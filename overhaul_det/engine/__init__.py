@@ -4,7 +4,7 @@ Importing it registers this package's hooks, wrappers and constructor under its 
 scope; mmengine's own file backend and checkpoint loader are replaced only by ``install()``,
 which building a Runner (or running the CLI) calls.
 """
-from . import checkpoint, constructor, fileio, hooks, optim  # noqa: F401  (register hooks, wrappers, constructor)
+from . import batch_lr, checkpoint, constructor, fileio, hooks, optim  # noqa: F401  (register hooks, wrappers, ...)
 from . import reliability, resume, warmup  # noqa: F401  (CPU DDP wrapper, RNG resume hook, RegressorWarmupHook)
 
 __all__ = ["install"]

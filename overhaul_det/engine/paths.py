@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterator, List, Optional
 
 from mmengine.config import Config
 
-__all__ = ["REPO_FOLDERS", "DATALOADERS", "clone_roots", "find_config", "resolve_repo_paths", "fill_data_root"]
+__all__ = ["REPO_FOLDERS", "DATALOADERS", "clone_roots", "find_config", "resolve_repo_path", "resolve_repo_paths",
+           "fill_data_root"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,17 @@ def _from_clone(value: str, roots: List[Path]) -> str:
         return value
     found = next((root / path for root in roots if (root / path).exists()), None)
     return str(found) if found is not None else value
+
+
+def resolve_repo_path(value: str, config_path: str) -> str:
+    """``value`` (a ``checkpoints/...`` or ``data/...`` path given on the command line) found as a config's paths
+    are: here if it exists here, else in the clone of ``config_path`` or of this package.
+
+    Args:
+        value: the path as given.
+        config_path: the config it goes with.
+    """
+    return _from_clone(value, clone_roots(config_path))
 
 
 def resolve_repo_paths(cfg: Config, config_path: str) -> None:

@@ -4,6 +4,8 @@ mmengine resumes from the path written in ``<work_dir>/last_checkpoint``; that f
 missing, empty, or name a checkpoint that a kill left unreadable. Here each candidate is loaded
 (weights_only, allow-listed) before it is chosen, newest first. mmengine saves no RNG state, so
 ``ResumeRNGHook`` stores it in each checkpoint and restores it where the interrupted run stood.
+Dataloader workers draw from their own RNGs, seeded by mmengine when they start: ``fresh_epoch_workers``
+starts them afresh each epoch, so an epoch resumed in new workers draws what it drew uninterrupted.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from mmengine.hooks import Hook
 from ..registry import HOOKS
 from .checkpoint import load_checkpoint_file
 
-__all__ = ["find_resume_checkpoint", "checkpoint_candidates", "prepare_resume", "ResumeRNGHook",
-           "rng_state", "set_rng_state"]
+__all__ = ["find_resume_checkpoint", "checkpoint_candidates", "prepare_resume", "fresh_epoch_workers",
+           "ResumeRNGHook", "rng_state", "set_rng_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +88,43 @@ def find_resume_checkpoint(work_dir: str) -> Optional[str]:
     return None
 
 
+def _iteration_based(train_cfg: Any) -> bool:
+    """Whether mmengine trains ``train_cfg`` by iterations: its loop then replays every batch on resume."""
+    if not isinstance(train_cfg, dict):
+        return False
+    if "type" in train_cfg:
+        return train_cfg["type"] == "IterBasedTrainLoop"
+    return train_cfg.get("by_epoch") is False
+
+
+def fresh_epoch_workers(cfg: Config) -> None:
+    """Turn off ``train_dataloader.persistent_workers`` in epoch-based training (logged).
+
+    Persistent workers carry their RNGs from epoch to epoch, while a resumed run starts new workers at its
+    first epoch, so its augmentations would differ; workers started each epoch draw the same in both.
+    """
+    loader = cfg.get("train_dataloader")
+    if not isinstance(loader, dict) or not loader.get("num_workers") or not loader.get("persistent_workers"):
+        return
+    if _iteration_based(cfg.get("train_cfg")):
+        return
+    loader["persistent_workers"] = False
+    logger.info("train_dataloader.persistent_workers=False: workers start afresh each epoch, so that --resume "
+                "continues with the augmentations of an uninterrupted run")
+
+
 def prepare_resume(cfg: Config) -> None:
-    """Add ``ResumeRNGHook``; with ``cfg.resume`` and no ``load_from``, pick the checkpoint here."""
+    """Add ``ResumeRNGHook`` and start workers afresh each epoch; with ``cfg.resume`` and no ``load_from``,
+    pick the checkpoint here (none yet: said, and training starts over)."""
+    fresh_epoch_workers(cfg)
     hooks = cfg.setdefault("custom_hooks", [])
     if not any(h.get("type") == "ResumeRNGHook" for h in hooks):
         hooks.append(dict(type="ResumeRNGHook"))
     if cfg.get("resume") and not cfg.get("load_from"):
         cfg.load_from = find_resume_checkpoint(cfg.work_dir)
+        if cfg.load_from is None:
+            logger.warning("--resume: no checkpoint in %s yet; training starts from the beginning", cfg.work_dir)
+            cfg.resume = False
 
 
 def rng_state() -> Dict[str, Any]:

@@ -137,8 +137,9 @@ class CocoDetectionMetric(BaseMetric):
     def _evaluate(self, coco: COCO, detections: List[dict], results: List[dict], kind: str) -> Dict[str, float]:
         keys = BBOX_KEYS if kind == "bbox" else SEGM_KEYS
         if not detections:
-            logger.warning("no detections on %d images; %s mAP is 0", len(results), "box" if kind == "bbox" else "mask")
-            return {key: 0.0 for key in keys}
+            logger.warning("no detections on %d images; %s mAP is 0 (-1 for a size range with no ground truth, "
+                           "as COCOeval reports it)", len(results), "box" if kind == "bbox" else "mask")
+            return dict(zip(keys, _scores_without_detections(coco, {result["image_id"] for result in results})))
         summary = io.StringIO()
         with contextlib.redirect_stdout(summary):
             evaluator = COCOeval(coco, coco.loadRes(detections), kind)
@@ -148,6 +149,15 @@ class CocoDetectionMetric(BaseMetric):
             evaluator.summarize()
         logger.info("COCO %s evaluation\n%s", kind, summary.getvalue())
         return {key: float(value) for key, value in zip(keys, evaluator.stats)}
+
+
+def _scores_without_detections(coco: COCO, image_ids: set) -> List[float]:
+    """COCOeval's six scores when nothing was detected: 0 where there is ground truth to miss, -1 (as COCOeval
+    gives on any epoch) where none lies in the size range (all, all, all, small, medium, large)."""
+    areas = [ann.get("area", ann["bbox"][2] * ann["bbox"][3]) for ann in coco.dataset["annotations"]
+             if ann["image_id"] in image_ids and not ann.get("iscrowd", 0)]
+    ranges = [(0, 1e10)] * 3 + [(0, 32 ** 2), (32 ** 2, 96 ** 2), (96 ** 2, 1e10)]
+    return [0.0 if any(low <= area <= high for area in areas) else -1.0 for low, high in ranges]
 
 
 def _encode_masks(sample: dict) -> List[dict]:

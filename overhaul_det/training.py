@@ -1,8 +1,8 @@
-"""Load, check and run configs with mmengine's Runner (train, test), as the CLI and tools do."""
+"""Assemble runs from configs: load, check and build mmengine Runners (train, test), as the CLI and tools do.
+
+The one place that registers every task, dataset and metric; ``engine/`` stays mmengine glue and imports no task."""
 from __future__ import annotations
 
-import difflib
-import inspect
 import os
 from pathlib import Path
 from typing import Optional
@@ -20,31 +20,26 @@ import overhaul_det.tasks  # noqa: F401  (registers task models)
 from overhaul_det.datasets.classification import share_train_classes
 from overhaul_det.datasets.voc import check_normalised_once
 from overhaul_det.engine import install
+from overhaul_det.engine.batch_lr import enable_auto_scale_lr
 from overhaul_det.engine.checkpoint import load_checkpoint_file, load_state_into
-from overhaul_det.engine.keys import check_config_keys
+from overhaul_det.engine.keys import check_config_keys, check_option_keys, check_top_level_keys
 from overhaul_det.engine.logging_bridge import LoggingRunner
-from overhaul_det.engine.paths import DATALOADERS, fill_data_root, find_config, resolve_repo_paths
+from overhaul_det.engine.paths import DATALOADERS, fill_data_root, find_config, resolve_repo_path, resolve_repo_paths
 from overhaul_det.engine.reliability import prepare_distributed
 from overhaul_det.engine.resume import prepare_resume
 from overhaul_det.export import STUDENT_PREFIXES, student_state_dict
 
-__all__ = ["load_config", "validate_config", "build_runner", "build_test_runner", "DictAction"]
-
-_KNOWN_KEYS = set(inspect.signature(Runner.__init__).parameters) | {
-    "_base_", "default_scope", "launcher", "randomness", "env_cfg", "log_level", "log_processor",
-    "visualizer", "custom_hooks", "default_hooks", "resume", "load_from", "work_dir", "data_preprocessor",
-    "model_wrapper_cfg", "custom_imports", "auto_scale_lr", "vis_backends",
-}
-
+__all__ = ["load_config", "validate_config", "build_runner", "build_test_runner", "error_message", "DictAction"]
 
 def validate_config(cfg: Config, source: str = "config") -> None:
-    """Reject top-level keys that look like misspellings of a known key (e.g. ``train_dataloder``)."""
-    for key in cfg.keys():
-        if key in _KNOWN_KEYS:
-            continue
-        close = difflib.get_close_matches(key, sorted(_KNOWN_KEYS), n=1, cutoff=0.85)
-        if close:
-            raise ValueError(f"{source}: unknown key '{key}'; did you mean '{close[0]}'?")
+    """Reject top-level keys that look like misspellings of a known or inherited key (``data_rot``) and a config
+    without ``model``.
+
+    Args:
+        cfg: the loaded config.
+        source: its file, named in the error.
+    """
+    check_top_level_keys(cfg, source)
     if "model" not in cfg:
         raise ValueError(f"{source}: no 'model' key; a config needs model=dict(type=...)")
 
@@ -55,6 +50,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None, data_root: Option
     path = find_config(path)
     cfg = Config.fromfile(path)
     if cfg_options:
+        check_option_keys(cfg, path, cfg_options)
         cfg.merge_from_dict(cfg_options)
     if data_root is not None:
         cfg.data_root = data_root
@@ -93,6 +89,7 @@ def build_runner(
     resume: bool = False,
     amp: bool = False,
     launcher: str = "none",
+    auto_scale_lr: bool = False,
 ) -> Runner:
     """A Runner from a loaded config with the CLI's overrides applied (mmengine's local file backend
     and checkpoint loader replaced by the safe ones: ``engine.install``)."""
@@ -103,7 +100,13 @@ def build_runner(
         cfg.resume = True
     if amp:
         _set_amp(cfg)
+    if auto_scale_lr:
+        enable_auto_scale_lr(cfg, config_path)
     prepare_resume(cfg)
+    hooks = cfg.setdefault("custom_hooks", [])
+    for name in ("FiniteInputHook", "InputSizeHook", "BatchLRHook"):
+        if not any(hook.get("type") == name for hook in hooks):
+            hooks.append(dict(type=name))
     prepare_distributed(cfg, launcher)
     return LoggingRunner.from_cfg(cfg)
 
@@ -139,5 +142,21 @@ def build_test_runner(cfg: Config, config_path: str, checkpoint: str, work_dir: 
     cfg.load_from = None
     cfg.resume = False
     runner = build_runner(cfg, config_path, work_dir, launcher=launcher)
+    checkpoint = resolve_repo_path(checkpoint, config_path)
     _load_student(runner.model.module if is_model_wrapper(runner.model) else runner.model, checkpoint)
     return runner
+
+
+def error_message(error: BaseException) -> str:
+    """The message of ``error`` alone: for an error raised in a DataLoader worker, without the worker's traceback
+    that torch puts before it (a bad image's one clear message, not buried under it).
+
+    Args:
+        error: the exception a run stopped with.
+    """
+    text = str(error)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    marker = f"\n{type(error).__name__}: "
+    start = text.rfind(marker)
+    return text[start + len(marker):].strip() if start >= 0 else text
