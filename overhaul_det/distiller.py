@@ -91,7 +91,10 @@ class FeatureDistiller(nn.Module):
 
     @property
     def alpha(self) -> Union[float, str]:
-        """The configured alpha: a number, or 'auto' (its value is the ``alpha_auto`` buffer once set)."""
+        """The alpha in use: the configured number, or for 'auto' the value the first training iteration chose
+        ('auto' until then)."""
+        if self.config.alpha == "auto" and float(self.alpha_auto) > 0:
+            return float(self.alpha_auto)
         return self.config.alpha
 
     # ----------------------------------------------------------------------------------------
@@ -132,7 +135,7 @@ class FeatureDistiller(nn.Module):
             loss_ofd: the OFD term of the iteration (warm-up ramp applied).
             task_loss: the task's own loss of the iteration.
         """
-        if self.alpha != "auto":
+        if self.config.alpha != "auto":
             return loss_ofd
         if float(self.alpha_auto) == 0.0:
             if not self.training:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from overhaul_det.datasets.scenes import make_scenes
 from overhaul_det.datasets.voc import voc_palette
-from overhaul_det.engine.runner import build_runner, load_config
+from overhaul_det.training import build_runner, load_config
 from overhaul_det.tasks.base import WEIGHT_KEYS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -32,6 +32,7 @@ def test_the_python_example_trains_the_student_and_its_regressors():
     distiller, student, teacher = scope["distiller"], scope["student"], scope["teacher"]
     assert torch.isfinite(scope["loss"]) and scope["losses"]["loss_ofd"] > 0
     assert float(distiller.alpha_auto) > 0, "alpha='auto' was not set by the first step"
+    assert distiller.alpha == float(distiller.alpha_auto)  # the chosen number, no longer 'auto'
     trained = [*student.parameters(), *distiller.regressors.parameters()]
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
     assert all(p.grad is None for p in teacher.parameters())

@@ -149,3 +149,10 @@ def test_sbd_trainaug_combines_as_the_official_code(tmp_path):
     assert dataset[2]["data_samples"]["img_path"] == str(sbd / "img" / "d.jpg")
     with pytest.raises(ValueError, match="split='trainaug'"):
         VOCSegmentation(str(voc), "train", sbd_root=str(sbd.parent))
+
+
+def test_an_sbd_matlab_label_names_the_converter():
+    from overhaul_det.datasets.voc import _read_label
+
+    with pytest.raises(ValueError, match=r"a\.mat is one of SBD's MATLAB labels.*tools/sbd_to_png\.py"):
+        _read_label("cls/a.mat")

@@ -69,23 +69,10 @@ def _read_rgb(path: str) -> Image.Image:
         raise OSError(f"cannot read image {path} ({error}); replace it or drop its id from the split list") from error
 
 
-def _read_sbd_mat(path: str) -> Image.Image:
-    """An SBD ``cls/<id>.mat`` label (``GTcls.Segmentation``, class indices) as a greyscale image."""
-    try:
-        from scipy.io import loadmat
-    except ImportError:
-        raise ImportError(f"reading the SBD label {path} needs scipy (`pip install scipy`); or convert SBD's "
-                          "labels to PNGs once and set sbd_label_suffix='.png'") from None
-    try:
-        segmentation = loadmat(path)["GTcls"][0]["Segmentation"][0]
-    except (OSError, ValueError, KeyError, IndexError) as error:
-        raise OSError(f"cannot read SBD label {path} ({error}); replace it or drop its id from the SBD lists") from None
-    return Image.fromarray(np.asarray(segmentation, dtype=np.uint8), mode="L")
-
-
 def _read_label(path: str) -> Image.Image:
     if path.endswith(".mat"):
-        return _read_sbd_mat(path)
+        raise ValueError(f"{path} is one of SBD's MATLAB labels; convert them to index PNGs once with `python "
+                         "tools/sbd_to_png.py SBD_ROOT` (from a clone, needs scipy) and keep sbd_label_suffix='.png'")
     try:
         with Image.open(path) as label:
             label.load()
@@ -174,14 +161,15 @@ class VOCSegmentation(BaseDataset):
         seg_suffix: str = ".png",
         validate: bool = False,
         sbd_root: Optional[str] = None,
-        sbd_label_suffix: str = ".mat",
+        sbd_label_suffix: str = ".png",
         indices: Optional[Sequence[int]] = None,
         serialize_data: bool = True,
     ) -> None:
         """``crop_size`` is (H, W); ``mean``/``std`` are in [0, 1] units; ``classes`` defaults to VOC's 21 names.
 
         ``validate=True`` decodes every label at construction; otherwise each label is checked when loaded.
-        ``sbd_label_suffix``: ``.mat`` (SBD's own, read with scipy) or ``.png`` for labels converted to index PNGs.
+        ``sbd_label_suffix``: ``.png``, SBD's ``cls/*.mat`` labels converted to index PNGs beside them by
+        ``tools/sbd_to_png.py`` (the package reads no MATLAB files).
         """
         if sbd_root is not None and split != "trainaug":
             raise ValueError(f"sbd_root is read by split='trainaug' only, not split={split!r}; drop sbd_root or "

@@ -34,7 +34,8 @@ SEGMENTATION_BASELINE_SWEEP: Dict[str, Dict] = {
 }
 # OFD on the variants of the baseline sweep that change the recipe (not alpha).
 SEGMENTATION_OFD_SWEEP: Dict[str, Dict] = {
-    "ofd, lr 0.05, background weight 0.1": {"optim_wrapper.optimizer.lr": 0.05, "model.class_weight": [0.1] + [1.0] * 10},
+    "ofd, lr 0.05, background weight 0.1": {"optim_wrapper.optimizer.lr": 0.05,
+                                            "model.class_weight": [0.1] + [1.0] * 10},
 }
 
 TASKS = {

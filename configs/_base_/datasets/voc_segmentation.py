@@ -1,7 +1,7 @@
 # PASCAL VOC 2012 segmentation: data/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass, ImageSets/Segmentation}.
 # The default trains on VOC 'train' (1,464 images). The paper (and the official OFD code, --use-sbd) trains on
 # SBD trainaug (10,582 images: VOC train + SBD train and val, minus VOC val): with SBD's benchmark_RELEASE
-# unpacked at data/SBD/benchmark_RELEASE (dataset/{img,cls,train.txt,val.txt}; its .mat labels need scipy), set
+# unpacked at data/SBD/benchmark_RELEASE (dataset/{img,cls,train.txt,val.txt}; its .mat labels converted to PNGs once by tools/sbd_to_png.py), set
 #   --cfg-options train_dataloader.dataset.split=trainaug train_dataloader.dataset.sbd_root=data/SBD/benchmark_RELEASE
 # (or, with SBD's labels already as index PNGs in SegmentationClassAug and ImageSets/Segmentation/trainaug.txt,
 # split='trainaug', ann_dir='SegmentationClassAug'). Items arrive normalised (ImageNet mean/std); the
