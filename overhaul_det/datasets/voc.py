@@ -168,8 +168,7 @@ class VOCSegmentation(BaseDataset):
         """``crop_size`` is (H, W); ``mean``/``std`` are in [0, 1] units; ``classes`` defaults to VOC's 21 names.
 
         ``validate=True`` decodes every label at construction; otherwise each label is checked when loaded.
-        ``sbd_label_suffix``: ``.png``, SBD's ``cls/*.mat`` labels converted to index PNGs beside them by
-        ``tools/sbd_to_png.py`` (the package reads no MATLAB files).
+        ``sbd_label_suffix``: of SBD's index-PNG labels, which ``tools/sbd_to_png.py`` writes from its ``.mat`` files.
         """
         if sbd_root is not None and split != "trainaug":
             raise ValueError(f"sbd_root is read by split='trainaug' only, not split={split!r}; drop sbd_root or "
