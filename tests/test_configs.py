@@ -124,6 +124,7 @@ def _small(cfg, real_data: bool) -> None:
                     spec.pop(key, None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in CONFIGS])
 def test_config_trains_one_iteration_and_validates(path, tmp_path, fashion_data, monkeypatch):
     monkeypatch.chdir(REPO)

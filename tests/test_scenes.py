@@ -10,7 +10,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from overhaul_det.datasets.fashion_mnist import CLASSES
-from overhaul_det.datasets.scenes import SCENE_CLASSES, make_scenes, make_scenes_cli
+from overhaul_det import cli
+from overhaul_det.datasets.scenes import SCENE_CLASSES, make_scenes
 
 SIZE = 96
 NUM_IMAGES = 8
@@ -80,15 +81,15 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(scenes, tmp_pa
 
 @pytest.mark.usefixtures("fashion_data")
 def test_cli_writes_only_the_requested_format(tmp_path):
-    assert make_scenes_cli([str(tmp_path), "--split", "test", "--num-images", "3", "--image-size", "64",
-                            "--format", "coco"]) == 0
+    assert cli.main(["make-scenes", str(tmp_path), "--split", "test", "--num-images", "3", "--image-size", "64",
+                     "--format", "coco"]) == 0
     assert len(COCO(str(tmp_path / "annotations" / "instances_test.json")).imgs) == 3
     assert not (tmp_path / "JPEGImages").exists()
 
 
 def test_cli_refuses_a_misspelt_split_before_writing(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        make_scenes_cli([str(tmp_path / "out"), "--split", "vall"])
+        cli.main(["make-scenes", str(tmp_path / "out"), "--split", "vall"])
     assert re.search(r"--split: invalid choice: 'vall' \(choose from '?train'?, '?val'?, '?test'?\)",
                      capsys.readouterr().err)
     assert not (tmp_path / "out").exists()

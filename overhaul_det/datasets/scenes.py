@@ -5,7 +5,6 @@ annotation (box, RLE mask, class map) describes only the pixels left visible.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -22,7 +21,7 @@ from pycocotools import mask as mask_utils
 from .fashion_mnist import CLASSES, load_fashion_mnist_arrays
 from .voc import voc_palette
 
-__all__ = ["SCENE_CLASSES", "make_scenes", "make_scenes_cli"]
+__all__ = ["SCENE_CLASSES", "make_scenes"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,27 +202,3 @@ def make_scenes(
         _write_bytes(written["voc"], ("\n".join(voc_ids) + "\n").encode())
     logger.info("scenes %s: %d images, %d objects -> %s", split, num_images, num_objects, out_dir)
     return written
-
-
-def make_scenes_cli(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry: ``make-scenes OUT [--split S] [--num-images N] ...``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="overhaul-det make-scenes", description=make_scenes.__doc__.splitlines()[0])
-    parser.add_argument("out", help="output folder (created if missing)")
-    parser.add_argument("--split", default="train", choices=CLI_SPLITS,
-                        help="'train' uses Fashion-MNIST training items, the others its test items "
-                             "(make_scenes() takes any other name)")
-    parser.add_argument("--num-images", type=int, default=200)
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--min-objects", type=int, default=1)
-    parser.add_argument("--max-objects", type=int, default=6)
-    parser.add_argument("--scale-range", type=float, nargs=2, default=(0.8, 2.0), metavar=("LOW", "HIGH"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS), dest="fmt")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    written = make_scenes(args.out, split=args.split, num_images=args.num_images, image_size=args.image_size,
-                          min_objects=args.min_objects, max_objects=args.max_objects,
-                          scale_range=tuple(args.scale_range), seed=args.seed, fmt=tuple(args.fmt))
-    for name, path in written.items():
-        logger.info("%s: %s", name, path)
-    return 0
