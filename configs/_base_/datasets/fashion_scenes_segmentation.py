@@ -1,5 +1,5 @@
 # Fashion-MNIST scenes in VOC layout, 128 px, 11 classes (background + the 10 garments). Make them once:
-#   overhaul-det make-scenes data/fashion_scenes_voc --split train --num-images 1000 --image-size 128 --format voc
+#   overhaul-det make-scenes data/fashion_scenes_voc --split train --num-images 2000 --image-size 128 --format voc
 #   overhaul-det make-scenes data/fashion_scenes_voc --split val --num-images 200 --image-size 128 --format voc
 # data_root reaches every dataset (load_config fills it in; set it with --data-root).
 data_root = 'data/fashion_scenes_voc'
