@@ -520,3 +520,17 @@ def test_report_only_refuses_the_flags_that_shape_trainings(tmp_path, capsys, fl
         reproduce.main(["classification", "--report-only", *flags, "--work-dir", str(tmp_path), "--out", str(tmp_path)])
     assert f"{flags[0]} shape trainings, and --report-only trains none" in capsys.readouterr().err
     assert not (tmp_path / "results_classification.md").exists()
+
+
+def test_the_alpha_plots_baseline_band_shows_a_fractions_std_in_four_decimals(tmp_path, monkeypatch):
+    for seed, (baseline, ofd) in enumerate([(0.0930, 0.120), (0.0990, 0.125)]):
+        _fake_run(tmp_path, "baseline", seed, baseline)
+        _fake_run(tmp_path, "ofd", seed, ofd)
+        _fake_run(tmp_path, "alpha 1e-3", seed, ofd - 0.01)
+    report = reproduce.collect_task("classification", tmp_path)
+    bands = []
+    from matplotlib.axes import Axes
+
+    monkeypatch.setattr(Axes, "axhspan", lambda ax, low, high, **kwargs: bands.append(kwargs["label"]))
+    plots.plot_alpha("classification", report["results"], report["metric"], 1e-2, tmp_path / "alpha.png")
+    assert bands == ["baseline 0.0960 ± 0.0042"]  # sample std of 0.0930 and 0.0990
