@@ -124,14 +124,6 @@ def train_and_hash(task: str, method: str, code_root: Path, work_dir: Path, data
     return dict(hash=digest, tensors=tensors, metrics=_last_metrics(work_dir))
 
 
-def _commit(code_root: Path) -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=code_root,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def fingerprint_checkout(code_root: Path, work_dir: Path, tasks: Sequence[str] = tuple(TASKS),
                          methods: Sequence[str] = tuple(METHODS), previous: Optional[Mapping] = None) -> Dict:
     """Fingerprint every (task, method) of the checkout at ``code_root``, its runs under ``work_dir``.
@@ -143,7 +135,7 @@ def fingerprint_checkout(code_root: Path, work_dir: Path, tasks: Sequence[str] =
         methods: the methods of each (default all).
         previous: a fingerprint file of the same checkout whose other entries are kept.
     """
-    from tools.provenance import code_hash, cpu_model, recorded_code_hash
+    from tools.provenance import code_hash, cpu_model, git_commit, recorded_code_hash
 
     code_root = code_root.resolve()
     scenes = write_data(work_dir / "data", code_root)
@@ -154,7 +146,7 @@ def fingerprint_checkout(code_root: Path, work_dir: Path, tasks: Sequence[str] =
             _empty(run_dir)
             fingerprints[task][method] = train_and_hash(task, method, code_root, run_dir, work_dir / "data", scenes)
             logger.info("%s / %s: %s", task, method, fingerprints[task][method]["hash"][:16])
-    return dict(format=FORMAT, code_root=str(code_root), commit=_commit(code_root), code=code_hash(code_root),
+    return dict(format=FORMAT, code_root=str(code_root), commit=git_commit(code_root), code=code_hash(code_root),
                 recorded_code=recorded_code_hash(code_root), threads=1, torch=torch.__version__, cpu=cpu_model(),
                 fingerprints={task: entries for task, entries in fingerprints.items() if entries})
 
