@@ -29,6 +29,7 @@ SEGMENTATION_BASELINE_SWEEP: Dict[str, Dict] = {
     "baseline, background weight 1": {"model.ofd.alpha": 0, "model.class_weight": None},
     "baseline, 16 epochs": {"model.ofd.alpha": 0, **_epochs(16)},
     "baseline, 32 epochs": {"model.ofd.alpha": 0, **_epochs(32)},
+    "baseline, 48 epochs": {"model.ofd.alpha": 0, **_epochs(48)},
 }
 
 TASKS = {
