@@ -143,7 +143,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--epochs", type=int, default=None)
     demo.add_argument("--retrain-teacher", action="store_true")
     demo.add_argument("--threads", type=_positive_int, default=None,
-                      help="torch threads for the demo's trainings (default: torch's, all cores); fewer on a shared machine")
+                      help="torch threads for the demo's trainings (default: torch's, all cores); "
+                           "fewer on a shared machine")
     demo.set_defaults(func=_demo)
 
 

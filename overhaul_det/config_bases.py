@@ -1,4 +1,5 @@
-"""``_base_ = ['overhaul_det::_base_/datasets/fashion_mnist.py']``: a user's config inherits a shipped one from any folder.
+"""``_base_ = ['overhaul_det::_base_/datasets/fashion_mnist.py']``: a user's config inherits a shipped one from any
+folder.
 
 mmengine resolves ``pkg::path`` only for the OpenMMLab packages it lists, through a ``.mim`` folder, so the
 ``overhaul_det::`` entries are turned into absolute paths here, in a copy of the config that mmengine then reads.
@@ -59,8 +60,8 @@ def _base_path(base: str, config: Path) -> Path:
         return target
     target = config.parent / base
     if not target.is_file():
-        raise FileNotFoundError(f"{config}: _base_ {base!r} does not exist next to this file ({target.resolve()}); to inherit "
-                                f"a shipped config from any folder, write {_suggestion(base)}")
+        raise FileNotFoundError(f"{config}: _base_ {base!r} does not exist next to this file ({target.resolve()}); "
+                                f"to inherit a shipped config from any folder, write {_suggestion(base)}")
     return target
 
 

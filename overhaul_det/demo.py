@@ -23,7 +23,8 @@ from .engine.hooks import find_distiller
 from .training import build_runner, load_config
 from .export import export_student
 
-__all__ = ["run_demo", "DemoProgress", "progress_text", "REPO", "TEACHER_CONFIG", "STUDENT_CONFIG", "TEACHER_CHECKPOINT"]
+__all__ = ["run_demo", "DemoProgress", "progress_text", "REPO", "TEACHER_CONFIG", "STUDENT_CONFIG",
+           "TEACHER_CHECKPOINT"]
 
 logger = logging.getLogger(__name__)
 
