@@ -54,7 +54,8 @@ def _taps(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(work_dir=args.work_dir, epochs=args.epochs, retrain_teacher=args.retrain_teacher)
+    return run_demo(work_dir=args.work_dir, epochs=args.epochs, retrain_teacher=args.retrain_teacher,
+                    threads=args.threads)
 
 
 def _make_scenes(args: argparse.Namespace) -> int:
@@ -125,11 +126,25 @@ def _add_taps(sub: argparse._SubParsersAction) -> None:
     taps.set_defaults(func=_taps)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (``--threads``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give 1 or more") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1; give 1 or more")
+    return value
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="teacher, baseline and OFD student on Fashion-MNIST")
     demo.add_argument("--work-dir", default="work_dirs/demo")
     demo.add_argument("--epochs", type=int, default=None)
     demo.add_argument("--retrain-teacher", action="store_true")
+    demo.add_argument("--threads", type=_positive_int, default=None,
+                      help="torch threads for the demo's trainings (default: torch's, all cores); "
+                           "fewer on a shared machine")
     demo.set_defaults(func=_demo)
 
 

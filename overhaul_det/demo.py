@@ -10,8 +10,9 @@ import logging
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from mmengine.config import Config
@@ -22,7 +23,8 @@ from .engine.hooks import find_distiller
 from .training import build_runner, load_config
 from .export import export_student
 
-__all__ = ["run_demo", "REPO", "TEACHER_CONFIG", "STUDENT_CONFIG", "TEACHER_CHECKPOINT"]
+__all__ = ["run_demo", "DemoProgress", "progress_text", "REPO", "TEACHER_CONFIG", "STUDENT_CONFIG",
+           "TEACHER_CHECKPOINT"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,28 +114,108 @@ def _table(teacher_top1: float, teacher_seconds: float, results: List[Dict], tra
     return "\n".join(lines)
 
 
-def run_demo(work_dir: str = "work_dirs/demo", epochs: Optional[int] = None, retrain_teacher: bool = False) -> int:
-    """Teacher (shipped or trained), then baseline and OFD students with the same schedule."""
-    out = Path(work_dir)
+def progress_text(done: int, total: int, elapsed: float, seconds_left: Optional[float], now: datetime) -> str:
+    """The overall progress line logged between the demo's runs: runs done, time spent, time left and the clock time
+    the demo should end at (unknown until a run of each remaining kind has finished once).
+
+    Args:
+        done: runs finished.
+        total: runs in the demo.
+        elapsed: seconds since the demo started.
+        seconds_left: estimated seconds for the remaining runs; None when not known yet.
+        now: the current clock time, for the ETA.
+    """
+    spent = f"[demo {done}/{total} done] {timedelta(seconds=round(elapsed))} elapsed"
+    if done == total:
+        return f"{spent}, finished"
+    if seconds_left is None:
+        return f"{spent}; overall time left known once a run of each remaining kind has finished"
+    end = now + timedelta(seconds=seconds_left)
+    return f"{spent}; about {timedelta(seconds=round(seconds_left))} left, ETA {end:%H:%M:%S}"
+
+
+class DemoProgress:
+    """Logs each run of the demo as it starts and, as it ends, the overall progress with an ETA: a remaining run
+    is expected to take as long as the finished runs of its kind took on average.
+
+    Args:
+        kinds: the kind of each run in order ('teacher training', 'teacher test', 'student').
+        clock: seconds, monotonic.
+    """
+
+    def __init__(self, kinds: List[str], clock: Callable[[], float] = time.perf_counter) -> None:
+        self.kinds = kinds
+        self.clock = clock
+        self.durations: List[float] = []
+        self.started = clock()
+        self._run_started = self.started
+
+    def begin(self, what: str) -> None:
+        logger.info("[demo %d/%d] %s", len(self.durations) + 1, len(self.kinds), what)
+        self._run_started = self.clock()
+
+    def end(self) -> None:
+        self.durations.append(self.clock() - self._run_started)
+        logger.info(progress_text(len(self.durations), len(self.kinds), self.clock() - self.started,
+                                  self.seconds_left(), datetime.now()))
+
+    def seconds_left(self) -> Optional[float]:
+        """The remaining runs' expected seconds; None while a remaining kind has no finished run."""
+        finished: Dict[str, List[float]] = {}
+        for kind, seconds in zip(self.kinds, self.durations):
+            finished.setdefault(kind, []).append(seconds)
+        remaining = self.kinds[len(self.durations):]
+        if any(kind not in finished for kind in remaining):
+            return None
+        return sum(sum(finished[kind]) / len(finished[kind]) for kind in remaining)
+
+
+def run_demo(work_dir: str = "work_dirs/demo", epochs: Optional[int] = None, retrain_teacher: bool = False,
+             threads: Optional[int] = None) -> int:
+    """Teacher (shipped or trained), then baseline and OFD students with the same schedule.
+
+    Args:
+        work_dir: where the runs, the plot and the results go.
+        epochs: the students' epochs; the config's when None.
+        retrain_teacher: train the teacher even where its checkpoint is shipped.
+        threads: torch threads for the demo's runs (restored after); torch's default when None.
+    """
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads={threads}: give 1 or more torch threads")
+        torch.set_num_threads(threads)
+    try:
+        return _run_demo(Path(work_dir), epochs, retrain_teacher)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_demo(out: Path, epochs: Optional[int], retrain_teacher: bool) -> int:
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     trained = retrain_teacher or not TEACHER_CHECKPOINT.exists()
+    progress = DemoProgress((["teacher training"] if trained else []) + ["teacher test", "student", "student"])
     if trained:
-        logger.info("[demo 1/4] training the teacher (%s)", TEACHER_CONFIG.name)
+        progress.begin(f"training the teacher ({TEACHER_CONFIG.name})")
         _train_teacher(out)
-    logger.info("[demo 2/4] evaluating the teacher on the 10,000 test images")
+        progress.end()
+    progress.begin("evaluating the teacher on the 10,000 test images")
     teacher_top1 = _evaluate_teacher(out, TEACHER_CHECKPOINT)
-    teacher_seconds = time.perf_counter() - start
+    progress.end()
+    teacher_seconds = time.perf_counter() - progress.started
     alpha = load_config(str(STUDENT_CONFIG)).model.ofd.alpha
-    logger.info("[demo 3/4] training the baseline student")
+    progress.begin("training the baseline student")
     baseline = _train_student(out, "baseline", 0.0, TEACHER_CHECKPOINT, epochs)
-    logger.info("[demo 4/4] training the OFD student (alpha=%g)", alpha)
+    progress.end()
+    progress.begin(f"training the OFD student (alpha={alpha:g})")
     ofd = _train_student(out, "ofd", alpha, TEACHER_CHECKPOINT, epochs)
+    progress.end()
     results = [baseline, ofd]
     plotted = _plot(results, teacher_top1, out / "demo_accuracy.png")
     origin = dict(commit=_git_commit(REPO), torch=torch.__version__, cpu=cpu_model(), threads=torch.get_num_threads(),
                   seed=load_config(str(STUDENT_CONFIG)).randomness.seed)
-    summary = dict(teacher_top1=teacher_top1, results=results, total_seconds=time.perf_counter() - start, **origin)
+    summary = dict(teacher_top1=teacher_top1, results=results, total_seconds=time.perf_counter() - progress.started,
+                   **origin)
     (out / "demo_results.json").write_text(json.dumps(summary, indent=2))
     sys.stdout.write("\n" + _table(teacher_top1, teacher_seconds, results, trained) + "\n")
     sys.stdout.write("commit {commit}, torch {torch}, {cpu}, {threads} thread(s), seed {seed}\n".format(**origin))

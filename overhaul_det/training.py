@@ -4,6 +4,7 @@ The one place that registers every task, dataset and metric; ``engine/`` stays m
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,7 @@ import overhaul_det.datasets  # noqa: F401  (registers datasets)
 import overhaul_det.engine  # noqa: F401  (safe loader, hooks, optim wrappers)
 import overhaul_det.evaluation  # noqa: F401  (registers metrics)
 import overhaul_det.tasks  # noqa: F401  (registers task models)
+from overhaul_det.config_bases import resolve_bases
 from overhaul_det.datasets.classification import share_train_classes
 from overhaul_det.datasets.voc import check_normalised_once
 from overhaul_det.engine import install
@@ -46,21 +48,25 @@ def validate_config(cfg: Config, source: str = "config") -> None:
 
 def load_config(path: str, cfg_options: Optional[dict] = None, data_root: Optional[str] = None) -> Config:
     """Read a config file, apply ``--cfg-options`` and ``--data-root``, validate it, and make its paths
-    and dataloaders work from any folder and with any worker count."""
+    and dataloaders work from any folder and with any worker count.
+
+    ``_base_`` entries spelt ``overhaul_det::<path under configs/>`` inherit the shipped configs from any folder
+    (mmengine resolves ``pkg::`` only for OpenMMLab packages, so ``config_bases`` does it)."""
     path = find_config(path)
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        check_option_keys(cfg, path, cfg_options)
-        cfg.merge_from_dict(cfg_options)
-    if data_root is not None:
-        cfg.data_root = data_root
-    validate_config(cfg, path)
-    check_config_keys(cfg)
-    check_normalised_once(cfg, path)
-    fill_data_root(cfg, required=data_root is not None)
-    resolve_repo_paths(cfg, path)
-    _fit_workers(cfg)
-    share_train_classes(cfg)
+    with tempfile.TemporaryDirectory(prefix="overhaul_det_config_") as folder:
+        cfg = Config.fromfile(resolve_bases(path, folder))
+        if cfg_options:
+            check_option_keys(cfg, path, cfg_options)
+            cfg.merge_from_dict(cfg_options)
+        if data_root is not None:
+            cfg.data_root = data_root
+        validate_config(cfg, path)
+        check_config_keys(cfg)
+        check_normalised_once(cfg, path)
+        fill_data_root(cfg, required=data_root is not None)
+        resolve_repo_paths(cfg, path)
+        _fit_workers(cfg)
+        share_train_classes(cfg)
     return cfg
 
 
