@@ -28,7 +28,7 @@ fingerprint: install
 demo: install
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; fi
-	$(BIN)/overhaul-det demo
+	$(BIN)/overhaul-det demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV)
