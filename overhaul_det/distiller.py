@@ -19,6 +19,7 @@ from .ofd_config import OFDConfig
 from .pairing import (check_batch, default_tap_weights, loss_layout, match_size, pair_taps, resolve_taps, to_loss_layout,
                       token_prefix)
 from .taps import Tap, TapExtractor, attach_taps, capture_taps
+from .distiller_checkpoint import drop_teacher, restore_teacher
 from .finite import refuse_non_finite_input, refuse_non_finite_loss
 from .teacher_mode import describe_teacher_mode, resolve_teacher_mode, teacher_autocast
 
@@ -37,6 +38,8 @@ class FeatureDistiller(nn.Module):
     them; a pair whose layouts differ works on channel-first maps with the 1x1 conv + BN regressor.
     The paper's ablations are options: ``teacher_bn='eval'``, ``position='post'``, ``distance='l2'``
     and ``margin='none'``.
+    Its state_dict holds the teacher as a SHA-256 only (``distiller_checkpoint``): the teacher is rebuilt
+    from its own file, and a state without it loads the live teacher.
 
     Args:
         teacher: the trained teacher; frozen here (requires_grad off, eval mode).
@@ -88,6 +91,7 @@ class FeatureDistiller(nn.Module):
             for (s, t), layout in zip(self.pairs, self.layouts)
         )
         self._data_margin_taps = self._init_margins(config.margin)
+        self.register_state_dict_post_hook(drop_teacher)
 
     @property
     def alpha(self) -> Union[float, str]:
@@ -146,8 +150,10 @@ class FeatureDistiller(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
-        """Loads as nn.Module does; a checkpoint written before the warm-up counter existed loads as past
+        """Loads as nn.Module does; the teacher comes from the live one where the checkpoint leaves it out
+        (``distiller_checkpoint``), and a checkpoint written before the warm-up counter existed loads as past
         its warm-up."""
+        restore_teacher(self.teacher, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         self.schedule.restore_missing_counter(self.warmup_step, prefix + "warmup_step", missing_keys)
