@@ -19,7 +19,7 @@ from .ofd_config import OFDConfig
 from .pairing import (check_batch, default_tap_weights, loss_layout, match_size, pair_taps, resolve_taps, to_loss_layout,
                       token_prefix)
 from .taps import Tap, TapExtractor, attach_taps, capture_taps
-from .distiller_checkpoint import drop_teacher, restore_teacher
+from .distiller_checkpoint import keep_teacher_out_of_state_dict
 from .finite import refuse_non_finite_input, refuse_non_finite_loss
 from .teacher_mode import describe_teacher_mode, resolve_teacher_mode, teacher_autocast
 
@@ -91,7 +91,7 @@ class FeatureDistiller(nn.Module):
             for (s, t), layout in zip(self.pairs, self.layouts)
         )
         self._data_margin_taps = self._init_margins(config.margin)
-        self.register_state_dict_post_hook(drop_teacher)
+        keep_teacher_out_of_state_dict(self, "teacher")
 
     @property
     def alpha(self) -> Union[float, str]:
@@ -150,10 +150,8 @@ class FeatureDistiller(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
-        """Loads as nn.Module does; the teacher comes from the live one where the checkpoint leaves it out
-        (``distiller_checkpoint``), and a checkpoint written before the warm-up counter existed loads as past
+        """Loads as nn.Module does; a checkpoint written before the warm-up counter existed loads as past
         its warm-up."""
-        restore_teacher(self.teacher, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         self.schedule.restore_missing_counter(self.warmup_step, prefix + "warmup_step", missing_keys)

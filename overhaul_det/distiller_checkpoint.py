@@ -1,5 +1,5 @@
-"""Checkpoints without the frozen teacher: the distiller's state_dict leaves the teacher out (it is rebuilt
-from its own weights file by the config) and keeps a SHA-256 of it, so a load can tell a different teacher.
+"""Checkpoints without the frozen teacher: the state_dict of the module holding it (the distiller, a KD model)
+leaves it out (the config rebuilds it from its own file) and keeps its SHA-256, so a load tells another teacher.
 
 The teacher never changes in training (frozen, BatchNorm on batch statistics without touching its running
 statistics), so the teacher the config builds is the one the checkpoint was trained with, and loading
@@ -7,19 +7,17 @@ fills its keys from that live teacher. A checkpoint that still holds the teacher
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import torch
 from torch import nn
 
-__all__ = ["TEACHER_PREFIX", "TEACHER_DIGEST", "teacher_digest", "drop_teacher", "restore_teacher"]
+__all__ = ["teacher_digest", "keep_teacher_out_of_state_dict"]
 
 logger = logging.getLogger(__name__)
-
-TEACHER_PREFIX = "teacher."
-TEACHER_DIGEST = "teacher_sha256"
 
 
 def teacher_digest(state: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -36,43 +34,43 @@ def teacher_digest(state: Dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)
 
 
-def _teacher_keys(state_dict: Dict[str, Any], prefix: str) -> List[str]:
-    return [key for key in state_dict if key.startswith(prefix + TEACHER_PREFIX)]
+def _hex(digest: torch.Tensor) -> str:
+    return bytes(torch.as_tensor(digest).cpu().tolist()).hex()[:16]
 
 
-def drop_teacher(module: nn.Module, state_dict: Dict[str, Any], prefix: str, local_metadata: dict) -> None:
-    """State-dict hook of the distiller: the teacher's keys replaced by ``teacher_sha256``, their digest.
-
-    Args:
-        module: the distiller (unused; the hook's signature).
-        state_dict: the state being written, edited in place.
-        prefix: the distiller's prefix in ``state_dict``.
-        local_metadata: unused (the hook's signature).
-    """
-    keys = _teacher_keys(state_dict, prefix)
-    start = len(prefix + TEACHER_PREFIX)
-    state_dict[prefix + TEACHER_DIGEST] = teacher_digest({key[start:]: state_dict[key] for key in keys})
+def _drop_teacher(name: str, owner: nn.Module, state_dict: Dict[str, Any], prefix: str, local_metadata: dict) -> None:
+    """State-dict hook: the keys under ``prefix + name + '.'`` replaced by their digest,
+    ``prefix + name + '_sha256'``."""
+    start = len(f"{prefix}{name}.")
+    keys = [key for key in state_dict if key.startswith(f"{prefix}{name}.")]
+    state_dict[f"{prefix}{name}_sha256"] = teacher_digest({key[start:]: state_dict[key] for key in keys})
     for key in keys:
         del state_dict[key]
 
 
-def restore_teacher(teacher: nn.Module, state_dict: Dict[str, Any], prefix: str) -> None:
-    """Before the distiller loads ``state_dict``: where it holds no teacher, fill the teacher's keys from the
-    live ``teacher`` (built from its own file), and warn when that teacher is not the one the digest names.
-
-    Args:
-        teacher: the distiller's live teacher.
-        state_dict: the state being loaded, edited in place (``teacher_sha256`` is taken out).
-        prefix: the distiller's prefix in ``state_dict``.
-    """
-    saved = state_dict.pop(prefix + TEACHER_DIGEST, None)
-    if _teacher_keys(state_dict, prefix):
+def _restore_teacher(name: str, owner: nn.Module, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load pre-hook: where ``state_dict`` holds no teacher, its keys filled from the live one (built from its
+    own file), with a warning when that teacher is not the one the saved digest names; the digest is taken out."""
+    saved = state_dict.pop(f"{prefix}{name}_sha256", None)
+    if any(key.startswith(f"{prefix}{name}.") for key in state_dict):
         return
-    live = teacher.state_dict()
+    live = getattr(owner, name).state_dict()
     if saved is not None and not torch.equal(torch.as_tensor(saved).cpu(), teacher_digest(live)):
         logger.warning(
             "the checkpoint was trained with another teacher than the one model.teacher builds now (its SHA-256 "
             "%s differs from the saved %s): the student loads, but resumed training will not match the original "
-            "run; give model.teacher the weights file the run was trained with",
-            bytes(teacher_digest(live).tolist()).hex()[:16], bytes(torch.as_tensor(saved).tolist()).hex()[:16])
-    state_dict.update({prefix + TEACHER_PREFIX + key: value for key, value in live.items()})
+            "run; give model.teacher the weights file the run was trained with", _hex(teacher_digest(live)),
+            _hex(saved))
+    state_dict.update({f"{prefix}{name}.{key}": value for key, value in live.items()})
+
+
+def keep_teacher_out_of_state_dict(module: nn.Module, name: str) -> None:
+    """Hook ``module`` so its state_dict holds its frozen child ``name`` as ``<name>_sha256`` alone, and a
+    state without the child loads it from the live one (a state that still holds it loads it as before).
+
+    Args:
+        module: the module that holds the teacher (the distiller, or a task model with a KD teacher).
+        name: the attribute under which ``module`` holds the teacher.
+    """
+    module.register_state_dict_post_hook(functools.partial(_drop_teacher, name))
+    module.register_load_state_dict_pre_hook(functools.partial(_restore_teacher, name))

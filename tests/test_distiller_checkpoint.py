@@ -11,7 +11,10 @@ import torch.nn.functional as F
 
 from conftest import snapshot_state
 from overhaul_det import FeatureDistiller
-from overhaul_det.distiller_checkpoint import TEACHER_DIGEST, teacher_digest
+from overhaul_det.tasks.classification import ClassificationDistiller
+from overhaul_det.distiller_checkpoint import teacher_digest
+
+TEACHER_DIGEST = "teacher_sha256"
 
 SIZE = (3, 32, 32)
 
@@ -88,3 +91,19 @@ def test_another_teacher_than_the_trained_one_is_named(models, make_model, caplo
         loaded.load_state_dict(state, strict=True)
     assert "another teacher than the one model.teacher builds" in caplog.text
     assert "give model.teacher the weights file the run was trained with" in caplog.text
+
+
+@pytest.mark.parametrize("kd_weight", [0.0, 1.0])
+def test_a_classifier_without_ofd_leaves_its_teacher_model_out_too(kd_weight):
+    def build(seed: int) -> ClassificationDistiller:
+        torch.manual_seed(seed)
+        return ClassificationDistiller(teacher="resnet18", student="timm/mobilenetv3_small_050", num_classes=10,
+                                       ofd=dict(alpha=0), kd_weight=kd_weight)
+
+    state = build(0).state_dict()
+    assert not any(key.startswith("teacher_model.") for key in state) and "teacher_model_sha256" in state
+    assert any(key.startswith("student_model.") for key in state)
+    loaded = build(0)
+    result = loaded.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
