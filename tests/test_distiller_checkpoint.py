@@ -1,5 +1,5 @@
-"""The distiller's state_dict without the frozen teacher: dropped with its digest kept, filled from the live
-teacher on load, an old state with the teacher still loading it, and a different teacher named."""
+"""State dicts without the frozen teacher (the distiller's, a classifier's KD teacher): dropped with its digest
+kept, filled from the live teacher on load, an old state with the teacher still loading it, another teacher named."""
 from __future__ import annotations
 
 import copy
