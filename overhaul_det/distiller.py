@@ -19,6 +19,7 @@ from .ofd_config import OFDConfig
 from .pairing import (check_batch, default_tap_weights, loss_layout, match_size, pair_taps, resolve_taps, to_loss_layout,
                       token_prefix)
 from .taps import Tap, TapExtractor, attach_taps, capture_taps
+from .distiller_checkpoint import keep_teacher_out_of_state_dict
 from .finite import refuse_non_finite_input, refuse_non_finite_loss
 from .teacher_mode import describe_teacher_mode, resolve_teacher_mode, teacher_autocast
 
@@ -37,6 +38,8 @@ class FeatureDistiller(nn.Module):
     them; a pair whose layouts differ works on channel-first maps with the 1x1 conv + BN regressor.
     The paper's ablations are options: ``teacher_bn='eval'``, ``position='post'``, ``distance='l2'``
     and ``margin='none'``.
+    Its state_dict holds the teacher as a SHA-256 only (``distiller_checkpoint``): the teacher is rebuilt
+    from its own file, and a state without it loads the live teacher.
 
     Args:
         teacher: the trained teacher; frozen here (requires_grad off, eval mode).
@@ -88,6 +91,7 @@ class FeatureDistiller(nn.Module):
             for (s, t), layout in zip(self.pairs, self.layouts)
         )
         self._data_margin_taps = self._init_margins(config.margin)
+        keep_teacher_out_of_state_dict(self, "teacher")
 
     @property
     def alpha(self) -> Union[float, str]:

@@ -86,6 +86,19 @@ def test_sigkill_at_random_iteration_then_resume_matches_uninterrupted(tmp_path,
     final = f"iter_{MAX_ITERS}.pth"
     assert load_checkpoint_file(killed / final)["meta"]["iter"] == MAX_ITERS
     _assert_same_weights(_state(killed / final), _state(tmp_path / "uninterrupted" / final))
+    _assert_no_teacher_in_checkpoints_nor_missing_keys(killed)
+
+
+def _assert_no_teacher_in_checkpoints_nor_missing_keys(work_dir: Path) -> None:
+    """The checkpoints hold the teacher's digest, not the teacher (rebuilt from its file), and the resume
+    logged no missing keys nor another teacher."""
+    for path in checkpoint_candidates(work_dir):
+        state = _state(path)
+        assert "distiller.teacher_sha256" in state and any(k.startswith("distiller.student.") for k in state)
+        assert not any(k.startswith("distiller.teacher.") for k in state), path
+    logs = "".join(path.read_text() for path in work_dir.glob("*/*.log"))
+    assert "resumed epoch" in logs
+    assert "do not match exactly" not in logs and "another teacher" not in logs
 
 
 @pytest.mark.slow
@@ -106,6 +119,7 @@ model = dict(ofd=dict(teacher_precision='float32'))
     assert cli_main(["train", config, "--work-dir", str(killed), "--resume"]) == 0
     assert cli_main(["train", config, "--work-dir", str(tmp_path / "uninterrupted")]) == 0
     _assert_same_weights(_state(killed / "epoch_3.pth"), _state(tmp_path / "uninterrupted" / "epoch_3.pth"))
+    _assert_no_teacher_in_checkpoints_nor_missing_keys(killed)
 
 
 @pytest.mark.usefixtures("fashion_data")

@@ -1,4 +1,5 @@
-"""Config loading and runner building: `test` without the teacher file, dataloaders for any worker count."""
+"""Config loading and runner building: `test` without the teacher file, dataloaders for any worker count, a training
+checkpoint without the teacher loaded, exported and tested."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,9 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.runner import Runner
+from mmengine.runner import Runner, load_checkpoint
+from safetensors.torch import load_file
 
+from conftest import iteration_config
 from overhaul_det.cli import main as cli_main
+from overhaul_det.engine.checkpoint import load_checkpoint_file
+from overhaul_det.models import build_classifier
 from overhaul_det.training import load_config
 from overhaul_det.registry import MODELS
 
@@ -75,8 +80,6 @@ def test_test_command_scores_a_float16_export(tmp_path, monkeypatch, capsys):
     student = _ofd_checkpoint(tmp_path / "ofd.pth")
     exported = tmp_path / "student.safetensors"
     assert cli_main(["export", str(tmp_path / "ofd.pth"), "--out", str(exported), "--dtype", "float16"]) == 0
-    from safetensors.torch import load_file
-
     stored = load_file(str(exported))
     assert {str(v.dtype) for k, v in stored.items() if student[k].is_floating_point()} == {"torch.float16"}
     assert all(stored[k].dtype == v.dtype for k, v in student.items() if not v.is_floating_point())
@@ -97,3 +100,44 @@ experiment_name = {tmp_path.name!r}
     with pytest.raises(SystemExit):  # argparse names the choices
         cli_main(["export", str(tmp_path / "ofd.pth"), "--out", str(exported), "--dtype", "float8"])
     assert "invalid choice: 'float8'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fashion_data")
+def test_a_training_checkpoint_without_teacher_loads_exports_and_tests(tmp_path, monkeypatch, capsys):
+    config = iteration_config(tmp_path / "train.py", 2, extra="""
+train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(num_samples=20))
+default_hooks = dict(checkpoint=dict(interval=2, by_epoch=False))
+randomness = dict(seed=0)
+""")
+    assert cli_main(["train", config, "--work-dir", str(tmp_path / "run")]) == 0
+    checkpoint = tmp_path / "run" / "iter_2.pth"
+    state = load_checkpoint_file(checkpoint)["state_dict"]
+    assert not any(".teacher." in f".{k}" for k in state) and "distiller.teacher_sha256" in state
+
+    cfg = load_config(config)
+    torch.manual_seed(0)  # the seed the run built its random-init teacher with
+    model = MODELS.build(cfg.model)
+    load_checkpoint(model, str(checkpoint), strict=True)  # strict: raises on any missing or unexpected key
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+    exported = tmp_path / "student.safetensors"
+    assert cli_main(["export", str(checkpoint), "--out", str(exported)]) == 0
+    plain = build_classifier(**cfg.model.student, num_classes=cfg.model.num_classes)
+    plain.load_state_dict(load_file(str(exported)), strict=True)
+
+    tested = []
+    run_test = Runner.test
+    monkeypatch.setattr(Runner, "test", lambda runner: tested.append(runner) or run_test(runner))
+    test_config = tmp_path / "test.py"
+    test_config.write_text(f"""
+_base_ = [{str(DEMO_CONFIG)!r}]
+test_dataloader = dict(batch_size=8, dataset=dict(num_samples=16))
+experiment_name = {tmp_path.name!r}
+""")
+    code = cli_main(["test", str(test_config), str(checkpoint), "--work-dir", str(tmp_path / "work")])
+    assert code == 0, capsys.readouterr().err[-500:]
+    assert "accuracy/top1: " in capsys.readouterr().out
+    loaded = tested[0].model.student.state_dict()
+    assert all(torch.equal(v, state[f"distiller.student.{k}"]) for k, v in loaded.items())

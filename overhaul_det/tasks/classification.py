@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distiller import FeatureDistiller
+from ..distiller_checkpoint import keep_teacher_out_of_state_dict
 from ..models.classifiers import build_classifier
 from ..registry import MODELS
 from .base import DistillationModel
@@ -76,6 +77,7 @@ class ClassificationDistiller(DistillationModel):
             if teacher_model is not None:
                 teacher_model.requires_grad_(False)
                 self.teacher_model = teacher_model.eval()
+                keep_teacher_out_of_state_dict(self, "teacher_model")
 
     @property
     def uses_teacher(self) -> bool:
