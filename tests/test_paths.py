@@ -53,16 +53,16 @@ def test_a_config_path_unlike_any_names_the_shipped_configs(tmp_path, capsys):
     assert cli_main(["test", str(tmp_path / "zzz.py"), "student.pth"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"overhaul-det test: error: config {tmp_path / 'zzz.py'} does not exist; "
-        f"the shipped configs are under {REPO / 'configs'}")
+        f"the shipped configs are under {REPO / 'overhaul_det' / 'configs'}")
 
 
-def test_an_installed_package_without_its_clone_says_where_configs_are(tmp_path, monkeypatch, capsys):
+def test_an_installed_package_without_its_clone_finds_configs_among_those_it_ships(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(paths, "_package_clone", lambda: None)
-    assert cli_main(["train", "configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
-        "does not exist; the shipped configs come with a clone of the repository, not with this installed package: "
-        "give the clone's path, or install the clone with pip install -e")
+    found = paths.find_config("configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnist.py")
+    assert Path(found) == REPO / "overhaul_det" / "configs" / "classification" / "ofd_resnet18-to-mobilenetv3_fashionmnist.py"
+    with pytest.raises(FileNotFoundError, match="did you mean configs/classification/ofd_resnet18-to-mobilenetv3_"):
+        paths.find_config("configs/classification/ofd_resnet18-to-mobilenetv3_fashionmnet.py")
 
 
 def test_path_that_exists_here_is_kept(tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 
 Shipped configs name files relative to the repository root. A path that exists relative to the
 current folder is kept; otherwise it is taken relative to the clone the config file lives in (or the
-clone this package runs from). Configs and checkpoints come with a clone, not with a wheel.
+clone this package runs from). Checkpoints come with a clone only; configs also with the package
+(``overhaul_det/configs``), where ``find_config`` looks last.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
 
 from mmengine.config import Config
+
+from ..config_bases import shipped_configs_dir
 
 __all__ = ["REPO_FOLDERS", "DATALOADERS", "clone_roots", "find_config", "resolve_repo_path", "resolve_repo_paths",
            "fill_data_root"]
@@ -39,28 +42,28 @@ def clone_roots(config_path: str) -> List[Path]:
 
 
 def find_config(path: str) -> str:
-    """``path``, or, when a relative path is not found here, the same path in this package's clone (logged).
+    """``path``, or, when a relative path is not found here, the same path in this package's clone or, for
+    ``configs/...``, among the configs the package ships (logged).
 
-    A config found in neither place is refused with the nearest file name in its folder.
+    A config found in none of these places is refused with the nearest file name in its folder.
     """
     given = Path(path)
     if given.is_file():
         return path
     clone = _package_clone()
+    shipped = shipped_configs_dir()
+    under_configs = Path(*given.parts[1:]) if given.parts[:1] == ("configs",) and len(given.parts) > 1 else None
     folders = [given.parent]
-    if clone is not None and not given.is_absolute():
-        if (clone / given).is_file():
-            logger.info("config %s is not in %s; using the clone's %s", path, Path.cwd(), clone / given)
-            return str(clone / given)
-        folders.append(clone / given.parent)
+    for root, relative, whose in ((clone, given, "the clone's"), (shipped, under_configs, "the package's")):
+        if root is None or relative is None or given.is_absolute():
+            continue
+        if (root / relative).is_file():
+            logger.info("config %s is not in %s; using %s %s", path, Path.cwd(), whose, root / relative)
+            return str(root / relative)
+        folders.append(root / relative.parent)
     names = sorted({file.name for folder in folders if folder.is_dir() for file in folder.glob("*.py")})
     close = difflib.get_close_matches(given.name, names, n=1, cutoff=0.8)
-    if close:
-        hint = f"; did you mean {given.parent / close[0]}?"
-    else:
-        hint = (f"; the shipped configs are under {clone / 'configs'}" if clone is not None else
-                "; the shipped configs come with a clone of the repository, not with this installed package: "
-                "give the clone's path, or install the clone with pip install -e")
+    hint = f"; did you mean {given.parent / close[0]}?" if close else f"; the shipped configs are under {shipped}"
     raise FileNotFoundError(f"config {path} does not exist{hint}")
 
 
