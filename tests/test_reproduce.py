@@ -38,7 +38,7 @@ def test_report_from_finished_runs(tmp_path):
     assert report["summary"]["baseline"]["std"] == pytest.approx(statistics.stdev([75.0, 76.0, 74.0]))
     assert report["summary"]["ofd, teacher BN eval"]["std"] == 0.0
     table = markdown(report, "python tools/reproduce.py classification", "plot.png")
-    assert "| ofd | 82.00 ± 1.00 | 82.00 (s0/1t), 81.00 (s1/1t), 83.00 (s2/1t) | 11 |" in table
+    assert "| ofd | 82.00 ± 1.00 | 82.00 (s0/1t), 81.00 (s1/1t), 83.00 (s2/1t) | - | 11 |" in table
     assert "| 1 | 1 | 76.00 | 81.00 | +5.00 |" in table  # baseline and OFD run by run
     assert "commit `abc1234` (code `c0de`, torch 2.x, CPU Some CPU)" in table
     plot = tmp_path / "plot.png"
@@ -534,3 +534,20 @@ def test_the_alpha_plots_baseline_band_shows_a_fractions_std_in_four_decimals(tm
     monkeypatch.setattr(Axes, "axhspan", lambda ax, low, high, **kwargs: bands.append(kwargs["label"]))
     plots.plot_alpha("classification", report["results"], report["metric"], 1e-2, tmp_path / "alpha.png")
     assert bands == ["baseline 0.0960 ± 0.0042"]  # sample std of 0.0930 and 0.0990
+
+
+def test_the_summary_says_what_share_of_the_gain_the_last_quarter_of_epochs_made():
+    from tools.reproduce.report import last_quarter_share
+
+    # mean history 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7: gain 0.6, the last two epochs add 0.1
+    histories = [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.7], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.7]]
+    assert last_quarter_share(histories) == pytest.approx(0.1 / 0.6)
+    assert last_quarter_share([[0.1, 0.2, 0.3]]) is None
+    assert last_quarter_share([[0.5, 0.4, 0.4, 0.3]]) is None
+
+
+def test_the_markdown_table_shows_the_last_quarters_share(tmp_path):
+    for seed, final in enumerate([75.0, 77.0]):
+        _fake_run(tmp_path, "baseline", seed, final)
+    table = markdown(reproduce.collect_task("classification", tmp_path), "python tools/reproduce.py", "plot.png")
+    assert "| baseline | 76.00 ± 1.41 | 75.00 (s0/1t), 77.00 (s1/1t) | - | 10 |" in table

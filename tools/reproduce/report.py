@@ -56,12 +56,34 @@ def build_report(task: str, results: List[Dict], seeds: int, epochs: Optional[in
 
 
 def summarise(results: List[Dict]) -> Dict[str, Dict]:
-    """Mean, standard deviation and final values per method."""
-    by_method: Dict[str, List[float]] = {}
+    """Mean, standard deviation and final values per method, and the share of its mean history's gain made in
+    the last quarter of its epochs (``last_quarter``: a run has plateaued at 0.1 or less)."""
+    by_method: Dict[str, List[Dict]] = {}
     for r in results:
-        by_method.setdefault(r["method"], []).append(r["final"])
-    return {m: dict(mean=statistics.mean(v), std=statistics.stdev(v) if len(v) > 1 else 0.0, runs=v)
-            for m, v in by_method.items()}
+        by_method.setdefault(r["method"], []).append(r)
+    summary = {}
+    for method, runs in by_method.items():
+        finals = [r["final"] for r in runs]
+        summary[method] = dict(mean=statistics.mean(finals), std=statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                               runs=finals, last_quarter=last_quarter_share([r["history"] for r in runs]))
+    return summary
+
+
+def last_quarter_share(histories: List[List[float]]) -> Optional[float]:
+    """The gain of the mean history (over the epochs every run has) in its last quarter of epochs, as a share of
+    its gain from the first epoch to the last; None under 4 epochs or without a gain.
+
+    Args:
+        histories: the metric after every epoch, one list per run.
+    """
+    length = min(len(h) for h in histories)
+    if length < 4:
+        return None
+    mean = [statistics.mean(h[i] for h in histories) for i in range(length)]
+    gain = mean[-1] - mean[0]
+    if gain <= 0:
+        return None
+    return (mean[-1] - mean[-1 - length // 4]) / gain
 
 
 def _origin(stamp: Dict) -> str:
@@ -78,13 +100,15 @@ def markdown(report: Dict, command: str, plot: str) -> str:
              f"of `python tools/reproduce.py {report['task']}` on `{report['config']}` that ran at {origins} (each run's "
              f"options, history, wall time, thread count and stamp: `results_{report['task']}.json`); metric: test "
              f"`{report['metric']}` after the last epoch.", "",
-             "| method | mean ± std | runs (seed/threads) | mean time (s) |", "|---|---|---|---|"]
+             "| method | mean ± std | runs (seed/threads) | last quarter's share of the gain | mean time (s) |",
+             "|---|---|---|---|---|"]
     digits = decimals(report["results"])
     for method, s in report["summary"].items():
         mine = [r for r in report["results"] if r["method"] == method]
         runs = ", ".join(f"{r['final']:.{digits}f} (s{r['seed']}/{r.get('threads', '?')}t)" for r in mine)
         seconds = statistics.mean(r["seconds"] for r in mine)
-        lines.append(f"| {method} | {s['mean']:.{digits}f} ± {s['std']:.{digits}f} | {runs} | {seconds:.0f} |")
+        share = "-" if s.get("last_quarter") is None else f"{s['last_quarter']:.0%}"
+        lines.append(f"| {method} | {s['mean']:.{digits}f} ± {s['std']:.{digits}f} | {runs} | {share} | {seconds:.0f} |")
     lines += _paired_lines(report["results"], digits)
     lines += _auto_alpha_lines(report["results"])
     lines += ["", f"![{report['task']}]({plot})", ""]
