@@ -64,7 +64,7 @@ def test_a_misspelt_inherited_key_in_a_file_is_named(tmp_path):
 
 
 def test_options_on_known_or_existing_keys_pass():
-    cfg = load_config(str(DEMO_CONFIG), {"auto_scale_lr.base_batch_size": 64, "image_size": 32,
+    cfg = load_config(str(DEMO_CONFIG), {"auto_scale_lr.base_batch_size": 64,
                                          "default_hooks.checkpoint.interval": 5, "optim_wrapper.optimizer.lr": 0.1})
     assert cfg.default_hooks.checkpoint.interval == 5 and cfg.optim_wrapper.optimizer.lr == 0.1
 
@@ -110,3 +110,17 @@ def test_a_loop_is_checked_as_the_runner_builds_it():
     check_config_keys(Config(dict(train_cfg=dict(max_epochs=2), val_cfg=None)))  # no loop chosen: the Runner says
     with pytest.raises(TypeError, match=r"^test_cfg\.evaluator: unknown key; TestLoop takes fp16$"):
         check_config_keys(Config(dict(test_cfg=dict(evaluator=dict()))))  # the Runner gives the evaluator
+
+
+def test_an_option_on_a_helper_variable_is_refused_with_the_keys_that_took_its_value(tmp_path):
+    config = tmp_path / "helpers.py"
+    config.write_text("max_epochs = 16\ntrain_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)\n"
+                      "param_scheduler = [dict(type='PolyLR', end=max_epochs)]\n"
+                      "norm = dict(mean=[0.5])\nval_dataloader = dict(dataset=norm)\n")
+    with pytest.raises(ValueError, match=r"--cfg-options max_epochs: 'max_epochs' is a variable of .*helpers\.py "
+                                         r".*changes nothing; set the keys that took its value instead: "
+                                         r"train_cfg\.max_epochs, param_scheduler\.0\.end$"):
+        keys.check_option_keys(Config.fromfile(str(config)), str(config), {"max_epochs": 3})
+    with pytest.raises(ValueError, match=r"--cfg-options norm\.mean: .* val_dataloader\.dataset$"):
+        keys.check_option_keys(Config.fromfile(str(config)), str(config), {"norm.mean": [0.1]})
+    keys.check_option_keys(Config.fromfile(str(config)), str(config), {"train_cfg.max_epochs": 3})

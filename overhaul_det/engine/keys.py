@@ -204,9 +204,39 @@ def check_option_keys(cfg: Config, source: str, options: dict) -> None:
     read: merged in, it would be a new variable nothing uses, and the run would go on with the config's value."""
     for option in options:
         key = option.split(".")[0]
-        if key in cfg or key in RUNNER_KEYS:
+        if key in RUNNER_KEYS:
+            continue
+        if key in cfg:
+            _refuse_helper_variable(cfg, source, option, key)
             continue
         close = difflib.get_close_matches(key, sorted(set(cfg.keys()) | RUNNER_KEYS), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}? " if close else ""
         raise ValueError(f"--cfg-options {option}: {source} has no key '{key}' and nothing reads it; {hint}"
                          f"the config's keys are {', '.join(sorted(cfg.keys()))}")
+
+
+def _refuse_helper_variable(cfg: Config, source: str, option: str, key: str) -> None:
+    """ValueError for a ``--cfg-options`` key on a helper variable (``max_epochs=3``): the file copied its value
+    where it uses it when it was read, so the override would change nothing; the error names those keys."""
+    tree = cfg.to_dict()
+    value = tree[key]
+    uses = [] if isinstance(value, (bool, type(None))) else _keys_holding(tree, value, skip=key)
+    where = (f"set the keys that took its value instead: {', '.join(uses[:6])}" if uses else
+             "set the keys that read it instead")
+    raise ValueError(f"--cfg-options {option}: '{key}' is a variable of {source} whose value the file copied "
+                     f"where it uses it when it was read, so changing it now changes nothing; {where}")
+
+
+def _keys_holding(tree, value, skip: str, prefix: str = "") -> List[str]:
+    """Dotted paths in ``tree`` (dicts and lists) whose value equals ``value``, the top-level ``skip`` left out."""
+    found: List[str] = []
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for name, child in items:
+        path = f"{prefix}{name}"
+        if path == skip:
+            continue
+        if type(child) is type(value) and child == value:
+            found.append(path)
+        else:
+            found += _keys_holding(child, value, skip, path + ".")
+    return found
