@@ -19,11 +19,23 @@ def _train(args: argparse.Namespace) -> int:
     runner = build_runner(cfg, args.config, args.work_dir, args.resume, args.amp, args.launcher, args.auto_scale_lr)
     try:
         runner.train()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SyntaxError) as error:
+        if not _interrupted(error):
+            raise
         sys.stderr.write(f"overhaul-det train: interrupted; to continue from the last checkpoint in {runner.work_dir}, "
                          "run the same command with --resume\n")
         return 130
     return 0
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether ``error`` is Ctrl-C, or was raised while handling it: mmengine's ``Config.pretty_text`` (called to
+    save a checkpoint) turns any exception in its formatter, Ctrl-C included, into a SyntaxError."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__context__
+    return False
 
 
 def _test(args: argparse.Namespace) -> int:

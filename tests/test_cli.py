@@ -40,3 +40,24 @@ def test_make_scenes_writes_the_split(tmp_path):
 def test_a_bad_value_is_one_line_naming_the_subcommand(tmp_path, capsys):
     assert cli.main(["make-scenes", str(tmp_path), "--num-images", "0"]) == 2
     assert capsys.readouterr().err.startswith("overhaul-det make-scenes: error: ")
+
+
+@pytest.mark.parametrize("interrupt_inside_formatter, status", [(True, 130), (False, 2)])
+def test_ctrl_c_inside_mmengines_config_formatter_is_still_an_interrupt(monkeypatch, capsys, tmp_path,
+                                                                         interrupt_inside_formatter, status):
+    from overhaul_det import training
+
+    class Runner:
+        work_dir = str(tmp_path)
+
+        def train(self):
+            try:
+                raise KeyboardInterrupt if interrupt_inside_formatter else ValueError("bad")
+            except BaseException:  # as mmengine's Config.pretty_text does around yapf
+                raise SyntaxError("Failed to format the config file, please check the syntax of: ...")
+
+    monkeypatch.setattr(training, "load_config", lambda *args, **kwargs: None)
+    monkeypatch.setattr(training, "build_runner", lambda *args, **kwargs: Runner())
+    assert cli.main(["train", "any_config.py"]) == status
+    err = capsys.readouterr().err
+    assert ("interrupted; to continue from the last checkpoint" in err) == interrupt_inside_formatter
