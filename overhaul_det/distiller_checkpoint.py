@@ -55,12 +55,12 @@ def _restore_teacher(name: str, owner: nn.Module, state_dict: Dict[str, Any], pr
     if any(key.startswith(f"{prefix}{name}.") for key in state_dict):
         return
     live = getattr(owner, name).state_dict()
-    if saved is not None and not torch.equal(torch.as_tensor(saved).cpu(), teacher_digest(live)):
+    live_digest = None if saved is None else teacher_digest(live)
+    if live_digest is not None and not torch.equal(torch.as_tensor(saved).cpu(), live_digest):
         logger.warning(
             "the checkpoint was trained with another teacher than the one model.teacher builds now (its SHA-256 "
             "%s differs from the saved %s): the student loads, but resumed training will not match the original "
-            "run; give model.teacher the weights file the run was trained with", _hex(teacher_digest(live)),
-            _hex(saved))
+            "run; give model.teacher the weights file the run was trained with", _hex(live_digest), _hex(saved))
     state_dict.update({f"{prefix}{name}.{key}": value for key, value in live.items()})
 
 
